@@ -1,0 +1,65 @@
+"""Every app setting the app reads, in one place, read lazily (never at import time).
+
+The infrastructure template must set each of these that has no default; `tests/test_infra_settings.py`
+compares this table with `infra/`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# name -> (required in Azure, what it is for)
+APP_SETTINGS: dict[str, tuple[bool, str]] = {
+    "AzureWebJobsStorage": (
+        False,
+        "Connection string of the app's storage (local: UseDevelopmentStorage=true). In Azure use the "
+        "identity-based AzureWebJobsStorage__* settings instead.",
+    ),
+    "AzureWebJobsStorage__accountName": (False, "Storage account name for identity-based connections."),
+    "AzureWebJobsStorage__blobServiceUri": (True, "Blob endpoint for identity-based connections."),
+    "AzureWebJobsStorage__queueServiceUri": (True, "Queue endpoint (blob trigger bookkeeping)."),
+    "AzureWebJobsStorage__credential": (True, "'managedidentity' in Azure."),
+    "AzureWebJobsStorage__clientId": (True, "Client ID of the user-assigned managed identity."),
+    "SEGMENTS_CONTAINER": (True, "Container the customer-data platform writes segment files into."),
+    "RUNS_CONTAINER": (True, "Container for run reports, rejected rows, receipts and sync state."),
+    "DESTINATIONS_JSON": (True, "The destinations document (JSON), see README 'Configuration'."),
+    "KEY_VAULT_URL": (True, "https://<vault>.vault.azure.net/ holding the SendGrid API key secrets."),
+    "AZURE_CLIENT_ID": (True, "Client ID of the user-assigned managed identity (Key Vault, storage)."),
+    "SENDGRID_BASE_URL": (False, "SendGrid API base URL; default https://api.sendgrid.com."),
+    "REFRESH_SCHEDULE": (True, "NCRONTAB (6 fields, UTC) of the scheduled refresh, e.g. '0 0 6 * * *'."),
+    "LOCAL_DEV_SENDGRID_API_KEY": (
+        False,
+        "Development only: the API key when KEY_VAULT_URL is unset. Logged loudly; never in Azure.",
+    ),
+}
+
+DEFAULT_SENDGRID_BASE_URL = "https://api.sendgrid.com"
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """Read one app setting; the name must be declared in APP_SETTINGS so none goes undocumented."""
+    if name not in APP_SETTINGS:
+        raise KeyError(f"undeclared app setting {name!r}: add it to shared.settings.APP_SETTINGS")
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    segments_container: str
+    runs_container: str
+    sendgrid_base_url: str
+    key_vault_url: str | None
+    azure_client_id: str | None
+
+    @classmethod
+    def from_environment(cls) -> AppSettings:
+        return cls(
+            segments_container=setting("SEGMENTS_CONTAINER", "segments") or "segments",
+            runs_container=setting("RUNS_CONTAINER", "export-runs") or "export-runs",
+            sendgrid_base_url=(setting("SENDGRID_BASE_URL", DEFAULT_SENDGRID_BASE_URL)
+                               or DEFAULT_SENDGRID_BASE_URL).rstrip("/"),
+            key_vault_url=setting("KEY_VAULT_URL"),
+            azure_client_id=setting("AZURE_CLIENT_ID"),
+        )
