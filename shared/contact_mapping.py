@@ -1,0 +1,204 @@
+"""Turn one input row into one SendGrid contact (as ready-to-send JSON) or a reason to reject it.
+
+The mapping is compiled once per run into a flat plan so the per-row work is a few dict look-ups, length
+checks and one `json.dumps`: this function runs a million times for a large segment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+from shared.destinations import Destination
+from shared.email_rules import normalise_email
+from shared.errors import ConfigurationError
+
+# SendGrid's ContactRequest maxLength values (../shared/sendgrid/tsg_mc_contacts_v3.json).
+FIELD_MAX_LENGTHS: dict[str, int] = {
+    "first_name": 50,
+    "last_name": 50,
+    "address_line_1": 100,
+    "address_line_2": 100,
+    "city": 60,
+    "state_province_region": 50,
+    "country": 50,
+    "external_id": 254,
+    "anonymous_id": 254,
+}
+MAX_ALTERNATE_EMAILS = 5
+# SendGrid documents a 1,000-character limit for Text custom field values.
+CUSTOM_TEXT_MAX_LENGTH = 1000
+
+CustomFieldType = Literal["Text", "Number", "Date"]
+_ALTERNATE_SPLIT = re.compile(r"[;,\s]+")
+
+
+@dataclass(frozen=True, slots=True)
+class CustomField:
+    id: str
+    field_type: CustomFieldType
+
+
+@dataclass(slots=True)
+class MappedContact:
+    email: str
+    body: bytes  # the contact as compact JSON, exactly as it goes into the PUT body
+    truncated: list[str] = field(default_factory=list)  # SendGrid fields cut to their limit
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    field: str  # the SendGrid field (or "row" for an unreadable row)
+    column: str | None  # the input column it came from
+    reason: str
+
+
+def resolve_custom_fields(
+    destination: Destination, definitions: dict[str, CustomField]
+) -> dict[str, CustomField]:
+    """Custom field names in the mapping -> SendGrid IDs; an unknown name stops the run before any send."""
+    wanted = destination.field_mapping.custom_fields
+    unknown = sorted(name for name in wanted if name not in definitions)
+    if unknown:
+        known = ", ".join(sorted(definitions)) or "none"
+        raise ConfigurationError(
+            f"custom field(s) {', '.join(unknown)} do not exist in SendGrid (defined: {known}); "
+            "create them under Marketing > Custom Fields or fix the mapping",
+            field=f"destinations[{destination.name}].field_mapping.custom_fields",
+        )
+    return {name: definitions[name] for name in wanted}
+
+
+def missing_columns(destination: Destination, columns: list[str] | None) -> list[str]:
+    """Mapped columns the file does not have (None: a format without a header, checked per row)."""
+    if columns is None:
+        return []
+    present = set(columns)
+    return [c for c in dict.fromkeys(destination.field_mapping.columns()) if c not in present]
+
+
+class ContactMapper:
+    """A compiled field mapping for one destination and run."""
+
+    def __init__(self, destination: Destination, custom_fields: dict[str, CustomField]) -> None:
+        mapping = destination.field_mapping
+        self._email_column = mapping.email
+        self._truncate = destination.length_policy == "truncate"
+        self._clear_empty = destination.empty_values == "clear"
+        self._plain: list[tuple[str, str, int | None]] = []
+        self._alternate_column: str | None = None
+        for name, column in mapping.reserved().items():
+            if name == "alternate_emails":
+                self._alternate_column = column
+            else:
+                self._plain.append((name, column, FIELD_MAX_LENGTHS.get(name)))
+        self._custom: list[tuple[str, str, CustomField]] = [
+            (name, mapping.custom_fields[name], custom_fields[name]) for name in mapping.custom_fields
+        ]
+
+    def map(self, fields: dict[str, str]) -> MappedContact | Rejection:
+        raw_email = fields.get(self._email_column)
+        if raw_email is None:
+            return Rejection("email", self._email_column, f"column {self._email_column!r} is missing")
+        email, problem = normalise_email(raw_email)
+        if email is None:
+            return Rejection("email", self._email_column, problem or "email is not valid")
+        contact: dict[str, object] = {"email": email}
+        truncated: list[str] = []
+        for name, column, limit in self._plain:
+            value = fields.get(column)
+            if value is None:
+                continue
+            value = value.strip()
+            if not value:
+                if self._clear_empty:
+                    contact[name] = ""
+                continue
+            if limit is not None and len(value) > limit:
+                if not self._truncate:
+                    return Rejection(name, column, f"{name} is {len(value)} characters, SendGrid allows {limit}")
+                value = value[:limit].rstrip()
+                truncated.append(name)
+            contact[name] = value
+        if self._alternate_column is not None:
+            alternates = self._alternates(fields.get(self._alternate_column), email)
+            if isinstance(alternates, Rejection):
+                return alternates
+            if alternates:
+                contact["alternate_emails"] = alternates
+        if self._custom:
+            custom: dict[str, object] = {}
+            for name, column, definition in self._custom:
+                value = fields.get(column)
+                if value is None:
+                    continue
+                value = value.strip()
+                if not value:
+                    if self._clear_empty:
+                        custom[definition.id] = ""
+                    continue
+                converted, problem = _convert_custom(value, definition, self._truncate)
+                if problem is not None:
+                    return Rejection(f"custom_fields.{name}", column, f"{name} {problem}")
+                if isinstance(converted, str) and len(converted) < len(value):
+                    truncated.append(f"custom_fields.{name}")
+                custom[definition.id] = converted
+            if custom:
+                contact["custom_fields"] = custom
+        body = json.dumps(contact, ensure_ascii=False, separators=(",", ":")).encode()
+        return MappedContact(email, body, truncated)
+
+    def _alternates(self, raw: str | None, primary: str) -> list[str] | Rejection:
+        column = self._alternate_column
+        if raw is None or not raw.strip():
+            return []
+        result: list[str] = []
+        for part in _ALTERNATE_SPLIT.split(raw.strip()):
+            if not part:
+                continue
+            email, problem = normalise_email(part)
+            if email is None:
+                return Rejection("alternate_emails", column, f"alternate {problem}")
+            if email != primary and email not in result:
+                result.append(email)
+        if len(result) > MAX_ALTERNATE_EMAILS:
+            return Rejection("alternate_emails", column,
+                             f"{len(result)} alternate emails, SendGrid allows {MAX_ALTERNATE_EMAILS}")
+        return result
+
+
+def _convert_custom(value: str, definition: CustomField, truncate: bool) -> tuple[object, str | None]:
+    """Convert to what SendGrid expects for the field type: (value, None) or (None, reason)."""
+    if definition.field_type == "Number":
+        try:
+            number: float | int = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            return None, "is not a number"
+        if isinstance(number, float) and not math.isfinite(number):
+            return None, "is not a finite number"
+        return number, None
+    if definition.field_type == "Date":
+        parsed = _parse_date(value)
+        if parsed is None:
+            return None, "is not a date (use YYYY-MM-DD, an ISO 8601 timestamp or MM/DD/YYYY)"
+        return parsed.strftime("%m/%d/%Y"), None
+    if len(value) > CUSTOM_TEXT_MAX_LENGTH:
+        if not truncate:
+            return None, f"is {len(value)} characters, SendGrid allows {CUSTOM_TEXT_MAX_LENGTH}"
+        return value[:CUSTOM_TEXT_MAX_LENGTH], None
+    return value, None
+
+
+def _parse_date(value: str) -> date | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+    except ValueError:
+        pass
+    try:
+        return datetime.strptime(value, "%m/%d/%Y").date()
+    except ValueError:
+        return None

@@ -1,0 +1,155 @@
+"""Destinations: which segment files go to which SendGrid list, and how their columns map.
+
+This is configuration, not code (app setting `DESTINATIONS_JSON`). It is validated once at start-up with
+pydantic so that a mistake is reported with the path of the bad field (`destinations.1.list_id: ...`)
+before any profile is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.errors import ConfigurationError
+
+# SendGrid reserved contact fields this app can fill from a column (ContactRequest in the OpenAPI file).
+RESERVED_FIELDS: frozenset[str] = frozenset({
+    "first_name", "last_name", "address_line_1", "address_line_2", "city", "state_province_region",
+    "country", "postal_code", "external_id", "anonymous_id", "phone_number_id", "alternate_emails",
+})
+
+DEFAULT_MAX_PROFILES = 100_000
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldMapping(_Strict):
+    """SendGrid field -> source column. `email` is required; custom fields are keyed by their SendGrid name."""
+
+    email: str = Field(min_length=1)
+    first_name: str | None = None
+    last_name: str | None = None
+    address_line_1: str | None = None
+    address_line_2: str | None = None
+    city: str | None = None
+    state_province_region: str | None = None
+    country: str | None = None
+    postal_code: str | None = None
+    external_id: str | None = None
+    anonymous_id: str | None = None
+    phone_number_id: str | None = None
+    alternate_emails: str | None = None
+    custom_fields: dict[str, str] = Field(default_factory=dict)
+
+    def reserved(self) -> dict[str, str]:
+        """The reserved fields that are mapped, in a stable order."""
+        return {name: column for name in sorted(RESERVED_FIELDS)
+                if (column := getattr(self, name)) is not None}
+
+    def columns(self) -> list[str]:
+        return [self.email, *self.reserved().values(), *self.custom_fields.values()]
+
+
+class Consent(_Strict):
+    """The seed connector's "I agree" step: who accepted the data-privacy terms for this destination, when."""
+
+    agreed_by: str = Field(min_length=1)
+    agreed_at: str = Field(min_length=1)
+
+
+class FileFormat(_Strict):
+    """Reader settings for this destination's files, when they differ from the defaults."""
+
+    delimiter: str | None = None
+    quotechar: str | None = None
+    escapechar: str | None = None
+    encoding: str | None = None
+    has_header: bool | None = None
+    entity: str | None = Field(default=None, description="CDM entity name inside model.json")
+
+
+class Destination(_Strict):
+    name: Annotated[str, Field(description="Stable ID used in blob paths, URLs and run state")]
+    display_name: str = ""
+    list_id: UUID
+    api_key_secret: str = Field(min_length=1, description="Key Vault secret NAME holding the API key")
+    segments: list[str] = Field(min_length=1, description="Blob path prefixes inside the segments container")
+    field_mapping: FieldMapping
+    mode: Literal["upsert", "mirror"] = "upsert"
+    max_profiles: int = Field(default=DEFAULT_MAX_PROFILES, ge=1, le=10_000_000)
+    length_policy: Literal["reject", "truncate"] = "reject"
+    empty_values: Literal["skip", "clear"] = "skip"
+    max_removal_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    consent: Consent | None = None
+    file_format: FileFormat = Field(default_factory=FileFormat)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError("must be 1-63 lower-case letters, digits or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("segments")
+    @classmethod
+    def _segments_are_relative(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if prefix.startswith("/") or ".." in prefix.split("/") or "://" in prefix:
+                raise ValueError(f"segment prefix {prefix!r} must be a path inside the segments container")
+        return value
+
+    @property
+    def list_id_str(self) -> str:
+        return str(self.list_id)
+
+    @property
+    def has_consent(self) -> bool:
+        return self.consent is not None
+
+
+class DestinationsDocument(_Strict):
+    destinations: list[Destination]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DestinationsDocument:
+        seen: set[str] = set()
+        for destination in self.destinations:
+            if destination.name in seen:
+                raise ValueError(f"destination name {destination.name!r} is used twice")
+            seen.add(destination.name)
+        return self
+
+    def get(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+    def for_blob(self, blob_name: str) -> Destination | None:
+        """The destination whose segment prefix matches the blob; the longest prefix wins."""
+        best: tuple[int, Destination] | None = None
+        for destination in self.destinations:
+            for prefix in destination.segments:
+                if blob_name.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                    best = (len(prefix), destination)
+        return best[1] if best else None
+
+
+def load_destinations(text: str, *, origin: str = "DESTINATIONS_JSON") -> DestinationsDocument:
+    """Parse and validate the destinations document; errors name the setting and the bad field."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", field=origin) from None
+    try:
+        return DestinationsDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(problems, field=origin) from None

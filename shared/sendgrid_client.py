@@ -1,0 +1,350 @@
+"""A SendGrid Marketing Contacts client on httpx: one object owns the connection pool, retries and auth.
+
+Why hand-rolled retries: SendGrid's 429 carries the moment to retry (`X-RateLimit-Reset`, Unix time),
+which generic retry transports ignore, and a PUT of 30,000 contacts must never be retried after SendGrid
+accepted it (that would upsert the batch twice). The rules here:
+- 429: wait until `X-RateLimit-Reset` (bounded by a total wait budget), then try again.
+- 5xx, timeouts, refused or dropped connections: bounded exponential backoff with full jitter.
+- 400/401/403/404: no retry; a specific exception that says what to fix. The key never appears in one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from shared.contact_mapping import CustomField
+from shared.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimitExhausted,
+    SendGridError,
+    TransientFailure,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL_IMPORT_STATUSES = frozenset({"completed", "errored", "failed"})
+SEARCH_EMAILS_MAX = 100
+MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+_EMAILISH = re.compile(r"[^\s'\"<>]+@[^\s'\"<>]+")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6  # per request, for 5xx / timeouts / dropped connections
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    rate_limit_budget: float = 600.0  # total seconds a client may spend waiting on 429s
+    min_rate_limit_wait: float = 0.05
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    id: str
+    status: str
+    requested_count: int = 0
+    created_count: int = 0
+    updated_count: int = 0
+    deleted_count: int = 0
+    errored_count: int = 0
+    errors_url: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_IMPORT_STATUSES
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
+class SendGridClient:
+    """Typed calls for the endpoints the exporter uses; construct once per run (or process) and close."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = "https://api.sendgrid.com",
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        on_unauthorized: Callable[[], str | None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api_key = api_key
+        self._retry = retry or RetryPolicy()
+        self._on_unauthorized = on_unauthorized
+        self._sleep = sleep
+        self._clock = clock
+        self._rate_limit_spent = 0.0
+        self._not_before = 0.0
+        self.stats = ClientStats()
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "segment-to-sendgrid/0.1", "Accept": "application/json"},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"SendGridClient(base_url={str(self._http.base_url)!r})"
+
+    def __enter__(self) -> SendGridClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- endpoints ---------------------------------------------------------------------------------
+
+    def upsert_contacts(self, body: bytes) -> str:
+        """PUT a prepared body (see shared.batching); returns the import job ID."""
+        response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False)
+        return str(response.json()["job_id"])
+
+    def get_import(self, job_id: str) -> ImportJob:
+        data = self._request("GET", f"/v3/marketing/contacts/imports/{job_id}").json()
+        results = data.get("results") or {}
+        return ImportJob(
+            id=str(data.get("id", job_id)),
+            status=str(data.get("status", "pending")),
+            requested_count=int(results.get("requested_count") or 0),
+            created_count=int(results.get("created_count") or 0),
+            updated_count=int(results.get("updated_count") or 0),
+            deleted_count=int(results.get("deleted_count") or 0),
+            errored_count=int(results.get("errored_count") or 0),
+            errors_url=results.get("errors_url"),
+        )
+
+    def wait_for_imports(
+        self, job_ids: Sequence[str], *, poll_interval: float = 1.0, max_interval: float = 15.0,
+        timeout: float = 1800.0,
+    ) -> dict[str, ImportJob]:
+        """Poll every job until it is final or the timeout passes (then its last status is returned)."""
+        results: dict[str, ImportJob] = {}
+        pending = list(job_ids)
+        interval = poll_interval
+        deadline = self._clock() + timeout
+        while pending:
+            still: list[str] = []
+            for job_id in pending:
+                job = self.get_import(job_id)
+                results[job_id] = job
+                if not job.is_final:
+                    still.append(job_id)
+            pending = still
+            if not pending or self._clock() >= deadline:
+                break
+            self._sleep(interval)
+            interval = min(interval * 2, max_interval)
+        return results
+
+    def field_definitions(self) -> dict[str, CustomField]:
+        data = self._request("GET", "/v3/marketing/field_definitions").json()
+        return {
+            str(f["name"]): CustomField(str(f["id"]), f.get("field_type", "Text"))
+            for f in data.get("custom_fields") or []
+        }
+
+    def get_list(self, list_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v3/marketing/lists/{list_id}").json()
+        return result
+
+    def list_contact_count(self, list_id: str) -> int:
+        data = self._request("GET", f"/v3/marketing/lists/{list_id}/contacts/count").json()
+        return int(data.get("contact_count") or 0)
+
+    def search_emails(self, emails: Sequence[str]) -> dict[str, str]:
+        """email -> contact ID for those that exist (SendGrid answers 404 when none does)."""
+        found: dict[str, str] = {}
+        for start in range(0, len(emails), SEARCH_EMAILS_MAX):
+            chunk = list(emails[start:start + SEARCH_EMAILS_MAX])
+            try:
+                data = self._request("POST", "/v3/marketing/contacts/search/emails",
+                                     json_body={"emails": chunk}).json()
+            except NotFound:
+                continue
+            for email, entry in (data.get("result") or {}).items():
+                contact = (entry or {}).get("contact")
+                if contact and contact.get("id"):
+                    found[email.lower()] = str(contact["id"])
+        return found
+
+    def remove_from_list(self, list_id: str, contact_ids: Iterable[str]) -> list[str]:
+        """Remove list membership (contacts stay in the account); chunked by URL length. Returns job IDs."""
+        jobs: list[str] = []
+        path = f"/v3/marketing/lists/{list_id}/contacts"
+        chunk: list[str] = []
+        length = len(path) + len("?contact_ids=")
+        for contact_id in contact_ids:
+            if chunk and length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS:
+                jobs.append(self._delete_chunk(path, chunk))
+                chunk, length = [], len(path) + len("?contact_ids=")
+            chunk.append(contact_id)
+            length += len(contact_id) + 3  # ',' is sent as %2C
+        if chunk:
+            jobs.append(self._delete_chunk(path, chunk))
+        return jobs
+
+    def _delete_chunk(self, path: str, ids: list[str]) -> str:
+        response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
+        return str((response.json() or {}).get("job_id", ""))
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, *, content: bytes | None = None, json_body: Any = None,
+        params: dict[str, str] | None = None, idempotent: bool = True,
+    ) -> httpx.Response:
+        body = content if content is not None else (
+            json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None)
+        endpoint = f"{method} {_template(path)}"
+        attempt = 0
+        reauthenticated = False
+        while True:
+            self._wait_for_window()
+            attempt += 1
+            self.stats.requests += 1
+            self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
+            headers = {"Authorization": f"Bearer {self._api_key}"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = self._http.request(method, path, content=body, params=params, headers=headers)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                # A PUT whose body may have reached SendGrid is still retried: upserts are idempotent in
+                # effect, and not retrying would lose the batch. Counted so the report can say so.
+                if attempt >= self._retry.max_attempts:
+                    raise TransientFailure(
+                        f"{endpoint}: {type(exc).__name__} after {attempt} attempts",
+                        hint="SendGrid did not answer; the batch was not confirmed and is reported as not sent",
+                    ) from None
+                self._backoff(attempt, endpoint, type(exc).__name__)
+                continue
+            self._note_rate_headers(response)
+            status = response.status_code
+            if status < 300:
+                return response
+            if status == 429:
+                self._wait_rate_limit(response, endpoint)
+                attempt -= 1  # a 429 is not a failed attempt; the wait budget bounds it
+                continue
+            if status >= 500:
+                if attempt >= self._retry.max_attempts:
+                    raise TransientFailure(f"{endpoint}: HTTP {status} after {attempt} attempts", status=status,
+                                           hint="SendGrid kept failing; try again later")
+                self._backoff(attempt, endpoint, f"HTTP {status}")
+                continue
+            if status == 401 and self._on_unauthorized is not None and not reauthenticated:
+                reauthenticated = True
+                fresh = self._on_unauthorized()
+                if fresh and fresh != self._api_key:
+                    log.info("SendGrid answered 401; retrying once with the key re-read from Key Vault")
+                    self._api_key = fresh
+                    continue
+            raise _error_for(response, endpoint)
+
+    def _backoff(self, attempt: int, endpoint: str, why: str) -> None:
+        self.stats.retries += 1
+        ceiling = min(self._retry.backoff_max, self._retry.backoff_base * 2 ** (attempt - 1))
+        delay = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+        log.warning("%s failed (%s); retry %d in %.2fs", endpoint, why, attempt, delay)
+        self._sleep(delay)
+
+    def _note_rate_headers(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("X-RateLimit-Remaining")
+        reset = _float(response.headers.get("X-RateLimit-Reset"))
+        if remaining is not None and remaining.strip() == "0" and reset is not None:
+            self._not_before = max(self._not_before, reset)
+
+    def _wait_for_window(self) -> None:
+        """Proactively wait when the last answer said the window is used up, instead of drawing a 429."""
+        if self._not_before:
+            wait = self._not_before - self._clock()
+            self._not_before = 0.0
+            if wait > 0:
+                self._spend_rate_limit_wait(min(wait, self._retry.backoff_max), "window used up")
+
+    def _wait_rate_limit(self, response: httpx.Response, endpoint: str) -> None:
+        self.stats.rate_limited += 1
+        reset = _float(response.headers.get("X-RateLimit-Reset"))
+        wait = (reset - self._clock()) if reset is not None else 1.0
+        self._not_before = 0.0
+        self._spend_rate_limit_wait(max(wait, self._retry.min_rate_limit_wait), endpoint)
+
+    def _spend_rate_limit_wait(self, wait: float, what: str) -> None:
+        if self._rate_limit_spent + wait > self._retry.rate_limit_budget:
+            raise RateLimitExhausted(
+                f"{what}: rate limited for more than {self._retry.rate_limit_budget:.0f}s in total",
+                status=429, hint="SendGrid kept answering 429; run again later or lower concurrency")
+        self._rate_limit_spent += wait
+        self.stats.rate_limit_wait_seconds += wait
+        log.info("SendGrid rate limit (%s): waiting %.2fs", what, wait)
+        self._sleep(wait)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _template(path: str) -> str:
+    """/v3/marketing/lists/<uuid>/contacts -> /v3/marketing/lists/{id}/contacts, for stats and messages."""
+    parts = path.split("/")
+    known = {"v3", "marketing", "contacts", "imports", "lists", "count", "search", "emails",
+             "field_definitions", "scopes"}
+    return "/".join(p if p in known or not p else "{id}" for p in parts)
+
+
+def _error_for(response: httpx.Response, endpoint: str) -> SendGridError:
+    status = response.status_code
+    try:
+        errors = [
+            {"field": str(e.get("field")), "message": str(e.get("message", ""))}
+            for e in (response.json().get("errors") or [])
+        ]
+    except (ValueError, AttributeError):
+        errors = []
+    # SendGrid quotes offending addresses in its messages: keep them out of exceptions (they reach logs).
+    summary = _EMAILISH.sub("<email>", "; ".join(e["message"] for e in errors[:3])) or response.reason_phrase
+    if status == 401:
+        return AuthenticationError(f"{endpoint}: SendGrid refused the API key (401)", status=status,
+                                   hint="the key in Key Vault is wrong, expired or revoked: store a valid key",
+                                   errors=errors)
+    if status == 403:
+        return PermissionDenied(f"{endpoint}: the API key may not do this (403)", status=status,
+                                hint="give the key Marketing full access (scopes marketing.read/write)",
+                                errors=errors)
+    if status == 404:
+        hint = ("check the destination's list_id: no such list in this SendGrid account"
+                if "/lists/" in endpoint else "SendGrid does not know this resource")
+        return NotFound(f"{endpoint}: not found (404): {summary}", status=status, hint=hint, errors=errors)
+    if status in (400, 413, 414, 422):
+        return InvalidRequest(f"{endpoint}: SendGrid rejected the request ({status}): {summary}", status=status,
+                              hint="see errors for the field to fix", errors=errors)
+    return SendGridError(f"{endpoint}: unexpected HTTP {status}", status=status, errors=errors)
