@@ -1,0 +1,127 @@
+"""Exports started by a new segment file (blob trigger) or on demand (HTTP), and the queued worker.
+
+The functions are thin: parse the trigger, call `shared.export_service`, log a one-line summary. Long
+work never runs inside the HTTP request (answers are cut at 230 s): the HTTP function queues the run and
+answers 202; `run_queued_export` does the work with the normal function timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_binding
+
+from shared.errors import ExportError
+from shared.export_service import get_service, new_run_id
+
+bp = func.Blueprint()
+log = logging.getLogger("ExportSegment")
+
+EXPORT_QUEUE = "export-requests"
+_BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
+
+
+@bp.function_name("ExportOnNewSegmentFile")
+@bp.blob_trigger(arg_name="client", path="%SEGMENTS_CONTAINER%/{name}", connection="AzureWebJobsStorage",
+                 source=func.BlobSource.EVENT_GRID)
+def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
+    """Streams the blob through the SDK client (func.InputStream would hold the whole file in memory)."""
+    service = get_service()
+    if client.container_name != service.settings.segments_container:
+        log.warning("blob trigger fired for another container; ignored")
+        return
+    outcome = service.handle_new_blob(client.blob_name)
+    if outcome.report is None:
+        log.info("segment file skipped: %s", outcome.skipped)
+        return
+    log.info("%s", outcome.report.summary())
+
+
+@bp.function_name("StartExport")
+@bp.route(route="destinations/{destination}/exports", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
+def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpResponse:
+    service = get_service()
+    destination = service.destinations.get(req.route_params.get("destination", ""))
+    if destination is None:
+        return _error(404, "unknown destination", known=[d.name for d in service.destinations.destinations])
+    try:
+        body = req.get_json() if req.get_body() else {}
+    except ValueError:
+        return _error(400, "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - {"blob", "dry_run"})
+    if unknown:
+        return _error(400, f"unknown field(s): {', '.join(unknown)}")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        return _error(400, "dry_run must be true or false")
+    blob_name = body.get("blob")
+    if blob_name is not None:
+        if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
+            return _error(400, "blob must be a path inside the segments container (no '..', URLs or other "
+                               "containers)")
+        if not any(blob_name.startswith(prefix) for prefix in destination.segments):
+            return _error(400, "blob is not under this destination's segment prefixes",
+                          prefixes=destination.segments)
+        if not service.segments.get_blob_client(blob_name).exists():
+            return _error(404, "no such blob in the segments container")
+    else:
+        blob_name = service.latest_segment(destination)
+        if blob_name is None:
+            return _error(404, "no segment file found for this destination")
+    run_id = new_run_id(destination.name)
+    if dry_run:
+        result = service.export_with_preview(destination, blob_name, run_id=run_id, dry_run=True)
+        payload = result.report.to_dict()
+        payload["preview"] = [json.loads(contact) for contact in result.preview]
+        status = 200 if result.report.status == "dry_run" else 422
+        return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json")
+    service.mark_queued(destination, blob_name, run_id, dry_run=False)
+    queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name}))
+    status_url = _status_url(req, run_id)
+    return func.HttpResponse(json.dumps({"run_id": run_id, "status": "queued", "status_url": status_url}),
+                             status_code=202, mimetype="application/json", headers={"Location": status_url})
+
+
+@bp.function_name("GetExportRun")
+@bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
+    run_id = req.route_params.get("run_id", "")
+    if not re.fullmatch(r"[a-z0-9-]{1,120}", run_id):
+        return _error(400, "malformed run ID")
+    report = get_service().report(run_id)
+    if report is None:
+        return _error(404, "no such run")
+    return func.HttpResponse(json.dumps(report), status_code=200, mimetype="application/json")
+
+
+@bp.function_name("RunQueuedExport")
+@bp.queue_trigger(arg_name="message", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
+def run_queued_export(message: func.QueueMessage) -> None:
+    request = json.loads(message.get_body())
+    service = get_service()
+    destination = service.destinations.get(request["destination"])
+    if destination is None:
+        log.error("queued run %s names a destination that no longer exists", request.get("run_id"))
+        return
+    try:
+        report = service.export(destination, request["blob"], run_id=request["run_id"])
+    except ExportError as exc:
+        log.error("queued run %s failed: %s", request.get("run_id"), exc)
+        return
+    log.info("%s", report.summary())
+
+
+def _status_url(req: func.HttpRequest, run_id: str) -> str:
+    base = req.url.split("/api/", 1)[0]
+    return f"{base}/api/runs/{run_id}"
+
+
+def _error(status: int, message: str, **extra: object) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"error": message, **extra}), status_code=status,
+                             mimetype="application/json")

@@ -1,0 +1,249 @@
+"""The export engine: read -> validate/map -> batch -> upload -> report, free of Azure trigger types.
+
+`export_segment` is what the blob, timer and HTTP functions and the CLI all call. It never raises for
+bad rows (they are rejected in the report); it raises only for what stops a run before anything is sent
+(configuration, unreadable file, profile cap) and records in the report whatever stops it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Batch, batches
+from shared.contact_mapping import ContactMapper, MappedContact, missing_columns, resolve_custom_fields
+from shared.destinations import Destination
+from shared.errors import (
+    AuthenticationError,
+    ExportError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ProfileCapExceeded,
+    RateLimitExhausted,
+    SegmentFileError,
+    TransientFailure,
+)
+from shared.readers import ReaderOptions, open_segment
+from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
+from shared.sendgrid_client import ImportJob, SendGridClient
+from shared.sources import ByteSource
+from shared.spool import Spool
+
+log = logging.getLogger(__name__)
+
+_CONTACT_INDEX = re.compile(r"contacts\[(\d+)\]")
+MAX_SET_ASIDE_ROUNDS = 5
+
+
+@dataclass
+class ExportOptions:
+    dry_run: bool = False
+    preview_limit: int = 20
+    max_contacts_per_request: int = MAX_CONTACTS_PER_REQUEST
+    max_body_bytes: int = MAX_BODY_BYTES
+    poll_interval: float = 1.0
+    poll_timeout: float = 1800.0
+    spool_dir: str | None = None
+
+
+@dataclass
+class RejectedValue:
+    """A rejected row's offending value: kept only for the rejects file in the app's own storage."""
+
+    source: str
+    row: int
+    field: str
+    value: str
+
+
+@dataclass
+class ExportResult:
+    report: RunReport
+    preview: list[bytes] = field(default_factory=list)  # dry runs: the first mapped contacts, as sent
+    rejected_values: list[RejectedValue] = field(default_factory=list)
+
+
+def reader_options(destination: Destination) -> ReaderOptions:
+    wanted = destination.file_format.model_dump(exclude_none=True)
+    return ReaderOptions(**wanted)
+
+
+def export_segment(
+    destination: Destination,
+    source: ByteSource,
+    name: str,
+    client: SendGridClient | None,
+    *,
+    run_id: str,
+    options: ExportOptions | None = None,
+    on_batch_accepted: Callable[[BatchResult], None] | None = None,
+) -> ExportResult:
+    """Export one segment file (or CDM model.json) to the destination's list.
+
+    `client` may be None only for a dry run against a destination without custom fields.
+    """
+    options = options or ExportOptions()
+    report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                       source=source.describe(name), mode=destination.mode, dry_run=options.dry_run)
+    result = ExportResult(report)
+    custom = {}
+    if destination.field_mapping.custom_fields:
+        if client is None:
+            raise ExportError("custom fields need SendGrid's field definitions: a client is required")
+        custom = resolve_custom_fields(destination, client.field_definitions())
+    mapper = ContactMapper(destination, custom)
+    spool = Spool(options.spool_dir)
+    try:
+        _read_into_spool(destination, source, name, mapper, spool, result, options)
+        superseded = spool.superseded()
+        report.duplicates_merged = len(superseded)
+        unique = len(spool) - len(superseded)
+        if unique > destination.max_profiles:
+            raise ProfileCapExceeded(unique, destination.max_profiles)
+        if options.dry_run:
+            report.not_sent = unique
+            report.finish("dry_run")
+            return result
+        assert client is not None
+        _send(destination, spool, superseded, client, result, options, on_batch_accepted)
+        report.requests_sent = client.stats.requests
+        return result
+    finally:
+        spool.close()
+
+
+def _read_into_spool(
+    destination: Destination, source: ByteSource, name: str, mapper: ContactMapper, spool: Spool,
+    result: ExportResult, options: ExportOptions,
+) -> None:
+    report = result.report
+    with open_segment(source, name, reader_options(destination)) as reader:
+        missing = missing_columns(destination, reader.columns)
+        if missing:
+            found = ", ".join(reader.columns or []) or "none"
+            raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; "
+                                                  f"columns found: {found}")
+        email_column = destination.field_mapping.email
+        for record in reader:
+            report.rows_read += 1
+            if record.error is not None:
+                report.rejected.append(RejectedRow(record.source, record.row, "row", record.error))
+                continue
+            mapped = mapper.map(record.fields)
+            if isinstance(mapped, MappedContact):
+                spool.add(record.source, record.row, mapped.email, mapped.body)
+                for truncated in mapped.truncated:
+                    report.truncated.append(TruncatedField(record.source, record.row, truncated))
+                if options.dry_run and len(result.preview) < options.preview_limit:
+                    result.preview.append(mapped.body)
+            else:
+                report.rejected.append(RejectedRow(record.source, record.row, mapped.field, mapped.reason,
+                                                   mapped.column))
+                column = mapped.column or email_column
+                result.rejected_values.append(RejectedValue(record.source, record.row, mapped.field,
+                                                            record.fields.get(column, "")))
+    report.contacts_valid = len(spool)
+
+
+def _outgoing(spool: Spool, superseded: set[int]) -> Iterator[tuple[int, bytes]]:
+    for index, body in spool.contacts():
+        if index not in superseded:
+            yield index, body
+
+
+def _send(
+    destination: Destination, spool: Spool, superseded: set[int], client: SendGridClient, result: ExportResult,
+    options: ExportOptions, on_batch_accepted: Callable[[BatchResult], None] | None,
+) -> None:
+    report = result.report
+    accepted: list[tuple[BatchResult, Batch]] = []
+    failure: ExportError | None = None
+    for batch in batches(_outgoing(spool, superseded), [destination.list_id_str],
+                         max_contacts=options.max_contacts_per_request, max_bytes=options.max_body_bytes):
+        if failure is not None:
+            report.not_sent += len(batch.contacts)
+            report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
+            continue
+        outcome, sent = _send_batch(batch, spool, client, report)
+        report.batches.append(outcome)
+        if isinstance(sent, ExportError):
+            failure = sent
+            report.not_sent += outcome.contacts
+            continue
+        accepted.append((outcome, sent))
+        if on_batch_accepted is not None:
+            on_batch_accepted(outcome)
+
+    jobs = client.wait_for_imports([o.job_id for o, _ in accepted if o.job_id],
+                                   poll_interval=options.poll_interval, timeout=options.poll_timeout)
+    _apply_job_results(accepted, jobs, report)
+    report.requests_sent = client.stats.requests
+    if failure is not None:
+        report.finish("failed", str(failure))
+    elif report.in_failed_jobs or report.pending:
+        report.finish("partial", "some import jobs did not complete; their contacts will be retried")
+    else:
+        report.finish("succeeded")
+
+
+def _send_batch(
+    batch: Batch, spool: Spool, client: SendGridClient, report: RunReport,
+) -> tuple[BatchResult, Batch | ExportError]:
+    """Send one batch; contacts SendGrid names in a 400 are set aside (rejected) and the rest resent."""
+    outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size())
+    current = batch
+    for _ in range(MAX_SET_ASIDE_ROUNDS):
+        if not current.contacts:
+            outcome.status = "empty"
+            return outcome, current
+        try:
+            outcome.job_id = client.upsert_contacts(current.body())
+        except InvalidRequest as exc:
+            named = _named_contacts(exc, len(current.contacts))
+            if not named:
+                return outcome, exc
+            for position, message in named.items():
+                source, row = spool.where(current.indices[position])
+                report.rejected.append(RejectedRow(source, row, "email", f"SendGrid: {message}"))
+            outcome.set_aside += len(named)
+            current = current.without(set(named))
+            continue
+        except (TransientFailure, RateLimitExhausted, AuthenticationError, PermissionDenied, NotFound) as exc:
+            return outcome, exc
+        outcome.status = "accepted"
+        outcome.contacts = len(current.contacts)
+        outcome.body_bytes = current.body_size()
+        return outcome, current
+    return outcome, InvalidRequest("SendGrid kept refusing contacts in this batch", status=400)
+
+
+def _named_contacts(exc: InvalidRequest, count: int) -> dict[int, str]:
+    named: dict[int, str] = {}
+    for error in exc.errors:
+        match = _CONTACT_INDEX.search(error.get("field") or "")
+        if match and int(match.group(1)) < count:
+            # SendGrid's message quotes the address: report the rule, not the value.
+            message = re.sub(r"'[^']*'", "<value>", error.get("message") or "refused")
+            named[int(match.group(1))] = message
+    return named
+
+
+def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str, ImportJob],
+                       report: RunReport) -> None:
+    for outcome, _batch in accepted:
+        job = jobs.get(outcome.job_id or "")
+        status = job.status if job else "pending"
+        outcome.status = status
+        if job:
+            outcome.created_count = job.created_count
+            outcome.updated_count = job.updated_count
+            outcome.errored_count = job.errored_count
+        if status == "completed":
+            report.exported += outcome.contacts
+        elif status in ("errored", "failed"):
+            report.in_failed_jobs += outcome.contacts
+        else:
+            report.pending += outcome.contacts

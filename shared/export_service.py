@@ -1,0 +1,252 @@
+"""Everything a trigger needs, wired once per process: destinations, Key Vault, storage, SendGrid.
+
+The trigger functions and the CLI call these methods with plain values (blob names, destination names,
+run IDs); nothing here knows about `azure.functions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from shared.destinations import Destination, DestinationsDocument, load_destinations
+from shared.engine import ExportOptions, ExportResult, export_segment
+from shared.errors import ConfigurationError, ExportError
+from shared.readers import cdm_partition_names
+from shared.run_report import RunReport
+from shared.run_store import RunStore
+from shared.secrets import ApiKeyProvider
+from shared.sendgrid_client import SendGridClient
+from shared.settings import AppSettings, setting
+from shared.sources import BlobContainerSource
+from shared.storage import blob_service_from_settings
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz",
+                 ".json.gz")
+MODEL_JSON = "model.json"
+
+
+def new_run_id(destination: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{destination}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def is_segment_entry(blob_name: str) -> bool:
+    """Files that start an export: a CDM model.json or a data file (markers, manifests, CRCs do not)."""
+    leaf = blob_name.rsplit("/", 1)[-1]
+    if leaf == MODEL_JSON:
+        return True
+    if leaf.startswith(("_", ".", "manifest-")) or leaf.endswith(".crc"):
+        return False
+    return leaf.lower().endswith(DATA_SUFFIXES)
+
+
+@dataclass
+class TriggerOutcome:
+    """What happened to a blob-triggered file: exported (report), skipped (reason)."""
+
+    blob_name: str
+    report: RunReport | None = None
+    skipped: str | None = None
+
+
+class ExportService:
+    def __init__(
+        self,
+        settings: AppSettings,
+        destinations: DestinationsDocument,
+        blob_service: BlobServiceClient,
+        keys: ApiKeyProvider,
+        *,
+        options: ExportOptions | None = None,
+        client_factory: Callable[[str, Callable[[], str | None]], SendGridClient] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.destinations = destinations
+        self.blob_service = blob_service
+        self.keys = keys
+        self.options = options or ExportOptions()
+        self._client_factory = client_factory
+        self.segments: ContainerClient = blob_service.get_container_client(settings.segments_container)
+        self.runs = RunStore(blob_service.get_container_client(settings.runs_container))
+
+    @classmethod
+    def from_environment(cls) -> ExportService:
+        text = setting("DESTINATIONS_JSON")
+        if not text:
+            raise ConfigurationError("is not set: the app has no destinations", field="DESTINATIONS_JSON")
+        return cls(AppSettings.from_environment(), load_destinations(text), blob_service_from_settings(),
+                   ApiKeyProvider.from_settings())
+
+    # -- SendGrid -------------------------------------------------------------------------------------
+
+    def client_for(self, destination: Destination) -> SendGridClient:
+        secret = destination.api_key_secret
+
+        def reread() -> str | None:
+            return self.keys.refresh(secret)
+
+        if self._client_factory is not None:
+            return self._client_factory(self.keys.get(secret), reread)
+        return SendGridClient(self.keys.get(secret), base_url=self.settings.sendgrid_base_url,
+                              on_unauthorized=reread)
+
+    # -- finding files --------------------------------------------------------------------------------
+
+    def latest_segment(self, destination: Destination) -> str | None:
+        """The newest model.json under the destination's prefixes, else the newest data file."""
+        newest: dict[bool, tuple[datetime, str]] = {}
+        for prefix in destination.segments:
+            for blob in self.segments.list_blobs(name_starts_with=prefix):
+                if not is_segment_entry(blob.name):
+                    continue
+                is_model = blob.name.rsplit("/", 1)[-1] == MODEL_JSON
+                current = newest.get(is_model)
+                if current is None or blob.last_modified > current[0]:
+                    newest[is_model] = (blob.last_modified, blob.name)
+        if True in newest:
+            return newest[True][1]
+        if False in newest:
+            return newest[False][1]
+        return None
+
+    def _is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
+        """A data file listed by a model.json above it is exported through that model.json, not alone."""
+        parts = blob_name.split("/")
+        source = BlobContainerSource(self.segments)
+        for depth in range(len(parts) - 1, 0, -1):
+            candidate = "/".join(parts[:depth]) + "/" + MODEL_JSON
+            if not any(candidate.startswith(p) or p.startswith(candidate[: len(p)]) for p in destination.segments):
+                continue
+            if source.exists(candidate):
+                try:
+                    return blob_name in cdm_partition_names(source, candidate)
+                except ExportError:
+                    return True  # a broken model.json above: let its own trigger report the problem
+        return destination.file_format.entity is not None
+
+    # -- running exports ------------------------------------------------------------------------------
+
+    def handle_new_blob(self, blob_name: str, etag: str | None = None) -> TriggerOutcome:
+        """Blob trigger: match the file to a destination, export it once per blob version."""
+        if not is_segment_entry(blob_name):
+            return TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")
+        destination = self.destinations.for_blob(blob_name)
+        if destination is None:
+            return TriggerOutcome(blob_name, skipped="no destination is configured for this path")
+        if blob_name.rsplit("/", 1)[-1] != MODEL_JSON and self._is_cdm_partition(destination, blob_name):
+            return TriggerOutcome(blob_name, skipped="CDM partition: exported when its model.json lands")
+        if etag is None:
+            etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
+        run_id = new_run_id(destination.name)
+        claim = self.runs.claim(blob_name, etag, run_id)
+        if claim is None:
+            return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
+        report = self.export(destination, blob_name, run_id=run_id)
+        self.runs.complete(claim, "failed" if report.status in ("failed", "refused") else "done",
+                           {"run_id": run_id, "status": report.status})
+        return TriggerOutcome(blob_name, report=report)
+
+    def export(self, destination: Destination, blob_name: str, *, run_id: str, dry_run: bool = False,
+               ) -> RunReport:
+        """Run one export and persist its report (and rejected rows) in the runs container."""
+        return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run).report
+
+    def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
+                            dry_run: bool = False) -> ExportResult:
+        source = BlobContainerSource(self.segments)
+        if not destination.has_consent and not dry_run:
+            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                               source=source.describe(blob_name), mode=destination.mode)
+            report.finish("refused", "no recorded consent for this destination: record who agreed to the "
+                                     "data-privacy terms in its 'consent' before exporting")
+            self._persist(ExportResult(report))
+            return ExportResult(report)
+        options = ExportOptions(**{**self.options.__dict__, "dry_run": dry_run})
+        client: SendGridClient | None = None
+        try:
+            if not dry_run or destination.field_mapping.custom_fields:
+                client = self.client_for(destination)
+            result = export_segment(destination, source, blob_name, client, run_id=run_id, options=options)
+        except ExportError as exc:
+            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                               source=source.describe(blob_name), mode=destination.mode, dry_run=dry_run)
+            report.finish("failed", str(exc))
+            result = ExportResult(report)
+        finally:
+            if client is not None:
+                client.close()
+        self._persist(result)
+        log.info("%s", result.report.summary())
+        return result
+
+    def _persist(self, result: ExportResult) -> None:
+        report = result.report
+        rejects = self.runs.save_rejects(
+            report.run_id, ((r.source, r.row, r.field, r.reason, v.value)
+                            for r, v in _pair_rejects(result)))
+        data = report.to_dict()
+        data["rejects_blob"] = rejects
+        self.runs.save_report(report.run_id, data)
+
+    def report(self, run_id: str) -> dict[str, Any] | None:
+        return self.runs.load_report(run_id)
+
+    def mark_queued(self, destination: Destination, blob_name: str, run_id: str, dry_run: bool) -> None:
+        report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                           source=blob_name, mode=destination.mode, dry_run=dry_run, status="queued")
+        self.runs.save_report(run_id, report.to_dict())
+
+    def refresh_all(self) -> list[RunReport]:
+        """Timer: re-export every destination from its latest segment file."""
+        reports: list[RunReport] = []
+        for destination in self.destinations.destinations:
+            blob_name = self.latest_segment(destination)
+            if blob_name is None:
+                log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
+                continue
+            reports.append(self.export(destination, blob_name, run_id=new_run_id(destination.name)))
+        return reports
+
+
+def _pair_rejects(result: ExportResult) -> list[tuple[Any, Any]]:
+    """Join report rejects with their values by (source, row); rows rejected by SendGrid have no value kept."""
+    values = {(v.source, v.row): v for v in result.rejected_values}
+    pairs = []
+    for rejected in result.report.rejected:
+        value = values.get((rejected.source, rejected.row))
+        pairs.append((rejected, value if value is not None else _NoValue()))
+    return pairs
+
+
+class _NoValue:
+    value = ""
+
+
+_lock = threading.Lock()
+_service: ExportService | None = None
+
+
+def get_service() -> ExportService:
+    """The process-wide service, built on first use (never at import: a failing import loads 0 functions)."""
+    global _service  # noqa: PLW0603 - one lazily built service per worker process
+    with _lock:
+        if _service is None:
+            _service = ExportService.from_environment()
+        return _service
+
+
+def reset_service(service: ExportService | None = None) -> None:
+    """Tests and the local runner swap in a service wired to Azurite, the simulator and a vault stand-in."""
+    global _service  # noqa: PLW0603
+    with _lock:
+        _service = service

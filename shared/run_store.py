@@ -1,0 +1,150 @@
+"""Run state in Blob Storage: reports, rejected rows, and a receipt per processed segment file.
+
+Blob triggers are at-least-once, and two instances may receive the same blob. The receipt for
+(blob name, ETag) is created with `If-None-Match: *`, so exactly one caller wins the claim; later
+updates use `If-Match` on the receipt's ETag so a stale writer cannot overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContainerClient, ContentSettings
+
+log = logging.getLogger(__name__)
+
+RECEIPT_STALE_AFTER = timedelta(minutes=45)  # longer than functionTimeout (30 min): a claim older is a dead run
+_JSON = ContentSettings(content_type="application/json")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof that this caller owns the processing of one version of one blob."""
+
+    path: str
+    etag: str
+    run_id: str
+
+
+class RunStore:
+    def __init__(self, container: ContainerClient) -> None:
+        self._container = container
+        self._ensured = False
+
+    def _ensure_container(self) -> None:
+        if not self._ensured:
+            with contextlib.suppress(ResourceExistsError):
+                self._container.create_container()
+            self._ensured = True
+
+    # -- reports -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def report_path(run_id: str) -> str:
+        return f"reports/{run_id}.json"
+
+    def save_report(self, run_id: str, report: dict[str, Any]) -> None:
+        self._ensure_container()
+        self._container.upload_blob(self.report_path(run_id), json.dumps(report, indent=2).encode(),
+                                    overwrite=True, content_settings=_JSON)
+
+    def load_report(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._container.download_blob(self.report_path(run_id)).readall())
+        except ResourceNotFoundError:
+            return None
+        return data
+
+    def save_rejects(self, run_id: str, rows: Iterable[tuple[str, int, str, str, str]]) -> str | None:
+        """(source, row, field, reason, value) rows as CSV; the one place values of rejected rows are kept."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["source", "row", "field", "reason", "value"])
+        count = 0
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+        if not count:
+            return None
+        path = f"rejects/{run_id}.csv"
+        self._ensure_container()
+        self._container.upload_blob(path, buffer.getvalue().encode(), overwrite=True,
+                                    content_settings=ContentSettings(content_type="text/csv"))
+        return path
+
+    # -- receipts ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def receipt_path(blob_name: str, etag: str) -> str:
+        digest = hashlib.sha256(f"{blob_name}\n{etag.strip(chr(34))}".encode()).hexdigest()
+        return f"receipts/{digest}.json"
+
+    def claim(self, blob_name: str, etag: str, run_id: str) -> Claim | None:
+        """Claim this blob version; None when another run already did (or is doing) it."""
+        self._ensure_container()
+        path = self.receipt_path(blob_name, etag)
+        state = {"blob": blob_name, "etag": etag, "run_id": run_id, "state": "running", "at": _now()}
+        try:
+            result = self._container.get_blob_client(path).upload_blob( json.dumps(state).encode(), overwrite=False,
+                                                 content_settings=_JSON)
+            return Claim(path, str(result["etag"]), run_id)
+        except ResourceExistsError:
+            pass
+        existing, existing_etag = self._read(path)
+        if existing is None:
+            return None
+        retry = existing.get("state") == "failed" or (
+            existing.get("state") == "running" and _age(existing.get("at")) > RECEIPT_STALE_AFTER)
+        if not retry:
+            log.info("blob version already %s by run %s; skipping duplicate trigger",
+                     existing.get("state"), existing.get("run_id"))
+            return None
+        try:
+            result = self._container.get_blob_client(path).upload_blob( json.dumps(state).encode(), overwrite=True,
+                                                 etag=existing_etag, match_condition=MatchConditions.IfNotModified,
+                                                 content_settings=_JSON)
+        except (ResourceModifiedError, HttpResponseError) as exc:
+            if getattr(exc, "status_code", 412) == 412:
+                return None  # another instance re-claimed it first
+            raise
+        return Claim(path, str(result["etag"]), run_id)
+
+    def complete(self, claim: Claim, state: str, report_summary: dict[str, Any]) -> None:
+        """Record the outcome; `failed` lets the next trigger of the same blob version try again."""
+        existing, _ = self._read(claim.path)
+        body = dict(existing or {}, state=state, finished=_now(), summary=report_summary)
+        try:
+            self._container.upload_blob(claim.path, json.dumps(body).encode(), overwrite=True, etag=claim.etag,
+                                        match_condition=MatchConditions.IfNotModified, content_settings=_JSON)
+        except ResourceModifiedError:
+            log.warning("receipt for run %s changed under us; leaving the newer state", claim.run_id)
+
+    def _read(self, path: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            downloader = self._container.download_blob(path)
+        except ResourceNotFoundError:
+            return None, None
+        data: dict[str, Any] = json.loads(downloader.readall())
+        return data, downloader.properties.etag
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _age(at: object) -> timedelta:
+    try:
+        return datetime.now(UTC) - datetime.fromisoformat(str(at))
+    except ValueError:
+        return timedelta.max

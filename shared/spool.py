@@ -1,0 +1,90 @@
+"""The run's spool: every valid mapped contact, in file order, on local disk.
+
+Why a spool: "last row wins" for duplicate emails and the profile cap both need to see the whole file
+before the first request, and SendGrid bodies are built from the serialised contacts. Keeping them on
+disk (not in memory) makes memory grow with one batch, not with the file; re-reading the spool costs a
+fraction of re-parsing the source file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import tempfile
+from array import array
+from collections.abc import Iterator
+from typing import BinaryIO
+
+
+def email_key(email: str) -> int:
+    """A stable signed 64-bit key for an email (same value in every process, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(email.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def fingerprint(body: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "little", signed=True)
+
+
+class Spool:
+    def __init__(self, directory: str | None = None) -> None:
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
+        self.keys = array("q")  # email_key per contact
+        self.fingerprints = array("q")
+        self.sources = array("H")  # index into source_names
+        self.rows = array("L")
+        self.source_names: list[str] = []
+        self._source_index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, source: str, row: int, email: str, body: bytes) -> None:
+        index = self._source_index.get(source)
+        if index is None:
+            index = self._source_index[source] = len(self.source_names)
+            self.source_names.append(source)
+        self.keys.append(email_key(email))
+        self.fingerprints.append(fingerprint(body))
+        self.sources.append(index)
+        self.rows.append(row)
+        self._file.write(body)
+        self._file.write(b"\n")
+
+    def where(self, index: int) -> tuple[str, int]:
+        return self.source_names[self.sources[index]], self.rows[index]
+
+    def contacts(self) -> Iterator[tuple[int, bytes]]:
+        """(index, contact JSON) in file order."""
+        self._file.flush()
+        self._file.seek(0)
+        for index, line in enumerate(self._file):
+            yield index, line[:-1]
+
+    def superseded(self) -> set[int]:
+        """Indices of contacts whose email appears again later in the file (last row wins).
+
+        Keys are compared first (cheap, in arrays); only rows whose key repeats are read back to compare
+        the real emails, so a 64-bit collision can never merge two different people.
+        """
+        ordered = sorted(self.keys)  # a transient list; a set of a million keys would cost more
+        repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
+        del ordered
+        if not repeated:
+            return set()
+        last: dict[bytes, int] = {}
+        candidates: list[tuple[int, bytes]] = []
+        for index, body in self.contacts():
+            if self.keys[index] in repeated:
+                email = _email_of(body)
+                candidates.append((index, email))
+                last[email] = index
+        return {index for index, email in candidates if last[email] != index}
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _email_of(body: bytes) -> bytes:
+    # Contacts are serialised by ContactMapper with "email" first: {"email":"...",
+    end = body.index(b'"', 10)
+    return body[10:end]

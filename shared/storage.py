@@ -1,0 +1,28 @@
+"""Blob Storage clients from the app's settings: a connection string locally, managed identity in Azure."""
+
+from __future__ import annotations
+
+from azure.storage.blob import BlobServiceClient
+
+from shared.errors import ConfigurationError
+from shared.settings import setting
+
+
+def blob_service_from_settings() -> BlobServiceClient:
+    connection = setting("AzureWebJobsStorage")
+    if connection and "=" in connection:
+        return BlobServiceClient.from_connection_string(connection)
+    endpoint = setting("AzureWebJobsStorage__blobServiceUri")
+    account = setting("AzureWebJobsStorage__accountName")
+    if not endpoint and account:
+        endpoint = f"https://{account}.blob.core.windows.net"
+    if not endpoint:
+        raise ConfigurationError(
+            "no storage configured: set AzureWebJobsStorage (local) or AzureWebJobsStorage__blobServiceUri / "
+            "AzureWebJobsStorage__accountName (Azure, managed identity)", field="AzureWebJobsStorage")
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    client_id = setting("AzureWebJobsStorage__clientId") or setting("AZURE_CLIENT_ID")
+    credential = (ManagedIdentityCredential(client_id=client_id) if client_id
+                  else DefaultAzureCredential())
+    return BlobServiceClient(endpoint, credential=credential)
