@@ -1,0 +1,87 @@
+"""Command line over the same engine: export a local file or blob URL to a destination, or preview it.
+
+    python -m shared.cli export samples/segments/vip-customers/vip_customers_1.csv \
+        --config samples/destinations.local.json --destination vip-customers [--dry-run]
+
+Settings come from the environment as in the Function App (SENDGRID_BASE_URL, KEY_VAULT_URL or, for
+development only, LOCAL_DEV_SENDGRID_API_KEY; AzureWebJobsStorage for blob URLs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+from shared.destinations import DestinationsDocument, load_destinations
+from shared.engine import ExportOptions, export_segment
+from shared.errors import ExportError
+from shared.secrets import ApiKeyProvider
+from shared.sendgrid_client import SendGridClient
+from shared.settings import AppSettings, setting
+from shared.sources import source_for
+
+
+def _destinations(config: str | None) -> DestinationsDocument:
+    if config:
+        return load_destinations(Path(config).read_text(encoding="utf-8"), origin=config)
+    text = setting("DESTINATIONS_JSON")
+    if not text:
+        raise ExportError("no destinations: pass --config FILE or set DESTINATIONS_JSON")
+    return load_destinations(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="export one segment file (path or blob URL) to a destination")
+    export.add_argument("segment", help="local path, or https://<account>.blob.core.windows.net/<container>/<blob>")
+    export.add_argument("--destination", required=True, help="destination name from the configuration")
+    export.add_argument("--config", help="destinations JSON file (default: the DESTINATIONS_JSON setting)")
+    export.add_argument("--dry-run", action="store_true", help="map and validate only; print a preview")
+    export.add_argument("--preview", type=int, default=10, help="contacts to show in a dry run")
+    export.add_argument("--report", help="also write the run report to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    try:
+        destinations = _destinations(args.config)
+        destination = destinations.get(args.destination)
+        if destination is None:
+            names = ", ".join(d.name for d in destinations.destinations)
+            raise ExportError(f"unknown destination {args.destination!r} (configured: {names})")
+        source, name = source_for(args.segment)
+        client = None
+        if not args.dry_run or destination.field_mapping.custom_fields:
+            keys = ApiKeyProvider.from_settings()
+            secret = destination.api_key_secret
+            client = SendGridClient(keys.get(secret), base_url=AppSettings.from_environment().sendgrid_base_url,
+                                    on_unauthorized=lambda: keys.refresh(secret))
+        if not destination.has_consent and not args.dry_run:
+            raise ExportError(f"destination {destination.name} has no recorded consent; record it before exporting")
+        run_id = f"cli-{uuid.uuid4().hex[:12]}"
+        try:
+            result = export_segment(destination, source, name, client, run_id=run_id,
+                                    options=ExportOptions(dry_run=args.dry_run, preview_limit=args.preview))
+        finally:
+            if client is not None:
+                client.close()
+    except ExportError as exc:
+        print(json.dumps({"status": "failed", "error": str(exc)}, indent=2))
+        return 2
+    report = result.report.to_dict()
+    if args.dry_run:
+        report["preview"] = [json.loads(c) for c in result.preview]
+    text = json.dumps(report, indent=2)
+    if args.report:
+        Path(args.report).write_text(text, encoding="utf-8")
+    print(text)
+    return 0 if result.report.status in ("succeeded", "dry_run") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
