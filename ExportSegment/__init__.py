@@ -54,12 +54,12 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         return _error(400, "the request body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, "the request body must be a JSON object")
-    unknown = sorted(set(body) - {"blob", "dry_run"})
+    unknown = sorted(set(body) - {"blob", "dry_run", "full"})
     if unknown:
         return _error(400, f"unknown field(s): {', '.join(unknown)}")
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        return _error(400, "dry_run must be true or false")
+    dry_run, full = body.get("dry_run", False), body.get("full", False)
+    if not isinstance(dry_run, bool) or not isinstance(full, bool):
+        return _error(400, "dry_run and full must be true or false")
     blob_name = body.get("blob")
     if blob_name is not None:
         if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
@@ -82,7 +82,7 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         status = 200 if result.report.status == "dry_run" else 422
         return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json")
     service.mark_queued(destination, blob_name, run_id, dry_run=False)
-    queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name}))
+    queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": full}))
     status_url = _status_url(req, run_id)
     return func.HttpResponse(json.dumps({"run_id": run_id, "status": "queued", "status_url": status_url}),
                              status_code=202, mimetype="application/json", headers={"Location": status_url})
@@ -110,7 +110,8 @@ def run_queued_export(message: func.QueueMessage) -> None:
         log.error("queued run %s names a destination that no longer exists", request.get("run_id"))
         return
     try:
-        report = service.export(destination, request["blob"], run_id=request["run_id"])
+        report = service.export(destination, request["blob"], run_id=request["run_id"],
+                                full=bool(request.get("full", False)))
     except ExportError as exc:
         log.error("queued run %s failed: %s", request.get("run_id"), exc)
         return

@@ -7,8 +7,10 @@ bad rows (they are rejected in the report); it raises only for what stops a run 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,10 +29,11 @@ from shared.errors import (
     TransientFailure,
 )
 from shared.readers import ReaderOptions, open_segment
-from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
+from shared.run_report import BatchResult, RejectedRow, RowRef, RunReport, TruncatedField
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.sources import ByteSource
 from shared.spool import Spool
+from shared.sync_state import Snapshot, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ def export_segment(
     run_id: str,
     options: ExportOptions | None = None,
     on_batch_accepted: Callable[[BatchResult], None] | None = None,
+    sync: SyncState | None = None,
 ) -> ExportResult:
     """Export one segment file (or CDM model.json) to the destination's list.
 
@@ -108,7 +112,7 @@ def export_segment(
             report.finish("dry_run")
             return result
         assert client is not None
-        _send(destination, spool, superseded, client, result, options, on_batch_accepted)
+        _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync)
         report.requests_sent = client.stats.requests
         return result
     finally:
@@ -148,21 +152,54 @@ def _read_into_spool(
     report.contacts_valid = len(spool)
 
 
-def _outgoing(spool: Spool, superseded: set[int]) -> Iterator[tuple[int, bytes]]:
-    for index, body in spool.contacts():
-        if index not in superseded:
-            yield index, body
+class _Outcome:
+    """Per-contact outcome codes in one byte each (a million contacts cost a megabyte)."""
+
+    NONE, CONFIRMED = 0, 1
 
 
 def _send(
     destination: Destination, spool: Spool, superseded: set[int], client: SendGridClient, result: ExportResult,
-    options: ExportOptions, on_batch_accepted: Callable[[BatchResult], None] | None,
+    options: ExportOptions, on_batch_accepted: Callable[[BatchResult], None] | None, sync: SyncState | None,
 ) -> None:
     report = result.report
+    snapshot = sync.snapshot if sync is not None else None
+    outcome_of = array("b", bytes(len(spool)))
+
+    removals: set[int] = set()
+    if sync is not None and snapshot is not None and destination.mode == "mirror":
+        removals = _left_the_segment(spool, snapshot)
+        limit = destination.max_removal_fraction * len(snapshot)
+        if len(removals) > limit:
+            share = len(removals) / max(len(snapshot), 1)
+            report.not_sent = len(spool) - len(superseded)
+            report.finish("refused", f"safety valve: this run would remove {len(removals)} of {len(snapshot)} "
+                                     f"contacts ({share:.0%}) from the list, more than max_removal_fraction "
+                                     f"{destination.max_removal_fraction:.0%}; is the segment file complete? "
+                                     "Nothing was sent.")
+            return
+
+    def outgoing() -> Iterator[tuple[int, bytes]]:
+        for index, body in spool.contacts():
+            if index in superseded:
+                continue
+            if snapshot is not None and snapshot.fingerprint(spool.keys[index]) == spool.fingerprints[index]:
+                report.unchanged_skipped += 1
+                outcome_of[index] = _Outcome.CONFIRMED
+                continue
+            yield index, body
+
     accepted: list[tuple[BatchResult, Batch]] = []
     failure: ExportError | None = None
-    for batch in batches(_outgoing(spool, superseded), [destination.list_id_str],
+    resume = sync.resume if sync is not None else {}
+    for batch in batches(outgoing(), [destination.list_id_str],
                          max_contacts=options.max_contacts_per_request, max_bytes=options.max_body_bytes):
+        if batch.number in resume:
+            outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size(), job_id=resume[batch.number],
+                                  status="accepted", resumed=True)
+            report.batches.append(outcome)
+            accepted.append((outcome, batch))
+            continue
         if failure is not None:
             report.not_sent += len(batch.contacts)
             report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
@@ -174,19 +211,61 @@ def _send(
             report.not_sent += outcome.contacts
             continue
         accepted.append((outcome, sent))
+        if sync is not None and outcome.job_id:
+            sync.batch_accepted(batch.number, outcome.job_id)
         if on_batch_accepted is not None:
             on_batch_accepted(outcome)
 
     jobs = client.wait_for_imports([o.job_id for o, _ in accepted if o.job_id],
                                    poll_interval=options.poll_interval, timeout=options.poll_timeout)
-    _apply_job_results(accepted, jobs, report)
+    _apply_job_results(accepted, jobs, spool, report, outcome_of)
+
+    removed_ok: set[int] = set()
+    if failure is None and removals and sync is not None:
+        removed_ok = _remove_from_list(destination, sync, removals, client, report)
+
     report.requests_sent = client.stats.requests
     if failure is not None:
-        report.finish("failed", str(failure))
-    elif report.in_failed_jobs or report.pending:
-        report.finish("partial", "some import jobs did not complete; their contacts will be retried")
+        report.finish("failed", f"{failure}; re-run to resume after the last accepted batch")
+        return
+    if sync is not None:
+        mirror = destination.mode == "mirror"
+        sync.write_snapshot(
+            spool.keys, spool.fingerprints, (i for i in range(len(spool)) if i not in superseded),
+            email_of=spool.email_at, confirmed=lambda i: outcome_of[i] == _Outcome.CONFIRMED,
+            keep_absent=lambda position: not (mirror and position in removed_ok))
+        sync.clear_checkpoint()
+    if report.in_failed_jobs or report.pending:
+        report.finish("partial", "some import jobs did not complete; their contacts are sent again next refresh")
     else:
         report.finish("succeeded")
+
+
+def _left_the_segment(spool: Spool, snapshot: Snapshot) -> set[int]:
+    """Snapshot positions whose email is not in this segment file."""
+    present = array("q", sorted(spool.keys))
+    gone: set[int] = set()
+    for position, key in enumerate(snapshot.keys):
+        at = bisect.bisect_left(present, key)
+        if at == len(present) or present[at] != key:
+            gone.add(position)
+    return gone
+
+
+def _remove_from_list(destination: Destination, sync: SyncState, positions: set[int], client: SendGridClient,
+                      report: RunReport) -> set[int]:
+    """Mirror mode: take contacts that left the segment off the list (they stay in the account)."""
+    emails = sync.snapshot_emails(positions)
+    ids = client.search_emails(sorted(emails.values()))
+    try:
+        client.remove_from_list(destination.list_id_str, ids.values())
+    except ExportError as exc:
+        report.notes.append(f"removing {len(ids)} contacts that left the segment failed: {exc}")
+        return set()
+    report.removed_from_list = len(ids)
+    if len(ids) < len(emails):
+        report.notes.append(f"{len(emails) - len(ids)} contacts that left the segment were not in SendGrid any more")
+    return set(positions)
 
 
 def _send_batch(
@@ -231,9 +310,9 @@ def _named_contacts(exc: InvalidRequest, count: int) -> dict[int, str]:
     return named
 
 
-def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str, ImportJob],
-                       report: RunReport) -> None:
-    for outcome, _batch in accepted:
+def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str, ImportJob], spool: Spool,
+                       report: RunReport, outcome_of: array[int]) -> None:
+    for outcome, batch in accepted:
         job = jobs.get(outcome.job_id or "")
         status = job.status if job else "pending"
         outcome.status = status
@@ -242,8 +321,11 @@ def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str
             outcome.updated_count = job.updated_count
             outcome.errored_count = job.errored_count
         if status == "completed":
-            report.exported += outcome.contacts
+            report.exported += len(batch.contacts)
+            for index in batch.indices:
+                outcome_of[index] = _Outcome.CONFIRMED
         elif status in ("errored", "failed"):
-            report.in_failed_jobs += outcome.contacts
+            report.in_failed_jobs += len(batch.contacts)
+            report.failed_job_rows.extend(RowRef(*spool.where(i)) for i in batch.indices)
         else:
-            report.pending += outcome.contacts
+            report.pending += len(batch.contacts)

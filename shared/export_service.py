@@ -6,6 +6,8 @@ run IDs); nothing here knows about `azure.functions`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import uuid
@@ -27,12 +29,20 @@ from shared.sendgrid_client import SendGridClient
 from shared.settings import AppSettings, setting
 from shared.sources import BlobContainerSource
 from shared.storage import blob_service_from_settings
+from shared.sync_state import DestinationBusy, SyncState
 
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz",
                  ".json.gz")
 MODEL_JSON = "model.json"
+
+
+def config_digest(destination: Destination) -> str:
+    """What decides the bytes sent for a profile: a change makes the next export a full one."""
+    relevant = destination.model_dump(include={"list_id", "field_mapping", "length_policy", "empty_values"},
+                                      mode="json")
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_run_id(destination: str) -> str:
@@ -157,12 +167,12 @@ class ExportService:
         return TriggerOutcome(blob_name, report=report)
 
     def export(self, destination: Destination, blob_name: str, *, run_id: str, dry_run: bool = False,
-               ) -> RunReport:
+               full: bool = False) -> RunReport:
         """Run one export and persist its report (and rejected rows) in the runs container."""
-        return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run).report
+        return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full).report
 
     def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
-                            dry_run: bool = False) -> ExportResult:
+                            dry_run: bool = False, full: bool = False) -> ExportResult:
         source = BlobContainerSource(self.segments)
         if not destination.has_consent and not dry_run:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
@@ -173,10 +183,22 @@ class ExportService:
             return ExportResult(report)
         options = ExportOptions(**{**self.options.__dict__, "dry_run": dry_run})
         client: SendGridClient | None = None
+        sync: SyncState | None = None
         try:
+            if not dry_run:
+                sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination))
+                sync.acquire()
+                etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
+                sync.load(source_id=f"{blob_name}\n{etag}", full=full)
             if not dry_run or destination.field_mapping.custom_fields:
                 client = self.client_for(destination)
-            result = export_segment(destination, source, blob_name, client, run_id=run_id, options=options)
+            result = export_segment(destination, source, blob_name, client, run_id=run_id, options=options,
+                                    sync=sync)
+        except DestinationBusy as exc:
+            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                               source=source.describe(blob_name), mode=destination.mode)
+            report.finish("refused", str(exc))
+            result = ExportResult(report)
         except ExportError as exc:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                                source=source.describe(blob_name), mode=destination.mode, dry_run=dry_run)
@@ -185,6 +207,8 @@ class ExportService:
         finally:
             if client is not None:
                 client.close()
+            if sync is not None:
+                sync.release()
         self._persist(result)
         log.info("%s", result.report.summary())
         return result

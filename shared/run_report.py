@@ -34,6 +34,12 @@ class TruncatedField:
 
 
 @dataclass(slots=True)
+class RowRef:
+    source: str
+    row: int
+
+
+@dataclass(slots=True)
 class BatchResult:
     number: int
     contacts: int
@@ -71,6 +77,7 @@ class RunReport:
     requests_sent: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
     truncated: list[TruncatedField] = field(default_factory=list)
+    failed_job_rows: list[RowRef] = field(default_factory=list)  # resent by the next refresh
     batches: list[BatchResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

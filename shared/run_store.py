@@ -39,6 +39,7 @@ class Claim:
 
 class RunStore:
     def __init__(self, container: ContainerClient) -> None:
+        self.container = container
         self._container = container
         self._ensured = False
 

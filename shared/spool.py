@@ -32,6 +32,8 @@ class Spool:
         self.fingerprints = array("q")
         self.sources = array("H")  # index into source_names
         self.rows = array("L")
+        self._offsets = array("Q")  # where each contact's line starts in the spool file
+        self._end = 0
         self.source_names: list[str] = []
         self._source_index: dict[str, int] = {}
 
@@ -47,11 +49,22 @@ class Spool:
         self.fingerprints.append(fingerprint(body))
         self.sources.append(index)
         self.rows.append(row)
+        self._offsets.append(self._end)
         self._file.write(body)
         self._file.write(b"\n")
+        self._end += len(body) + 1
 
     def where(self, index: int) -> tuple[str, int]:
         return self.source_names[self.sources[index]], self.rows[index]
+
+    def email_at(self, index: int) -> str:
+        """Read one contact's email back from the spool (used for the few that need it)."""
+        self._file.flush()
+        position = self._file.tell()
+        self._file.seek(self._offsets[index])
+        line = self._file.readline()
+        self._file.seek(position)
+        return _email_of(line).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
         """(index, contact JSON) in file order."""

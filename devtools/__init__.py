@@ -1,0 +1,1 @@
+"""Development-only helpers (local run); excluded from the deployed package by .funcignore."""

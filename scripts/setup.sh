@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything the local run and the tests need, from scratch or incrementally:
+# a Python 3.11+ virtualenv in .venv with requirements-dev.txt, and Azurite from package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements-installed
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+  echo "setup: installing Python packages (requirements-dev.txt)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  touch "$stamp"
+fi
+if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: installing Azurite (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -1,0 +1,288 @@
+"""Per-destination sync state in Blob Storage: what was last exported, where an interrupted run stopped,
+and who is running now.
+
+- Snapshot (`state/<destination>/snapshot.txt`): one line per exported contact, sorted by email key:
+  `<key> <fingerprint> <email>`. Keys and fingerprints load into two arrays (16 bytes a contact), so an
+  unchanged refresh is a binary search per contact, not a dictionary of a million strings. Emails are
+  only read back for contacts that left the segment (mirror mode).
+- Checkpoint (`state/<destination>/checkpoint.json`): the batches SendGrid accepted for one plan (same
+  file version, same snapshot, same mapping); a re-run of that plan skips them and polls their jobs.
+- Lock (`state/<destination>/lock`): a blob lease (60 s, renewed while the run lives) so two runs for one
+  destination never interleave; a dead run's lease simply expires.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import threading
+from array import array
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobLeaseClient, ContainerClient
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v1"
+
+
+class DestinationBusy(Exception):
+    """Another run holds this destination's lock."""
+
+
+class Snapshot:
+    def __init__(self, header: dict[str, Any], keys: array[int], fingerprints: array[int]) -> None:
+        self.header = header
+        self.keys = keys
+        self.fingerprints = fingerprints
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def digest(self) -> str:
+        return str(self.header.get("digest", ""))
+
+    def fingerprint(self, key: int) -> int | None:
+        position = bisect.bisect_left(self.keys, key)
+        if position < len(self.keys) and self.keys[position] == key:
+            return self.fingerprints[position]
+        return None
+
+
+def _sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
+    """Indices ordered by key, bucketed by the key's top byte so no million-entry list is ever built."""
+    buckets: list[array[int]] = [array("L") for _ in range(256)]
+    for index in indices:
+        buckets[(keys[index] >> 56) & 0xFF].append(index)
+    # Signed keys: buckets 128..255 hold the negative ones, which sort first.
+    for bucket in (*buckets[128:], *buckets[:128]):
+        yield from sorted(bucket, key=keys.__getitem__)
+
+
+class SyncState:
+    """State of one destination, bound to the runs container."""
+
+    def __init__(self, container: ContainerClient, destination: str, *, config_digest: str) -> None:
+        self._container = container
+        self.destination = destination
+        self.config_digest = config_digest
+        self._prefix = f"state/{destination}/"
+        self._lease: BlobLeaseClient | None = None
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.snapshot: Snapshot | None = None
+        self.run_key = ""
+        self.resume: dict[int, str] = {}
+
+    # -- lock ----------------------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+        lock = self._container.get_blob_client(self._prefix + "lock")
+        with contextlib.suppress(ResourceExistsError):
+            lock.upload_blob(b"", overwrite=False)
+        try:
+            self._lease = lock.acquire_lease(lease_duration=LEASE_SECONDS)
+        except HttpResponseError as exc:
+            if exc.status_code == 409:
+                raise DestinationBusy(f"another run of destination {self.destination} is in progress") from None
+            raise
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.destination}", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                if self._lease is not None:
+                    self._lease.renew()
+            except HttpResponseError:
+                log.warning("could not renew the lock of destination %s", self.destination)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        if self._lease is not None:
+            with contextlib.suppress(HttpResponseError):
+                self._lease.release()
+            self._lease = None
+
+    # -- snapshot ------------------------------------------------------------------------------------
+
+    def load(self, *, source_id: str, full: bool) -> None:
+        """Read the snapshot (unless a full re-sync is asked for) and the checkpoint of this plan."""
+        self.snapshot = None if full else self._load_snapshot()
+        snapshot_digest = self.snapshot.digest if self.snapshot else "none"
+        self.run_key = hashlib.sha256(
+            f"{source_id}\n{snapshot_digest}\n{self.config_digest}".encode()).hexdigest()
+        checkpoint = self._read_json(self._prefix + "checkpoint.json")
+        if checkpoint and checkpoint.get("run_key") == self.run_key:
+            self.resume = {int(k): str(v) for k, v in checkpoint.get("accepted", {}).items()}
+        else:
+            self.resume = {}
+
+    def _load_snapshot(self) -> Snapshot | None:
+        try:
+            stream = self._container.download_blob(self._prefix + "snapshot.txt")
+        except ResourceNotFoundError:
+            return None
+        keys, fingerprints = array("q"), array("q")
+        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
+            header = json.loads(text.readline())
+            if header.get("format") != SNAPSHOT_FORMAT or header.get("config") != self.config_digest:
+                log.info("destination %s: mapping or list changed since the last export; full sync", self.destination)
+                return None
+            for line in text:
+                key, fp, _ = line.split(" ", 2)
+                keys.append(int(key))
+                fingerprints.append(int(fp))
+        return Snapshot(header, keys, fingerprints)
+
+    def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
+        """Emails of the snapshot entries at these positions (contacts that left the segment)."""
+        if not positions:
+            return {}
+        stream = self._container.download_blob(self._prefix + "snapshot.txt")
+        found: dict[int, str] = {}
+        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
+            text.readline()
+            for position, line in enumerate(text):
+                if position in positions:
+                    found[position] = line.rstrip("\n").split(" ", 2)[2]
+        return found
+
+    def write_snapshot(
+        self,
+        segment_keys: array[int],
+        segment_fingerprints: array[int],
+        segment_indices: Iterator[int],
+        email_of: Callable[[int], str],
+        confirmed: Callable[[int], bool],
+        keep_absent: Callable[[int], bool],
+    ) -> int:
+        """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
+
+        A contact of this segment takes its new fingerprint only if `confirmed` (its import job completed,
+        or it was unchanged); otherwise its previous entry stays, so the next refresh sends it again.
+        Entries of contacts no longer in the segment stay while `keep_absent(position)` says so.
+        """
+        old = self.snapshot
+        with tempfile.TemporaryFile() as out:
+            digest = hashlib.sha256()
+            count = 0
+
+            def emit(key: int, fp: int, email: str) -> None:
+                nonlocal count
+                line = f"{key} {fp} {email}\n".encode()
+                out.write(line)
+                digest.update(line)
+                count += 1
+
+            old_lines = self._old_lines() if old is not None else iter(())
+            pending_old = next(old_lines, None)
+            old_position = 0
+            for index in _sorted_by_key(segment_keys, segment_indices):
+                key = segment_keys[index]
+                while pending_old is not None and pending_old[0] < key:
+                    if keep_absent(old_position):
+                        emit(*pending_old)
+                    pending_old, old_position = next(old_lines, None), old_position + 1
+                previous = None
+                if pending_old is not None and pending_old[0] == key:
+                    previous = pending_old
+                    pending_old, old_position = next(old_lines, None), old_position + 1
+                if confirmed(index):
+                    emit(key, segment_fingerprints[index], email_of(index))
+                elif previous is not None:
+                    emit(*previous)
+            while pending_old is not None:
+                if keep_absent(old_position):
+                    emit(*pending_old)
+                pending_old, old_position = next(old_lines, None), old_position + 1
+            header = {"format": SNAPSHOT_FORMAT, "config": self.config_digest, "count": count,
+                      "digest": digest.hexdigest()}
+            out.seek(0)
+            body = _Concat(json.dumps(header).encode() + b"\n", out)
+            self._container.get_blob_client(self._prefix + "snapshot.txt").upload_blob(body, overwrite=True)
+        return count
+
+    def _old_lines(self) -> Iterator[tuple[int, int, str]]:
+        stream = self._container.download_blob(self._prefix + "snapshot.txt")
+        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
+            text.readline()
+            for line in text:
+                key, fp, email = line.rstrip("\n").split(" ", 2)
+                yield int(key), int(fp), email
+
+    # -- checkpoint ----------------------------------------------------------------------------------
+
+    def batch_accepted(self, number: int, job_id: str) -> None:
+        self.resume[number] = job_id
+        body = json.dumps({"run_key": self.run_key, "accepted": {str(k): v for k, v in self.resume.items()}})
+        self._container.get_blob_client(self._prefix + "checkpoint.json").upload_blob(body.encode(), overwrite=True)
+
+    def clear_checkpoint(self) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.delete_blob(self._prefix + "checkpoint.json")
+        self.resume = {}
+
+    def _read_json(self, path: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._container.download_blob(path).readall())
+        except ResourceNotFoundError:
+            return None
+        return data
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable stream over the SDK's chunk iterator (the blob is never held whole in memory)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+class _Concat(io.RawIOBase):
+    """Header bytes followed by a file, as one upload stream."""
+
+    def __init__(self, head: bytes, tail: Any) -> None:
+        self._head = head
+        self._tail = tail
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        if self._head:
+            size = min(len(target), len(self._head))
+            target[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._tail.read(len(target))
+        target[: len(data)] = data
+        return len(data)
