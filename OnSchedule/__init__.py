@@ -17,7 +17,10 @@ log = logging.getLogger("OnSchedule")
 def scheduled_refresh(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("scheduled refresh is running late")
-    reports = get_service().refresh_all()
+    service = get_service()
+    for earlier in service.finish_pending_runs():
+        log.info("run %s: pending import jobs now %s", earlier.get("run_id"), earlier.get("status"))
+    reports = service.refresh_all()
     for report in reports:
         log.info("%s", report.summary())
     log.info("scheduled refresh finished: %d destination(s)", len(reports))

@@ -84,6 +84,18 @@ class RunStore:
                                     content_settings=ContentSettings(content_type="text/csv"))
         return path
 
+    def mark_pending(self, run_id: str) -> None:
+        self._ensure_container()
+        self._container.upload_blob(f"pending/{run_id}", b"", overwrite=True)
+
+    def pending_runs(self) -> list[str]:
+        self._ensure_container()
+        return [blob.name.removeprefix("pending/") for blob in self._container.list_blobs(name_starts_with="pending/")]
+
+    def clear_pending(self, run_id: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.delete_blob(f"pending/{run_id}")
+
     # -- receipts ------------------------------------------------------------------------------------
 
     @staticmethod

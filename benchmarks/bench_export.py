@@ -1,0 +1,164 @@
+"""Benchmark: export generated 100,000- and 1,000,000-row segments to the SendGrid simulator.
+
+Prints, per size: wall time, rows/s, peak RSS of the exporting process, requests sent, and the ratio to a
+floor measured in the same run (bare `csv.reader` over the file + `json.dumps` of the bodies, no validation,
+no HTTP). Also the time of an unchanged 100,000-row refresh (incremental sync: 0 contacts sent).
+
+    .venv/bin/python -m benchmarks.bench_export [--sizes 100000 1000000]
+
+Each export runs in a fresh child process so its peak RSS is its own; the simulator runs in another
+process (it is not part of our memory or CPU profile, though it shares the machine's two cores).
+Targets: 100,000 rows < 10 s; within 2x of the floor; peak RSS < 150 MB at 1,000,000 rows; unchanged
+100,000-row refresh < 3 s with 0 requests carrying contacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIST_ID = "0f5e2a55-6a43-4bd5-9a55-1c2a7e3d9b10"
+KEY = "SG.bench-key"
+HEADER = ["CustomerId", "Email", "FirstName", "LastName", "Country", "State", "City", "PostCode"]
+DESTINATION = {
+    "name": "bench", "list_id": LIST_ID, "api_key_secret": "k", "segments": ["bench/"],
+    "max_profiles": 2_000_000,
+    "field_mapping": {"email": "Email", "first_name": "FirstName", "last_name": "LastName", "country": "Country",
+                      "state_province_region": "State", "city": "City", "postal_code": "PostCode"},
+    "consent": {"agreed_by": "bench", "agreed_at": "2026-11-22"},
+}
+
+
+def generate(path: Path, rows: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(HEADER)
+        for i in range(rows):
+            writer.writerow([f"C{i:08d}", f"customer.{i}@example{i % 97}.com", f"First{i % 1000}",
+                             f"Last{i % 5000}", "United States", "WA", "Seattle", f"{98000 + i % 999}"])
+
+
+def floor(path: Path) -> float:
+    """Read the CSV and serialise SendGrid bodies of 30,000 contacts: the least any exporter must do."""
+    start = time.perf_counter()
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        batch: list[dict[str, str]] = []
+        for cells in reader:
+            batch.append({"email": cells[1], "first_name": cells[2], "last_name": cells[3], "country": cells[4],
+                          "state_province_region": cells[5], "city": cells[6], "postal_code": cells[7]})
+            if len(batch) == 30_000:
+                json.dumps({"list_ids": [LIST_ID], "contacts": batch}).encode()
+                batch = []
+        if batch:
+            json.dumps({"list_ids": [LIST_ID], "contacts": batch}).encode()
+    return time.perf_counter() - start
+
+
+def child(path: str, base_url: str, connection_string: str | None, state: bool) -> None:
+    """One export in this process; prints a JSON line of figures."""
+    sys.path.insert(0, str(ROOT))
+    from shared.destinations import Destination
+    from shared.engine import ExportOptions, export_segment
+    from shared.sendgrid_client import SendGridClient
+    from shared.sources import LocalDirSource
+
+    destination = Destination.model_validate(DESTINATION)
+    file = Path(path)
+    sync = None
+    if state and connection_string:
+        from azure.storage.blob import BlobServiceClient
+
+        from shared.export_service import config_digest
+        from shared.sync_state import SyncState
+
+        container = BlobServiceClient.from_connection_string(connection_string).get_container_client("bench-runs")
+        sync = SyncState(container, destination.name, config_digest=config_digest(destination))
+        sync.acquire()
+        sync.load(source_id=f"{file.name}\n{file.stat().st_mtime_ns}", full=False)
+    start = time.perf_counter()
+    with SendGridClient(KEY, base_url=base_url) as client:
+        result = export_segment(destination, LocalDirSource(str(file.parent)), file.name, client,
+                                run_id="bench", options=ExportOptions(poll_interval=0.05), sync=sync)
+        wall = time.perf_counter() - start
+        contact_requests = client.stats.by_endpoint.get("PUT /v3/marketing/contacts", 0)
+    if sync is not None:
+        sync.release()
+    report = result.report
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"wall": wall, "peak_mb": peak_kb / 1024, "requests": report.requests_sent,
+                      "contact_requests": contact_requests, "exported": report.exported,
+                      "unchanged": report.unchanged_skipped, "status": report.status,
+                      "balanced": report.balanced, "rows": report.rows_read}))
+
+
+def run_child(path: Path, base_url: str, connection_string: str | None = None, state: bool = False) -> dict[str, float]:
+    args = [sys.executable, "-m", "benchmarks.bench_export", "--child", str(path), "--base-url", base_url]
+    if state and connection_string:
+        args += ["--state", connection_string]
+    out = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--child")
+    parser.add_argument("--base-url")
+    parser.add_argument("--state")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.base_url, args.state, bool(args.state))
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    from sendgrid_simulator import Simulator
+    from tests.azurite import start_azurite
+
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    rows_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        azurite = start_azurite()
+        simulator = Simulator(api_keys={KEY: None}, validate_openapi=False, job_delay=0.0)
+        simulator.start()
+        try:
+            simulator.create_list("bench", list_id=LIST_ID)
+            for size in args.sizes:
+                path = Path(tmp) / f"segment_{size}.csv"
+                generate(path, size)
+                floor_s = min(floor(path) for _ in range(2))
+                figures = run_child(path, simulator.base_url)
+                ratio = figures["wall"] / floor_s
+                rows_out.append((size, figures, floor_s, ratio))
+                print(f"{size:>9,} rows: wall {figures['wall']:.2f} s, {size / figures['wall']:,.0f} rows/s, "
+                      f"peak RSS {figures['peak_mb']:.0f} MB, requests {figures['requests']:.0f} "
+                      f"({figures['contact_requests']:.0f} carrying contacts), floor {floor_s:.2f} s, "
+                      f"ratio to floor {ratio:.2f}x, status {figures['status']}, balanced {figures['balanced']}")
+            # unchanged refresh: first export records the snapshot, the second finds nothing to send
+            size = 100_000
+            path = Path(tmp) / f"segment_{size}.csv"
+            if not path.exists():
+                generate(path, size)
+            first = run_child(path, simulator.base_url, azurite.connection_string, state=True)
+            second = run_child(path, simulator.base_url, azurite.connection_string, state=True)
+            print(f"unchanged {size:,}-row refresh: wall {second['wall']:.2f} s, "
+                  f"{second['contact_requests']:.0f} requests carrying contacts, unchanged {second['unchanged']:.0f} "
+                  f"(first export with snapshot: {first['wall']:.2f} s)")
+        finally:
+            simulator.stop()
+            azurite.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
