@@ -215,6 +215,8 @@ class ExportService:
 
     def _persist(self, result: ExportResult) -> None:
         report = result.report
+        if report.pending:
+            self.runs.mark_pending(report.run_id)
         rejects = self.runs.save_rejects(
             report.run_id, ((r.source, r.row, r.field, r.reason, v.value)
                             for r, v in _pair_rejects(result)))
@@ -229,6 +231,39 @@ class ExportService:
         report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                            source=blob_name, mode=destination.mode, dry_run=dry_run, status="queued")
         self.runs.save_report(run_id, report.to_dict())
+
+    def finish_pending_runs(self) -> list[dict[str, Any]]:
+        """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
+
+        Their contacts were not recorded as exported, so the refresh that follows sends them again anyway;
+        this keeps the earlier reports truthful.
+        """
+        updated: list[dict[str, Any]] = []
+        for run_id in self.runs.pending_runs():
+            report = self.runs.load_report(run_id)
+            destination = self.destinations.get(str((report or {}).get("destination")))
+            if report is None or destination is None:
+                self.runs.clear_pending(run_id)
+                continue
+            with self.client_for(destination) as client:
+                for batch in report.get("batches", []):
+                    if batch.get("status") in ("pending", "accepted") and batch.get("job_id"):
+                        job = client.get_import(batch["job_id"])
+                        if job.is_final:
+                            batch.update(status=job.status, created_count=job.created_count,
+                                         updated_count=job.updated_count, errored_count=job.errored_count)
+                            report["pending"] -= batch["contacts"]
+                            if job.status == "completed":
+                                report["exported"] += batch["contacts"]
+                            else:
+                                report["in_failed_jobs"] += batch["contacts"]
+            if report["pending"] <= 0:
+                report["status"] = "succeeded" if not report["in_failed_jobs"] else "partial"
+                report.setdefault("notes", []).append("pending import jobs finished after the run ended")
+                self.runs.clear_pending(run_id)
+            self.runs.save_report(run_id, report)
+            updated.append(report)
+        return updated
 
     def refresh_all(self) -> list[RunReport]:
         """Timer: re-export every destination from its latest segment file."""
