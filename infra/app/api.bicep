@@ -1,0 +1,134 @@
+// The Function App on the Flex Consumption plan (FC1), Python 3.11, running as the user-assigned identity.
+// App settings are the ones declared in shared/settings.py (tests/test_infra_settings.py compares them).
+// On Flex the runtime comes from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION,
+// WEBSITE_RUN_FROM_PACKAGE, content-share settings and WEBSITE_TIME_ZONE are not (and must not be) set.
+param name string
+param planName string
+param location string
+param tags object = {}
+param identityId string
+param identityClientId string
+param storageAccountName string
+param deploymentContainerName string
+param applicationInsightsName string
+param keyVaultUri string
+param segmentsContainerName string
+param runsContainerName string
+param destinationsJson string
+param refreshSchedule string
+param sendGridBaseUrl string
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  //checkov:skip=CKV_AZURE_225:Zone redundancy on Flex exists only in some regions and keeps 2+ billed always-ready instances; a zonal outage delays exports (Event Grid retries 24 h), it loses none.
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': 'api' })
+  kind: 'functionapp,linux'
+  //checkov:skip=CKV_AZURE_222:Event Grid delivers blob events to the public webhook endpoint (no VNet/private endpoint in this design); HTTP functions need function keys.
+  //checkov:skip=CKV_AZURE_17:Event Grid webhook deliveries cannot present client certificates; HTTP functions are protected by function keys instead.
+  //checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design; always-ready instances would only add cost for a batch export app.
+  //checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check feature; failures surface in Application Insights.
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      remoteDebuggingEnabled: false
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+
+  resource appSettings 'config' = {
+    name: 'appsettings'
+    properties: {
+      // Host storage and the blob/queue triggers (connection "AzureWebJobsStorage"): identity-based.
+      AzureWebJobsStorage__credential: 'managedidentity'
+      AzureWebJobsStorage__clientId: identityClientId
+      AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+      AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
+      // Telemetry through Entra ID (local auth is off on Application Insights).
+      APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+      APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+      // The app's own settings (shared/settings.py).
+      SEGMENTS_CONTAINER: segmentsContainerName
+      RUNS_CONTAINER: runsContainerName
+      DESTINATIONS_JSON: destinationsJson
+      KEY_VAULT_URL: keyVaultUri
+      AZURE_CLIENT_ID: identityClientId
+      REFRESH_SCHEDULE: refreshSchedule
+      SENDGRID_BASE_URL: sendGridBaseUrl
+    }
+  }
+
+  // No basic-auth (publishing profile) deployments: azd deploys with an Entra ID token.
+  resource ftpCredentials 'basicPublishingCredentialsPolicies' = {
+    name: 'ftp'
+    properties: {
+      allow: false
+    }
+  }
+
+  resource scmCredentials 'basicPublishingCredentialsPolicies' = {
+    name: 'scm'
+    properties: {
+      allow: false
+    }
+  }
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName

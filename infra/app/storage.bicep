@@ -1,0 +1,149 @@
+// The app's storage account: host storage (blob trigger bookkeeping, timer leases, queues), the segment files,
+// the run state and the deployment package. Entra ID only (shared keys off), no public blob access, TLS 1.2+.
+param name string
+param location string
+param tags object = {}
+param segmentsContainerName string
+param runsContainerName string
+param deploymentContainerName string
+param logAnalyticsWorkspaceId string
+
+@description('Queue the HTTP function uses to hand exports to the queue-triggered worker (ExportSegment.EXPORT_QUEUE).')
+param exportQueueName string = 'export-requests'
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Replication. Segment files hold personal data: pick a geo-redundant SKU only if a copy in the paired region is acceptable.')
+param skuName string = 'Standard_ZRS'
+
+@minValue(1)
+@maxValue(365)
+@description('Days deleted blobs and containers can be restored.')
+param softDeleteDays int = 7
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  //checkov:skip=CKV_AZURE_35:Default action Allow is needed: Flex apps without VNet integration and the CDP writing segments have no fixed IPs; access is Entra ID only (shared keys off).
+  //checkov:skip=CKV_AZURE_59:Public endpoint is needed for the same reason; anonymous access and shared keys are disabled, every request needs an Entra ID token and RBAC.
+  //checkov:skip=CKV_AZURE_206:Replication is a parameter (default ZRS); geo-replication of personal data is a data-residency decision left to the owner.
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    dnsEndpointType: 'Standard'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: {
+          enabled: true
+          keyType: 'Account'
+        }
+        file: {
+          enabled: true
+          keyType: 'Account'
+        }
+        queue: {
+          enabled: true
+          keyType: 'Account'
+        }
+        table: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+  }
+}
+
+resource segmentsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: segmentsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource runsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: runsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource exportQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: exportQueueName
+}
+
+// Who wrote or deleted which segment file / run record, kept in Log Analytics (reads are not logged: cost).
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'blob-to-log-analytics'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+  }
+}
+
+output id string = storage.id
+output name string = storage.name
+output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output queueEndpoint string = storage.properties.primaryEndpoints.queue

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# azd postdeploy hook (azure.yaml): creates or updates the Event Grid subscription that feeds the blob trigger.
+#
+# Why here and not in Bicep: on Flex Consumption the blob trigger uses source=EventGrid. Event Grid must POST
+# BlobCreated events to the app's webhook  /runtime/webhooks/blobs?functionName=Host.Functions.<function>&code=<key>
+# and <key> is the app's `blobs_extension` system key, which the Functions host creates only after the code is
+# deployed and the blob trigger has started. Event Grid also validates the webhook (a handshake answered by the
+# running function) when the subscription is created. Neither is possible during `azd provision`. The script is
+# idempotent: `create` on an existing subscription updates it (e.g. after the key was rotated).
+#
+# Reads the azd environment (outputs of infra/main.bicep): RESOURCE_GROUP, AZURE_FUNCTION_APP_NAME,
+# AZURE_FUNCTION_APP_HOSTNAME, EVENT_GRID_SYSTEM_TOPIC_NAME, SEGMENTS_CONTAINER_NAME, AZURE_KEY_VAULT_NAME,
+# SENDGRID_SECRET_NAME. Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile),
+# EVENT_SUBSCRIPTION_NAME (default segments-blob-created), POSTDEPLOY_WAIT_SECONDS (default 300).
+# Needs the Azure CLI (`az login`). Never prints the key or the webhook URL.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+
+fail() { echo "post-deploy: $*" >&2; exit 1; }
+command -v az >/dev/null 2>&1 || fail "the Azure CLI (az) is needed: https://aka.ms/azure-cli"
+
+# Outside azd (e.g. run by hand) take the values from the current azd environment.
+if [ -z "${AZURE_FUNCTION_APP_NAME:-}" ] && command -v azd >/dev/null 2>&1; then
+  while IFS='=' read -r key value; do
+    value="${value%\"}"; value="${value#\"}"
+    case "$key" in
+      RESOURCE_GROUP|AZURE_FUNCTION_APP_NAME|AZURE_FUNCTION_APP_HOSTNAME|EVENT_GRID_SYSTEM_TOPIC_NAME|\
+      SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME) export "$key=$value" ;;
+    esac
+  done < <(azd env get-values)
+fi
+
+: "${RESOURCE_GROUP:?not set: run azd provision first}"
+: "${AZURE_FUNCTION_APP_NAME:?not set: run azd provision first}"
+: "${EVENT_GRID_SYSTEM_TOPIC_NAME:?not set: run azd provision first}"
+segments_container="${SEGMENTS_CONTAINER_NAME:-segments}"
+function_name="${BLOB_TRIGGER_FUNCTION:-ExportOnNewSegmentFile}"
+subscription_name="${EVENT_SUBSCRIPTION_NAME:-segments-blob-created}"
+wait_seconds="${POSTDEPLOY_WAIT_SECONDS:-300}"
+
+hostname="${AZURE_FUNCTION_APP_HOSTNAME:-}"
+if [ -z "$hostname" ]; then
+  hostname="$(az functionapp show -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query defaultHostName -o tsv)"
+fi
+
+# 1. Wait for the blobs_extension system key: it appears once the host has loaded the Event Grid blob trigger.
+echo "post-deploy: waiting for the blobs_extension key of $AZURE_FUNCTION_APP_NAME (up to ${wait_seconds}s)"
+key=""
+deadline=$((SECONDS + wait_seconds))
+while :; do
+  key="$(az functionapp keys list -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
+           --query "systemKeys.blobs_extension" -o tsv 2>/dev/null || true)"
+  [ -n "$key" ] && [ "$key" != "None" ] && break
+  [ "$SECONDS" -lt "$deadline" ] || fail "no blobs_extension key after ${wait_seconds}s: did the deployment succeed and \
+does the app load its functions? (Azure portal > the function app > Functions; Application Insights > traces)"
+  sleep 10
+done
+
+# 2. Create or update the subscription. Event Grid validates the endpoint right away; a cold instance may
+#    miss the first handshake, so retry a few times.
+endpoint="https://${hostname}/runtime/webhooks/blobs?functionName=Host.Functions.${function_name}&code=${key}"
+echo "post-deploy: Event Grid subscription $subscription_name on $EVENT_GRID_SYSTEM_TOPIC_NAME" \
+     "-> $function_name (BlobCreated under /$segments_container/)"
+attempt=1
+until az eventgrid system-topic event-subscription create \
+        --name "$subscription_name" \
+        --resource-group "$RESOURCE_GROUP" \
+        --system-topic-name "$EVENT_GRID_SYSTEM_TOPIC_NAME" \
+        --endpoint-type webhook \
+        --endpoint "$endpoint" \
+        --included-event-types Microsoft.Storage.BlobCreated \
+        --subject-begins-with "/blobServices/default/containers/${segments_container}/blobs/" \
+        --max-delivery-attempts 30 \
+        --event-ttl 1440 \
+        --output none; do
+  [ "$attempt" -lt 3 ] || fail "could not create the Event Grid subscription (webhook validation failed 3 times)"
+  attempt=$((attempt + 1))
+  echo "post-deploy: retrying in 20s (attempt $attempt of 3)"
+  sleep 20
+done
+unset key endpoint
+echo "post-deploy: Event Grid subscription ready. New files under $segments_container/ now start exports" \
+     "(files already in the container are not replayed: use the StartExport HTTP function for those)."
+
+# 3. Remind about the SendGrid key: the template never writes it. Only names are listed, never values.
+if [ -n "${AZURE_KEY_VAULT_NAME:-}" ] && [ -n "${SENDGRID_SECRET_NAME:-}" ]; then
+  found="$(az keyvault secret list --vault-name "$AZURE_KEY_VAULT_NAME" \
+             --query "[?name=='${SENDGRID_SECRET_NAME}'] | length(@)" -o tsv 2>/dev/null || echo unknown)"
+  case "$found" in
+    1) echo "post-deploy: Key Vault secret '$SENDGRID_SECRET_NAME' is present in $AZURE_KEY_VAULT_NAME." ;;
+    0) echo "post-deploy: NOTE: Key Vault $AZURE_KEY_VAULT_NAME has no secret '$SENDGRID_SECRET_NAME' yet;" \
+            "exports fail until you add the SendGrid API key (docs/deploy.md, step 3)." ;;
+    *) echo "post-deploy: could not list the secrets of $AZURE_KEY_VAULT_NAME (no access?); make sure the" \
+            "secret '$SENDGRID_SECRET_NAME' exists (docs/deploy.md, step 3)." ;;
+  esac
+fi
