@@ -65,10 +65,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     publicNetworkAccess: 'Enabled'
     siteConfig: {
       minTlsVersion: '1.2'
-      scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      remoteDebuggingEnabled: false
     }
     functionAppConfig: {
       deployment: {
