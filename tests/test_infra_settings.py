@@ -439,3 +439,43 @@ def test_checkov_parses_every_bicep_file() -> None:
         assert template is not None, f"checkov's Bicep parser cannot read {path} (a function it does not know?)"
         found = len(template.get("resources") or {}) + len(template.get("modules") or {})
         assert found > 0, f"{path}: checkov parsed it but found no resource or module"
+
+
+# ---------------------------------------------------------------------------------------------- postdeploy run
+
+
+def test_postdeploy_script_with_a_stand_in_az(tmp_path: Path) -> None:
+    """Runs scripts/post-deploy.sh against a fake `az`: right webhook, right filter, key never printed."""
+    calls = tmp_path / "calls.log"
+    fake_az = tmp_path / "az"
+    fake_az.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$*" >> "{calls}"\n'
+        'case "$1 $2" in\n'
+        '  "functionapp keys") echo "s3cr3t-blobs-key" ;;\n'
+        '  "keyvault secret") echo 0 ;;\n'
+        "esac\n",
+        encoding="utf-8",
+    )
+    fake_az.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "RESOURCE_GROUP": "rg-test",
+        "AZURE_FUNCTION_APP_NAME": "func-test",
+        "AZURE_FUNCTION_APP_HOSTNAME": "func-test.azurewebsites.net",
+        "EVENT_GRID_SYSTEM_TOPIC_NAME": "evgt-test",
+        "SEGMENTS_CONTAINER_NAME": "segments",
+        "AZURE_KEY_VAULT_NAME": "kv-test",
+        "SENDGRID_SECRET_NAME": "sendgrid-api-key",
+    }
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "post-deploy.sh")], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr, "the blobs_extension key must never be printed"
+    assert "no secret 'sendgrid-api-key'" in result.stdout
+    create = next(line for line in calls.read_text().splitlines() if line.startswith("eventgrid "))
+    assert ("--endpoint https://func-test.azurewebsites.net/runtime/webhooks/blobs?"
+            "functionName=Host.Functions.ExportOnNewSegmentFile&code=s3cr3t-blobs-key") in create
+    assert "--system-topic-name evgt-test" in create
+    assert "--included-event-types Microsoft.Storage.BlobCreated" in create
+    assert "--subject-begins-with /blobServices/default/containers/segments/blobs/" in create
