@@ -7,6 +7,21 @@ uses openapi-core from requirements-dev.txt and the team kit's ../shared/sendgri
     with Simulator(api_keys={"SG.key": None}, validate_openapi=True) as sim:
         list_id = sim.create_list("vip")
         ...  # point the client at sim.base_url
+
+Choices where SendGrid is vague (documented so tests can rely on them):
+- body over MAX_BODY_BYTES (6,000,000) -> 413; more than 30,000 contacts -> 400 field "contacts".
+- unknown list in `list_ids` -> 404 (field "list_ids[i]"); unknown custom field ID -> 400
+  ("contacts[i].custom_fields.<id>"); any bad contact -> 400 for the whole request, one error per problem.
+- scopes: GETs and the email search need "marketing.read", PUT/POST/DELETE "marketing.write"; /v3/scopes any key.
+- rate limits are counted before the key is checked, so 401/403 answers carry the headers too.
+- custom field IDs are `e<n>_<T|N|D>`; contact IDs are minted when a contact is first shown (search, inspection).
+
+Out-of-process control (no auth, JSON): GET /__sim/stats | /__sim/contacts?list_id= | /__sim/batches |
+/__sim/requests | /__sim/violations | /__sim/faults; POST /__sim/faults ({"kind", "count", "method", "path",
+"status", "seconds", "errored"} or a list), DELETE /__sim/faults, POST /__sim/reset ({"everything": bool}),
+POST /__sim/settings ({"latency", "job_delay", "rate_limit", "api_keys", "validate_openapi"}),
+POST /__sim/lists ({"name", "id"}), POST /__sim/fields ({"name", "field_type"}), POST /__sim/wait ({"timeout"}),
+GET /__sim/imports/<job id>/errors.csv (the job's `errors_url`).
 """
 
 from sendgrid_simulator.faults import Fault, FaultKind
