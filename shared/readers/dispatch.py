@@ -1,0 +1,54 @@
+"""Which reader a file name calls for; refuses markers, manifests, encrypted and unknown files by name."""
+
+from __future__ import annotations
+
+from shared.errors import SegmentFileError
+from shared.readers.base import SegmentReader
+from shared.readers.cdm_reader import MODEL_JSON, CdmReader
+from shared.readers.csv_reader import CsvLayout, CsvSegmentReader
+from shared.readers.jsonl_reader import JsonLinesReader
+from shared.readers.options import ReaderOptions
+from shared.sources import ByteSource
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+ENCRYPTED_SUFFIXES = (".gpg", ".pgp", ".enc", ".asc", ".age")
+
+
+def kind_of(name: str) -> str:
+    """'cdm', 'jsonl' or 'csv'; SegmentFileError saying why anything else is not a segment file."""
+    leaf = name.rsplit("/", 1)[-1]
+    lower = leaf.lower()
+    if leaf == MODEL_JSON:
+        return "cdm"
+    if lower.endswith(ENCRYPTED_SUFFIXES):
+        raise SegmentFileError(name, "encrypted file: decrypt it before it is dropped into storage "
+                                     "(this app does not hold decryption keys)")
+    if lower == "_success" or lower.startswith(("_", ".")) or lower.endswith(".crc") or (
+            lower.startswith("manifest-") and lower.endswith(".json")):
+        raise SegmentFileError(name, "not a segment file: a marker, checksum or manifest file (skipped)")
+    if lower.endswith(".manifest.cdm.json"):
+        raise SegmentFileError(name, "CDM manifest folders (*.manifest.cdm.json) are not supported: export "
+                                     "with model.json")
+    base = lower.removesuffix(".gz")
+    if base.endswith(JSONL_SUFFIXES) or (base.endswith(".json") and lower.endswith(".gz")):
+        return "jsonl"
+    if base.endswith(CSV_SUFFIXES):
+        return "csv"
+    raise SegmentFileError(name, "not a segment file: expected .csv, .tsv, .txt, .jsonl, .ndjson (each optionally "
+                                 ".gz), .json.gz or a CDM model.json")
+
+
+def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = None) -> SegmentReader:
+    """Open a segment file for reading; use as a context manager. Raises SegmentFileError (or
+    ConfigurationError for bad options) before any record when the file cannot be read at all."""
+    options = options or ReaderOptions()
+    try:
+        kind = kind_of(name)
+    except SegmentFileError as exc:
+        raise SegmentFileError(source.describe(name), exc.reason) from None
+    if kind == "cdm":
+        return CdmReader(source, name, options)
+    if kind == "jsonl":
+        return JsonLinesReader(source, name, options)
+    return CsvSegmentReader(source, name, options, CsvLayout.for_file(name, options))
