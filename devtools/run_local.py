@@ -15,6 +15,12 @@ import os
 import sys
 from pathlib import Path
 
+from azure.storage.blob import BlobServiceClient
+
+from sendgrid_simulator import Simulator
+from shared.export_service import reset_service
+from tests.azurite import start_azurite
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = ROOT / "samples" / "destinations.local.json"
 SAMPLE_SEGMENT = ROOT / "samples" / "segments" / "vip-customers" / "vip_customers_1.csv"
@@ -30,11 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("azure", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from azure.storage.blob import BlobServiceClient
-
-    from sendgrid_simulator import Simulator
-    from tests.azurite import start_azurite
 
     config_text = args.config.read_text(encoding="utf-8")
     config = json.loads(config_text)
@@ -62,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uploaded {args.segment.relative_to(ROOT) if args.segment.is_relative_to(ROOT) else args.segment}"
               f" to Azurite segments/{args.blob}", file=sys.stderr)
 
-        from shared.export_service import reset_service
-
         reset_service(None)
-        sys.path.insert(0, str(ROOT))
-        from function_app import app
+        from function_app import app  # noqa: PLC0415 - imported after the settings above are in place
 
         trigger = next(f for f in app.get_functions() if f.get_function_name() == "ExportOnNewSegmentFile")
         trigger.get_user_function()(segments.get_blob_client(args.blob))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.blob import BlobServiceClient
 
 from shared.errors import ConfigurationError
@@ -11,7 +12,7 @@ from shared.settings import setting
 def blob_service_from_settings() -> BlobServiceClient:
     connection = setting("AzureWebJobsStorage")
     if connection and "=" in connection:
-        return BlobServiceClient.from_connection_string(connection)
+        return BlobServiceClient.from_connection_string(connection, max_single_get_size=4 * 1024 * 1024)
     endpoint = setting("AzureWebJobsStorage__blobServiceUri")
     account = setting("AzureWebJobsStorage__accountName")
     if not endpoint and account:
@@ -20,9 +21,7 @@ def blob_service_from_settings() -> BlobServiceClient:
         raise ConfigurationError(
             "no storage configured: set AzureWebJobsStorage (local) or AzureWebJobsStorage__blobServiceUri / "
             "AzureWebJobsStorage__accountName (Azure, managed identity)", field="AzureWebJobsStorage")
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
     client_id = setting("AzureWebJobsStorage__clientId") or setting("AZURE_CLIENT_ID")
     credential = (ManagedIdentityCredential(client_id=client_id) if client_id
                   else DefaultAzureCredential())
-    return BlobServiceClient(endpoint, credential=credential)
+    return BlobServiceClient(endpoint, credential=credential, max_single_get_size=4 * 1024 * 1024)
