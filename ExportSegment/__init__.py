@@ -92,7 +92,7 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("run_id", "")
-    if not re.fullmatch(r"[a-z0-9-]{1,120}", run_id):
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSZ>-<hex>
         return _error(400, "malformed run ID")
     report = get_service().report(run_id)
     if report is None:
@@ -108,6 +108,8 @@ def run_queued_export(message: func.QueueMessage) -> None:
     destination = service.destinations.get(request["destination"])
     if destination is None:
         log.error("queued run %s names a destination that no longer exists", request.get("run_id"))
+        service.fail_queued(str(request.get("run_id")),
+                            f"destination {request['destination']!r} is no longer configured; nothing was sent")
         return
     try:
         report = service.export(destination, request["blob"], run_id=request["run_id"],

@@ -87,16 +87,18 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool) 
         sync.acquire()
         sync.load(source_id=f"{file.name}\n{file.stat().st_mtime_ns}", full=False)
     start = time.perf_counter()
+    cpu_start = time.process_time()
     with SendGridClient(KEY, base_url=base_url) as client:
         result = export_segment(destination, LocalDirSource(str(file.parent)), file.name, client,
                                 run_id="bench", options=ExportOptions(poll_interval=0.05), sync=sync)
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         contact_requests = client.stats.by_endpoint.get("PUT /v3/marketing/contacts", 0)
     if sync is not None:
         sync.release()
     report = result.report
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall": wall, "peak_mb": peak_kb / 1024, "requests": report.requests_sent,
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024, "requests": report.requests_sent,
                       "contact_requests": contact_requests, "exported": report.exported,
                       "unchanged": report.unchanged_skipped, "status": report.status,
                       "balanced": report.balanced, "rows": report.rows_read}))

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if destination is None:
             names = ", ".join(d.name for d in destinations.destinations)
             raise ExportError(f"unknown destination {args.destination!r} (configured: {names})")
+        if not destination.has_consent and not args.dry_run:
+            raise ExportError(f"destination {destination.name} has no recorded consent; record it before exporting")
         source, name = source_for(args.segment)
         client = None
         if not args.dry_run or destination.field_mapping.custom_fields:
@@ -61,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
             secret = destination.api_key_secret
             client = SendGridClient(keys.get(secret), base_url=AppSettings.from_environment().sendgrid_base_url,
                                     on_unauthorized=lambda: keys.refresh(secret))
-        if not destination.has_consent and not args.dry_run:
-            raise ExportError(f"destination {destination.name} has no recorded consent; record it before exporting")
         run_id = f"cli-{uuid.uuid4().hex[:12]}"
         try:
             result = export_segment(destination, source, name, client, run_id=run_id,
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             if client is not None:
                 client.close()
     except ExportError as exc:
-        print(json.dumps({"status": "failed", "error": str(exc)}, indent=2))
+        text = json.dumps({"status": "failed", "error": str(exc)}, indent=2)
+        if args.report:
+            Path(args.report).write_text(text, encoding="utf-8")
+        print(text)
         return 2
     report = result.report.to_dict()
     if args.dry_run:

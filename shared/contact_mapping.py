@@ -35,6 +35,10 @@ CUSTOM_TEXT_MAX_LENGTH = 1000
 
 CustomFieldType = Literal["Text", "Number", "Date"]
 _ALTERNATE_SPLIT = re.compile(r"[;,\s]+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# One encoder for every row: json.dumps() with options builds a new JSONEncoder per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+MAX_NUMBER = 1.7976931348623157e308  # the largest double; SendGrid stores Number fields as doubles
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +148,25 @@ class ContactMapper:
                 converted, problem = _convert_custom(value, definition, self._truncate)
                 if problem is not None:
                     return Rejection(f"custom_fields.{name}", column, f"{name} {problem}")
-                if isinstance(converted, str) and len(converted) < len(value):
+                if definition.field_type == "Text" and isinstance(converted, str) and len(converted) < len(value):
                     truncated.append(f"custom_fields.{name}")
                 custom[definition.id] = converted
             if custom:
                 contact["custom_fields"] = custom
-        body = json.dumps(contact, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            body = _ENCODE(contact).encode()
+        except UnicodeEncodeError:
+            return self._not_text(fields)
         return MappedContact(email, body, truncated)
+
+    def _not_text(self, fields: dict[str, str]) -> Rejection:
+        """A value holding a lone surrogate cannot be sent as UTF-8 (readers never yield one; never crash)."""
+        mapped = [(name, column) for name, column, _ in self._plain]
+        mapped += [(f"custom_fields.{name}", column) for name, column, _ in self._custom]
+        for name, column in mapped:
+            if _LONE_SURROGATE.search(fields.get(column) or ""):
+                return Rejection(name, column, f"{name} is not valid Unicode text (an unpaired surrogate)")
+        return Rejection("row", None, "a value is not valid Unicode text (an unpaired surrogate)")
 
     def _alternates(self, raw: str | None, primary: str) -> list[str] | Rejection:
         column = self._alternate_column
@@ -180,12 +196,14 @@ def _convert_custom(value: str, definition: CustomField, truncate: bool) -> tupl
             return None, "is not a number"
         if isinstance(number, float) and not math.isfinite(number):
             return None, "is not a finite number"
+        if abs(number) > MAX_NUMBER:
+            return None, "is too large for a Number field"
         return number, None
     if definition.field_type == "Date":
         parsed = _parse_date(value)
         if parsed is None:
             return None, "is not a date (use YYYY-MM-DD, an ISO 8601 timestamp or MM/DD/YYYY)"
-        return parsed.strftime("%m/%d/%Y"), None
+        return f"{parsed.month:02d}/{parsed.day:02d}/{parsed.year:04d}", None  # strftime: "01/01/1" for year 1
     if len(value) > CUSTOM_TEXT_MAX_LENGTH:
         if not truncate:
             return None, f"is {len(value)} characters, SendGrid allows {CUSTOM_TEXT_MAX_LENGTH}"

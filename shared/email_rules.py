@@ -31,7 +31,8 @@ def normalise_email(raw: str) -> tuple[str | None, str | None]:
         return None, f"email is longer than {MAX_EMAIL_LENGTH} characters"
     if _FAST.fullmatch(email):
         at = email.rindex("@")
-        if at <= MAX_LOCAL_PART_LENGTH and email.rsplit(".", 1)[1] not in _SPECIAL_TLDS:
+        # '--' in the domain ('xn--' A-labels, reserved 'ab--' labels) needs the library's IDNA checks.
+        if at <= MAX_LOCAL_PART_LENGTH and email.rsplit(".", 1)[1] not in _SPECIAL_TLDS and "--" not in email[at:]:
             return email, None
     try:
         result = validate_email(email, check_deliverability=False, allow_smtputf8=False)

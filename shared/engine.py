@@ -8,15 +8,19 @@ bad rows (they are rejected in the report); it raises only for what stops a run 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import re
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from azure.core.exceptions import AzureError
+
 from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Batch, batches
 from shared.contact_mapping import ContactMapper, MappedContact, missing_columns, resolve_custom_fields
 from shared.destinations import Destination
+from shared.email_rules import normalise_email
 from shared.errors import (
     AuthenticationError,
     ExportError,
@@ -26,13 +30,14 @@ from shared.errors import (
     ProfileCapExceeded,
     RateLimitExhausted,
     SegmentFileError,
+    SendGridError,
     TransientFailure,
 )
 from shared.readers import ReaderOptions, open_segment
 from shared.run_report import BatchResult, RejectedRow, RowRef, RunReport, TruncatedField
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.sources import ByteSource
-from shared.spool import Spool
+from shared.spool import Spool, email_key
 from shared.sync_state import Snapshot, SyncState
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,8 @@ class ExportResult:
     report: RunReport
     preview: list[bytes] = field(default_factory=list)  # dry runs: the first mapped contacts, as sent
     rejected_values: list[RejectedValue] = field(default_factory=list)
+    # email keys of rows rejected for a field other than the email: still in the segment (mirror keeps them)
+    rejected_keys: array[int] = field(default_factory=lambda: array("q"))
 
 
 def reader_options(destination: Destination) -> ReaderOptions:
@@ -112,7 +119,8 @@ def export_segment(
             report.finish("dry_run")
             return result
         assert client is not None
-        _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync)
+        field_names = {definition.id: field_name for field_name, definition in custom.items()}
+        _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync, field_names)
         report.requests_sent = client.stats.requests
         return result
     finally:
@@ -127,9 +135,12 @@ def _read_into_spool(
     with open_segment(source, name, reader_options(destination)) as reader:
         missing = missing_columns(destination, reader.columns)
         if missing:
-            found = ", ".join(reader.columns or []) or "none"
-            raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; "
-                                                  f"columns found: {found}")
+            found = f"columns found: {', '.join(reader.columns or []) or 'none'}"
+            if any("@" in column for column in reader.columns or []):
+                # A file without a header row: its "columns" are a profile, which must not reach a report or log.
+                found = (f"the first row holds an email address, so it is data, not column names "
+                         f"({len(reader.columns or [])} values): is the header row missing?")
+            raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
         email_column = destination.field_mapping.email
         for record in reader:
             report.rows_read += 1
@@ -149,6 +160,9 @@ def _read_into_spool(
                 column = mapped.column or email_column
                 result.rejected_values.append(RejectedValue(record.source, record.row, mapped.field,
                                                             record.fields.get(column, "")))
+                email = normalise_email(record.fields.get(email_column) or "")[0] if mapped.field != "email" else None
+                if email is not None:
+                    result.rejected_keys.append(email_key(email))
     report.contacts_valid = len(spool)
 
 
@@ -161,6 +175,7 @@ class _Outcome:
 def _send(
     destination: Destination, spool: Spool, superseded: set[int], client: SendGridClient, result: ExportResult,
     options: ExportOptions, on_batch_accepted: Callable[[BatchResult], None] | None, sync: SyncState | None,
+    field_names: dict[str, str],
 ) -> None:
     report = result.report
     snapshot = sync.snapshot if sync is not None else None
@@ -168,7 +183,7 @@ def _send(
 
     removals: set[int] = set()
     if sync is not None and snapshot is not None and destination.mode == "mirror":
-        removals = _left_the_segment(spool, snapshot)
+        removals = _left_the_segment(spool, snapshot, result.rejected_keys)
         limit = destination.max_removal_fraction * len(snapshot)
         if len(removals) > limit:
             share = len(removals) / max(len(snapshot), 1)
@@ -204,7 +219,13 @@ def _send(
             report.not_sent += len(batch.contacts)
             report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
             continue
-        outcome, sent = _send_batch(batch, spool, client, report)
+        resends = client.stats.unconfirmed_resends
+        outcome, sent = _send_batch(batch, spool, client, report, field_names)
+        outcome.resent = client.stats.unconfirmed_resends - resends
+        if outcome.resent:
+            report.notes.append(f"batch {batch.number}: SendGrid's answer was lost and the batch was sent again "
+                                f"{outcome.resent} time(s); SendGrid may have imported its {outcome.contacts} "
+                                "contacts more than once (harmless: upserts are keyed by email)")
         report.batches.append(outcome)
         if isinstance(sent, ExportError):
             failure = sent
@@ -212,12 +233,20 @@ def _send(
             continue
         accepted.append((outcome, sent))
         if sync is not None and outcome.job_id:
-            sync.batch_accepted(batch.number, outcome.job_id)
+            try:
+                sync.batch_accepted(batch.number, outcome.job_id)
+            except AzureError as exc:  # without run state there is no lock, checkpoint or snapshot: stop
+                failure = ExportError(f"run state storage unavailable ({type(exc).__name__}): batch {batch.number} "
+                                      "was accepted by SendGrid but could not be recorded, so sending stopped")
         if on_batch_accepted is not None:
             on_batch_accepted(outcome)
 
-    jobs = client.wait_for_imports([o.job_id for o, _ in accepted if o.job_id],
-                                   poll_interval=options.poll_interval, timeout=options.poll_timeout)
+    try:
+        jobs = client.wait_for_imports([o.job_id for o, _ in accepted if o.job_id],
+                                       poll_interval=options.poll_interval, timeout=options.poll_timeout)
+    except SendGridError as exc:  # the batches were accepted; only their outcome is unknown: keep the report
+        jobs = {}
+        report.notes.append(f"could not poll the import jobs: {exc}; their contacts are reported pending")
     _apply_job_results(accepted, jobs, spool, report, outcome_of)
 
     removed_ok: set[int] = set()
@@ -230,20 +259,24 @@ def _send(
         return
     if sync is not None:
         mirror = destination.mode == "mirror"
-        sync.write_snapshot(
-            spool.keys, spool.fingerprints, (i for i in range(len(spool)) if i not in superseded),
-            email_of=spool.email_at, confirmed=lambda i: outcome_of[i] == _Outcome.CONFIRMED,
-            keep_absent=lambda position: not (mirror and position in removed_ok))
-        sync.clear_checkpoint()
+        try:
+            sync.write_snapshot(
+                spool.keys, spool.fingerprints, (i for i in range(len(spool)) if i not in superseded),
+                email_of=spool.email_at, confirmed=lambda i: outcome_of[i] == _Outcome.CONFIRMED,
+                keep_absent=lambda position: not (mirror and position in removed_ok))
+            sync.clear_checkpoint()
+        except AzureError as exc:  # the contacts are exported; only the bookkeeping for the next run is lost
+            report.notes.append(f"run state storage unavailable ({type(exc).__name__}): the sync snapshot was not "
+                                "saved, so the next refresh may send this run's contacts again")
     if report.in_failed_jobs or report.pending:
         report.finish("partial", "some import jobs did not complete; their contacts are sent again next refresh")
     else:
         report.finish("succeeded")
 
 
-def _left_the_segment(spool: Spool, snapshot: Snapshot) -> set[int]:
-    """Snapshot positions whose email is not in this segment file."""
-    present = array("q", sorted(spool.keys))
+def _left_the_segment(spool: Spool, snapshot: Snapshot, rejected_keys: array[int]) -> set[int]:
+    """Snapshot positions whose email is not in this segment file (a row rejected for another field is in it)."""
+    present = array("q", sorted(itertools.chain(spool.keys, rejected_keys)))
     gone: set[int] = set()
     for position, key in enumerate(snapshot.keys):
         at = bisect.bisect_left(present, key)
@@ -255,12 +288,13 @@ def _left_the_segment(spool: Spool, snapshot: Snapshot) -> set[int]:
 def _remove_from_list(destination: Destination, sync: SyncState, positions: set[int], client: SendGridClient,
                       report: RunReport) -> set[int]:
     """Mirror mode: take contacts that left the segment off the list (they stay in the account)."""
-    emails = sync.snapshot_emails(positions)
-    ids = client.search_emails(sorted(emails.values()))
-    try:
+    try:  # a failure here must not lose the report of the contacts already exported
+        emails = sync.snapshot_emails(positions)
+        ids = client.search_emails(sorted(emails.values()))
         client.remove_from_list(destination.list_id_str, ids.values())
-    except ExportError as exc:
-        report.notes.append(f"removing {len(ids)} contacts that left the segment failed: {exc}")
+    except (ExportError, AzureError) as exc:
+        report.notes.append(f"removing {len(positions)} contacts that left the segment failed (the next refresh "
+                            f"tries again): {exc}")
         return set()
     report.removed_from_list = len(ids)
     if len(ids) < len(emails):
@@ -269,7 +303,7 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
 
 
 def _send_batch(
-    batch: Batch, spool: Spool, client: SendGridClient, report: RunReport,
+    batch: Batch, spool: Spool, client: SendGridClient, report: RunReport, field_names: dict[str, str],
 ) -> tuple[BatchResult, Batch | ExportError]:
     """Send one batch; contacts SendGrid names in a 400 are set aside (rejected) and the rest resent."""
     outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size())
@@ -277,42 +311,65 @@ def _send_batch(
     for _ in range(MAX_SET_ASIDE_ROUNDS):
         if not current.contacts:
             outcome.status = "empty"
-            return outcome, current
+            return _unsent(outcome, current), current
         try:
             outcome.job_id = client.upsert_contacts(current.body())
         except InvalidRequest as exc:
-            named = _named_contacts(exc, len(current.contacts))
+            named = _named_contacts(exc, len(current.contacts), field_names)
             if not named:
-                return outcome, exc
-            for position, message in named.items():
+                return _unsent(outcome, current), exc
+            for position, (field_name, message) in named.items():
                 source, row = spool.where(current.indices[position])
-                report.rejected.append(RejectedRow(source, row, "email", f"SendGrid: {message}"))
+                report.rejected.append(RejectedRow(source, row, field_name, f"SendGrid: {message}"))
             outcome.set_aside += len(named)
             current = current.without(set(named))
             continue
         except (TransientFailure, RateLimitExhausted, AuthenticationError, PermissionDenied, NotFound) as exc:
-            return outcome, exc
+            return _unsent(outcome, current), exc
         outcome.status = "accepted"
         outcome.contacts = len(current.contacts)
         outcome.body_bytes = current.body_size()
         return outcome, current
-    return outcome, InvalidRequest("SendGrid kept refusing contacts in this batch", status=400)
+    return _unsent(outcome, current), InvalidRequest("SendGrid kept refusing contacts in this batch", status=400)
 
 
-def _named_contacts(exc: InvalidRequest, count: int) -> dict[int, str]:
-    named: dict[int, str] = {}
+def _unsent(outcome: BatchResult, current: Batch) -> BatchResult:
+    """A failed batch counts only the contacts still in it: those set aside earlier are already rejected."""
+    outcome.contacts = len(current.contacts)
+    outcome.body_bytes = current.body_size()
+    return outcome
+
+
+def _named_contacts(exc: InvalidRequest, count: int, field_names: dict[str, str]) -> dict[int, tuple[str, str]]:
+    """position -> (field, message) for each contact SendGrid's 400 names, e.g. `contacts[3].identifier`."""
+    named: dict[int, tuple[str, str]] = {}
     for error in exc.errors:
-        match = _CONTACT_INDEX.search(error.get("field") or "")
+        where = error.get("field") or ""
+        match = _CONTACT_INDEX.search(where)
         if match and int(match.group(1)) < count:
             # SendGrid's message quotes the address: report the rule, not the value.
             message = re.sub(r"'[^']*'", "<value>", error.get("message") or "refused")
-            named[int(match.group(1))] = message
+            named[int(match.group(1))] = (_reported_field(where[match.end():].lstrip("."), field_names), message)
     return named
+
+
+def _reported_field(sendgrid_field: str, field_names: dict[str, str]) -> str:
+    """`identifier` -> `email`; `custom_fields.e1_T` -> `custom_fields.<name>`; other fields as SendGrid names them."""
+    if not sendgrid_field:
+        return "contact"
+    if sendgrid_field == "identifier":
+        return "email"
+    if sendgrid_field.startswith("custom_fields."):
+        field_id = sendgrid_field.removeprefix("custom_fields.")
+        return f"custom_fields.{field_names.get(field_id, field_id)}"
+    return sendgrid_field
 
 
 def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str, ImportJob], spool: Spool,
                        report: RunReport, outcome_of: array[int]) -> None:
     for outcome, batch in accepted:
+        if outcome.job_id is None and not batch.contacts:
+            continue  # every contact was set aside: nothing was sent, the batch stays "empty"
         job = jobs.get(outcome.job_id or "")
         status = job.status if job else "pending"
         outcome.status = status

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,8 +22,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from shared.destinations import Destination, DestinationsDocument, load_destinations
 from shared.engine import ExportOptions, ExportResult, export_segment
 from shared.errors import ConfigurationError, ExportError
-from shared.readers import cdm_partition_names
-from shared.run_report import RunReport
+from shared.run_report import RunReport, utc_now
 from shared.run_store import RunStore
 from shared.secrets import ApiKeyProvider
 from shared.sendgrid_client import SendGridClient
@@ -33,9 +33,11 @@ from shared.sync_state import DestinationBusy, SyncState
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz",
-                 ".json.gz")
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson",
+                 ".ndjson.gz", ".json.gz")
 MODEL_JSON = "model.json"
+# Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
+_CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)
 
 
 def config_digest(destination: Destination) -> str:
@@ -55,7 +57,7 @@ def is_segment_entry(blob_name: str) -> bool:
     leaf = blob_name.rsplit("/", 1)[-1]
     if leaf == MODEL_JSON:
         return True
-    if leaf.startswith(("_", ".", "manifest-")) or leaf.endswith(".crc"):
+    if leaf.startswith(("_", ".")) or leaf.endswith(".crc"):  # manifest-*.json: .json is not a data suffix
         return False
     return leaf.lower().endswith(DATA_SUFFIXES)
 
@@ -90,12 +92,15 @@ class ExportService:
         self.runs = RunStore(blob_service.get_container_client(settings.runs_container))
 
     @classmethod
-    def from_environment(cls) -> ExportService:
+    def from_environment(cls, *, keys: ApiKeyProvider | None = None,
+                         options: ExportOptions | None = None) -> ExportService:
+        """Build from the app settings. `keys`/`options` are seams for tests and the local runner (e.g. a
+        provider trusting a Key Vault stand-in's CA); the Function App passes neither."""
         text = setting("DESTINATIONS_JSON")
         if not text:
             raise ConfigurationError("is not set: the app has no destinations", field="DESTINATIONS_JSON")
         return cls(AppSettings.from_environment(), load_destinations(text), blob_service_from_settings(),
-                   ApiKeyProvider.from_settings())
+                   keys if keys is not None else ApiKeyProvider.from_settings(), options=options)
 
     # -- SendGrid -------------------------------------------------------------------------------------
 
@@ -130,7 +135,15 @@ class ExportService:
         return None
 
     def _is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
-        """A data file listed by a model.json above it is exported through that model.json, not alone."""
+        """A data file in a CDM folder is exported through its model.json, never alone.
+
+        It is one when a model.json is above it (listed or not: a refresh writes its new timestamped folder
+        before it updates model.json), or when its path has the Customer Insights partition layout
+        `<Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<n>.csv` (the first export may write the partitions before
+        model.json exists).
+        """
+        if _CDM_PARTITION_PATH.search(blob_name):
+            return True
         parts = blob_name.split("/")
         source = BlobContainerSource(self.segments)
         for depth in range(len(parts) - 1, 0, -1):
@@ -138,10 +151,7 @@ class ExportService:
             if not any(candidate.startswith(p) or p.startswith(candidate[: len(p)]) for p in destination.segments):
                 continue
             if source.exists(candidate):
-                try:
-                    return blob_name in cdm_partition_names(source, candidate)
-                except ExportError:
-                    return True  # a broken model.json above: let its own trigger report the problem
+                return True  # listed or not yet listed: the model.json trigger exports it (or reports why not)
         return destination.file_format.entity is not None
 
     # -- running exports ------------------------------------------------------------------------------
@@ -186,7 +196,8 @@ class ExportService:
         sync: SyncState | None = None
         try:
             if not dry_run:
-                sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination))
+                sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
+                                 list_id=destination.list_id_str)
                 sync.acquire()
                 etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
                 sync.load(source_id=f"{blob_name}\n{etag}", full=full)
@@ -232,6 +243,14 @@ class ExportService:
                            source=blob_name, mode=destination.mode, dry_run=dry_run, status="queued")
         self.runs.save_report(run_id, report.to_dict())
 
+    def fail_queued(self, run_id: str, error: str) -> None:
+        """A queued run that cannot start: its status URL must say why instead of `queued` for ever."""
+        report = self.runs.load_report(run_id)
+        if report is None or report.get("status") != "queued":
+            return
+        report.update(status="failed", error=error, finished_at=utc_now())
+        self.runs.save_report(run_id, report)
+
     def finish_pending_runs(self) -> list[dict[str, Any]]:
         """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
 
@@ -245,18 +264,24 @@ class ExportService:
             if report is None or destination is None:
                 self.runs.clear_pending(run_id)
                 continue
-            with self.client_for(destination) as client:
-                for batch in report.get("batches", []):
-                    if batch.get("status") in ("pending", "accepted") and batch.get("job_id"):
-                        job = client.get_import(batch["job_id"])
-                        if job.is_final:
-                            batch.update(status=job.status, created_count=job.created_count,
-                                         updated_count=job.updated_count, errored_count=job.errored_count)
-                            report["pending"] -= batch["contacts"]
-                            if job.status == "completed":
-                                report["exported"] += batch["contacts"]
-                            else:
-                                report["in_failed_jobs"] += batch["contacts"]
+            try:
+                with self.client_for(destination) as client:
+                    for batch in report.get("batches", []):
+                        if batch.get("status") in ("pending", "accepted") and batch.get("job_id"):
+                            job = client.get_import(batch["job_id"])
+                            if job.is_final:
+                                batch.update(status=job.status, created_count=job.created_count,
+                                             updated_count=job.updated_count, errored_count=job.errored_count)
+                                report["pending"] -= batch["contacts"]
+                                if job.status == "completed":
+                                    report["exported"] += batch["contacts"]
+                                else:
+                                    report["in_failed_jobs"] += batch["contacts"]
+            except ExportError as exc:
+                # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
+                log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
+                            run_id, exc)
+                continue
             if report["pending"] <= 0:
                 report["status"] = "succeeded" if not report["in_failed_jobs"] else "partial"
                 report.setdefault("notes", []).append("pending import jobs finished after the run ended")

@@ -51,6 +51,9 @@ class BatchResult:
     errored_count: int = 0
     set_aside: int = 0  # contacts SendGrid refused with a 400 and we resent without
     resumed: bool = False  # accepted by an earlier, interrupted run of the same file
+    # Times the PUT was sent again after its answer was lost (connection dropped, read timeout): SendGrid may
+    # have accepted the lost attempt too, i.e. imported these contacts twice (harmless: upserts are by email).
+    resent: int = 0
 
 
 @dataclass
@@ -86,6 +89,11 @@ class RunReport:
         return len(self.rejected)
 
     @property
+    def possible_duplicate_sends(self) -> int:
+        """Contacts that may have reached SendGrid more than once in this run (see BatchResult.resent)."""
+        return sum(b.contacts * b.resent for b in self.batches)
+
+    @property
     def balanced(self) -> bool:
         """Every row read is exported, unchanged, rejected, merged, pending, in a failed job or not sent."""
         outcomes = (self.exported + self.unchanged_skipped + self.rejected_count + self.duplicates_merged
@@ -108,6 +116,7 @@ class RunReport:
         data = asdict(self)
         data["rejected_count"] = self.rejected_count
         data["balanced"] = self.balanced
+        data["possible_duplicate_sends"] = self.possible_duplicate_sends
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:

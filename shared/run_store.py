@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 RECEIPT_STALE_AFTER = timedelta(minutes=45)  # longer than functionTimeout (30 min): a claim older is a dead run
 _JSON = ContentSettings(content_type="application/json")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what Excel/Sheets/LibreOffice evaluate (OWASP CSV injection)
+
+
+def _inert(cell: object) -> object:
+    """A rejects-file cell an operator's spreadsheet would run as a formula gets a leading quote (shown as text)."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ class RunStore:
         writer.writerow(["source", "row", "field", "reason", "value"])
         count = 0
         for row in rows:
-            writer.writerow(row)
+            writer.writerow([_inert(cell) for cell in row])
             count += 1
         if not count:
             return None

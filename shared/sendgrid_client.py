@@ -2,9 +2,13 @@
 
 Why hand-rolled retries: SendGrid's 429 carries the moment to retry (`X-RateLimit-Reset`, Unix time),
 which generic retry transports ignore, and a PUT of 30,000 contacts must never be retried after SendGrid
-accepted it (that would upsert the batch twice). The rules here:
+answered that it accepted it (202). The rules here:
 - 429: wait until `X-RateLimit-Reset` (bounded by a total wait budget), then try again.
 - 5xx, timeouts, refused or dropped connections: bounded exponential backoff with full jitter.
+- A PUT whose answer was lost after it was sent (dropped connection, read timeout) may have been accepted:
+  SendGrid offers no idempotency key and no list of import jobs to check, so it is sent again (upserts are
+  keyed by email: the list ends the same) and counted in `stats.unconfirmed_resends`, which the run report
+  shows per batch (`resent`) and in total (`possible_duplicate_sends`).
 - 400/401/403/404: no retry; a specific exception that says what to fix. The key never appears in one.
 """
 
@@ -39,6 +43,9 @@ SEARCH_EMAILS_MAX = 100
 MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _EMAILISH = re.compile(r"[^\s'\"<>]+@[^\s'\"<>]+")
+# Failures that prove SendGrid never received the whole request (no connection, or the body was not written).
+_NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
+                  httpx.WriteTimeout)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,10 @@ class ClientStats:
     rate_limited: int = 0
     rate_limit_wait_seconds: float = 0.0
     by_endpoint: dict[str, int] = field(default_factory=dict)
+    # Non-idempotent requests (PUT upserts) sent again after an attempt that may have reached SendGrid (the
+    # connection failed after the request was written: dropped, read timeout). SendGrid has no idempotency key
+    # and no list of import jobs to check, so such an attempt may have been accepted: a possible duplicate send.
+    unconfirmed_resends: int = 0
 
 
 class SendGridClient:
@@ -242,6 +253,8 @@ class SendGridClient:
                         f"{endpoint}: {type(exc).__name__} after {attempt} attempts",
                         hint="SendGrid did not answer; the batch was not confirmed and is reported as not sent",
                     ) from None
+                if not idempotent and not isinstance(exc, _NOT_DELIVERED):
+                    self.stats.unconfirmed_resends += 1
                 self._backoff(attempt, endpoint, type(exc).__name__)
                 continue
             self._note_rate_headers(response)
@@ -341,8 +354,9 @@ def _error_for(response: httpx.Response, endpoint: str) -> SendGridError:
                                 hint="give the key Marketing full access (scopes marketing.read/write)",
                                 errors=errors)
     if status == 404:
+        names_a_list = "/lists/" in endpoint or any(e["field"].startswith("list_ids") for e in errors)
         hint = ("check the destination's list_id: no such list in this SendGrid account"
-                if "/lists/" in endpoint else "SendGrid does not know this resource")
+                if names_a_list else "SendGrid does not know this resource")
         return NotFound(f"{endpoint}: not found (404): {summary}", status=status, hint=hint, errors=errors)
     if status in (400, 413, 414, 422):
         return InvalidRequest(f"{endpoint}: SendGrid rejected the request ({status}): {summary}", status=status,

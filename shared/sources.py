@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.errors import SegmentFileError
@@ -91,6 +91,8 @@ class _ChunkStream(io.RawIOBase):
             except ResourceModifiedError:
                 raise SegmentFileError(self._description, "the file changed while it was being read; its new "
                                                           "version is exported by its own trigger") from None
+            except AzureError as exc:  # storage unreachable or failing mid-download
+                raise SegmentFileError(self._description, _storage_failed(exc)) from None
             self._pending = memoryview(chunk)
         size = min(len(buffer), len(self._pending))
         buffer[:size] = self._pending[:size]
@@ -101,6 +103,11 @@ class _ChunkStream(io.RawIOBase):
         self._pending = memoryview(b"")
         self._chunks = iter(())
         super().close()
+
+
+def _storage_failed(exc: AzureError) -> str:
+    return (f"storage failed while the file was being read ({type(exc).__name__}); nothing was sent, "
+            "run the export again")
 
 
 class BlobContainerSource:
@@ -128,6 +135,8 @@ class BlobContainerSource:
             downloader = blob.download_blob(max_concurrency=1)
         except ResourceNotFoundError:
             raise SegmentFileError(self.describe(name), "file not found") from None
+        except AzureError as exc:
+            raise SegmentFileError(self.describe(name), _storage_failed(exc)) from None
         raw = _ChunkStream(downloader.chunks(), self.describe(name))
         return io.BufferedReader(raw, buffer_size=self.buffer_size)
 

@@ -50,9 +50,9 @@ class Spool:
         self.sources.append(index)
         self.rows.append(row)
         self._offsets.append(self._end)
-        self._file.write(body)
-        self._file.write(b"\n")
-        self._end += len(body) + 1
+        line = body + b"\n"
+        self._file.write(line)
+        self._end += len(line)
 
     def where(self, index: int) -> tuple[str, int]:
         return self.source_names[self.sources[index]], self.rows[index]

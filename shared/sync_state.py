@@ -5,10 +5,16 @@ and who is running now.
   `<key> <fingerprint> <email>`. Keys and fingerprints load into two arrays (16 bytes a contact), so an
   unchanged refresh is a binary search per contact, not a dictionary of a million strings. Emails are
   only read back for contacts that left the segment (mirror mode).
+  A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
+  fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
+  that left the segment. A different list (or an unknown list) discards it.
 - Checkpoint (`state/<destination>/checkpoint.json`): the batches SendGrid accepted for one plan (same
-  file version, same snapshot, same mapping); a re-run of that plan skips them and polls their jobs.
+  file version, same snapshot, same mapping, full or not); a re-run of that plan skips them and polls
+  their jobs.
 - Lock (`state/<destination>/lock`): a blob lease (60 s, renewed while the run lives) so two runs for one
-  destination never interleave; a dead run's lease simply expires.
+  destination never interleave; a dead run's lease simply expires. A run that finds its lease lost
+  (another run took the lock after it expired) records nothing more: `LockLost` before every checkpoint
+  and snapshot write.
 """
 
 from __future__ import annotations
@@ -25,24 +31,34 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60
+LEASE_SECONDS = 60  # Blob Storage allows 15-60 s (or infinite, which a dead run would never give back)
 SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v1"
+# Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
+# for a 2**-64 chance), so the contact is sent again when it is next in the segment.
+UNTRUSTED = 0
 
 
 class DestinationBusy(Exception):
     """Another run holds this destination's lock."""
 
 
+class LockLost(AzureError):
+    """This run's lease on the destination lock is gone: it expired and another run may hold it now."""
+
+
 class Snapshot:
-    def __init__(self, header: dict[str, Any], keys: array[int], fingerprints: array[int]) -> None:
+    def __init__(self, header: dict[str, Any], keys: array[int], fingerprints: array[int], *,
+                 trusted: bool = True) -> None:
         self.header = header
         self.keys = keys
         self.fingerprints = fingerprints
+        # False: membership only (full re-sync, or mapping changed): no contact counts as unchanged.
+        self.trusted = trusted
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -52,6 +68,8 @@ class Snapshot:
         return str(self.header.get("digest", ""))
 
     def fingerprint(self, key: int) -> int | None:
+        if not self.trusted:
+            return None
         position = bisect.bisect_left(self.keys, key)
         if position < len(self.keys) and self.keys[position] == key:
             return self.fingerprints[position]
@@ -71,12 +89,17 @@ def _sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
 class SyncState:
     """State of one destination, bound to the runs container."""
 
-    def __init__(self, container: ContainerClient, destination: str, *, config_digest: str) -> None:
+    def __init__(self, container: ContainerClient, destination: str, *, config_digest: str,
+                 list_id: str | None = None, lease_seconds: int | None = None) -> None:
         self._container = container
         self.destination = destination
         self.config_digest = config_digest
+        self.list_id = list_id  # the snapshot's membership is kept across a config change only on the same list
+        self.lease_seconds = lease_seconds if lease_seconds is not None else LEASE_SECONDS
         self._prefix = f"state/{destination}/"
         self._lease: BlobLeaseClient | None = None
+        self._lease_guard = threading.Lock()  # the renewer thread and the run both renew
+        self._lost = False
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
         self.snapshot: Snapshot | None = None
@@ -92,40 +115,66 @@ class SyncState:
         with contextlib.suppress(ResourceExistsError):
             lock.upload_blob(b"", overwrite=False)
         try:
-            self._lease = lock.acquire_lease(lease_duration=LEASE_SECONDS)
+            self._lease = lock.acquire_lease(lease_duration=self.lease_seconds)
         except HttpResponseError as exc:
             if exc.status_code == 409:
                 raise DestinationBusy(f"another run of destination {self.destination} is in progress") from None
             raise
+        self._lost = False
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.destination}", daemon=True)
         self._renewer.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 3):
+        while not self._stop.wait(self.lease_seconds / 3):
             try:
-                if self._lease is not None:
-                    self._lease.renew()
-            except HttpResponseError:
+                self.ensure_lock()
+            except LockLost:
+                log.error("destination %s: this run lost its lock; it records no more state", self.destination)
+                return
+            except AzureError:  # storage unreachable too, not only an error answer
                 log.warning("could not renew the lock of destination %s", self.destination)
+
+    def ensure_lock(self) -> None:
+        """Renew the lease now; LockLost if it is gone (no-op when this state was never locked)."""
+        with self._lease_guard:
+            if self._lease is None:
+                return
+            if self._lost:
+                raise LockLost(f"the lock of destination {self.destination} was lost")
+            try:
+                self._lease.renew()
+            except HttpResponseError as exc:
+                if exc.status_code != 409:  # 409: broken, or another lease holds it now
+                    raise
+                self._lost = True
+                raise LockLost(f"the lock of destination {self.destination} expired and was taken or broken; "
+                               "this run stopped recording state") from None
 
     def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
         if self._lease is not None:
-            with contextlib.suppress(HttpResponseError):
+            with contextlib.suppress(AzureError):  # storage may be down: the lease then simply expires
                 self._lease.release()
             self._lease = None
 
     # -- snapshot ------------------------------------------------------------------------------------
 
     def load(self, *, source_id: str, full: bool) -> None:
-        """Read the snapshot (unless a full re-sync is asked for) and the checkpoint of this plan."""
-        self.snapshot = None if full else self._load_snapshot()
+        """Read the snapshot and the checkpoint of this plan.
+
+        `full`: send every contact again; the snapshot is then only the membership that mirror mode
+        removes from (without it, contacts that left the segment would stay on the list for good).
+        """
+        self.snapshot = self._load_snapshot()
+        if full and self.snapshot is not None:
+            self.snapshot.trusted = False
         snapshot_digest = self.snapshot.digest if self.snapshot else "none"
+        trust = "incremental" if self.snapshot is not None and self.snapshot.trusted else "full"
         self.run_key = hashlib.sha256(
-            f"{source_id}\n{snapshot_digest}\n{self.config_digest}".encode()).hexdigest()
+            f"{source_id}\n{snapshot_digest}\n{self.config_digest}\n{trust}".encode()).hexdigest()
         checkpoint = self._read_json(self._prefix + "checkpoint.json")
         if checkpoint and checkpoint.get("run_key") == self.run_key:
             self.resume = {int(k): str(v) for k, v in checkpoint.get("accepted", {}).items()}
@@ -140,14 +189,19 @@ class SyncState:
         keys, fingerprints = array("q"), array("q")
         with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
             header = json.loads(text.readline())
-            if header.get("format") != SNAPSHOT_FORMAT or header.get("config") != self.config_digest:
-                log.info("destination %s: mapping or list changed since the last export; full sync", self.destination)
+            if header.get("format") != SNAPSHOT_FORMAT:
                 return None
+            trusted = header.get("config") == self.config_digest
+            if not trusted:
+                if self.list_id is None or header.get("list") != self.list_id:
+                    log.info("destination %s: list changed since the last export; full sync", self.destination)
+                    return None
+                log.info("destination %s: mapping changed since the last export; full sync", self.destination)
             for line in text:
                 key, fp, _ = line.split(" ", 2)
                 keys.append(int(key))
                 fingerprints.append(int(fp))
-        return Snapshot(header, keys, fingerprints)
+        return Snapshot(header, keys, fingerprints, trusted=trusted)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
         """Emails of the snapshot entries at these positions (contacts that left the segment)."""
@@ -177,7 +231,9 @@ class SyncState:
         or it was unchanged); otherwise its previous entry stays, so the next refresh sends it again.
         Entries of contacts no longer in the segment stay while `keep_absent(position)` says so.
         """
+        self.ensure_lock()
         old = self.snapshot
+        carried_fp = None if old is None or old.trusted else UNTRUSTED
         with tempfile.TemporaryFile() as out:
             digest = hashlib.sha256()
             count = 0
@@ -189,7 +245,7 @@ class SyncState:
                 digest.update(line)
                 count += 1
 
-            old_lines = self._old_lines() if old is not None else iter(())
+            old_lines = self._old_lines(carried_fp) if old is not None else iter(())
             pending_old = next(old_lines, None)
             old_position = 0
             for index in _sorted_by_key(segment_keys, segment_indices):
@@ -210,24 +266,26 @@ class SyncState:
                 if keep_absent(old_position):
                     emit(*pending_old)
                 pending_old, old_position = next(old_lines, None), old_position + 1
-            header = {"format": SNAPSHOT_FORMAT, "config": self.config_digest, "count": count,
-                      "digest": digest.hexdigest()}
+            header = {"format": SNAPSHOT_FORMAT, "config": self.config_digest, "list": self.list_id,
+                      "count": count, "digest": digest.hexdigest()}
             out.seek(0)
             body = _Concat(json.dumps(header).encode() + b"\n", out)
             self._container.get_blob_client(self._prefix + "snapshot.txt").upload_blob(body, overwrite=True)
         return count
 
-    def _old_lines(self) -> Iterator[tuple[int, int, str]]:
+    def _old_lines(self, fingerprint: int | None) -> Iterator[tuple[int, int, str]]:
+        """The stored entries; with `fingerprint`, carried over under that one instead of their own."""
         stream = self._container.download_blob(self._prefix + "snapshot.txt")
         with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
             text.readline()
             for line in text:
                 key, fp, email = line.rstrip("\n").split(" ", 2)
-                yield int(key), int(fp), email
+                yield int(key), int(fp) if fingerprint is None else fingerprint, email
 
     # -- checkpoint ----------------------------------------------------------------------------------
 
     def batch_accepted(self, number: int, job_id: str) -> None:
+        self.ensure_lock()
         self.resume[number] = job_id
         body = json.dumps({"run_key": self.run_key, "accepted": {str(k): v for k, v in self.resume.items()}})
         self._container.get_blob_client(self._prefix + "checkpoint.json").upload_blob(body.encode(), overwrite=True)

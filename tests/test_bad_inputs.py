@@ -1,23 +1,34 @@
 """Malformed and hostile segment files: each gives a specific SegmentFileError or per-row rejections.
 
-Small files live in tests/bad_inputs/; big ones (bombs, huge rows) are generated here. Nothing may raise any
-other exception type, and the big ones must not need memory in proportion to their size.
+Small files live in tests/bad_inputs/; big ones (bombs, huge rows) are generated here into tmp_path. Nothing may
+raise any other exception type, and the big ones must not need memory in proportion to their size. Where the
+product's answer depends on the mapping (missing email column, odd emails, formula-looking values), the file also
+goes through the engine's dry run, and the operators' rejects CSV is checked for formula injection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
+import io
+import json
 import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.errors import SegmentFileError
-from shared.readers import ReaderOptions, open_segment
+from shared.destinations import Destination
+from shared.engine import ExportOptions, ExportResult, export_segment
+from shared.errors import ConfigurationError, SegmentFileError
+from shared.export_service import DATA_SUFFIXES, is_segment_entry
+from shared.readers import ReaderOptions, kind_of, open_segment
+from shared.readers.dispatch import CSV_SUFFIXES, JSONL_SUFFIXES
 from shared.records import Record
+from shared.run_store import RunStore
 from shared.sources import LocalDirSource
 
 BAD = Path(__file__).parent / "bad_inputs"
@@ -52,6 +63,13 @@ FILE_ERRORS: dict[str, tuple[str, int | None]] = {
     "cdm_outside_container/model.json": ("outside the container", None),
     "cdm_not_json/model.json": ("model.json is not valid JSON", None),
     "cdm_wrong_shape/model.json": ("no 'entities' list", None),
+    "cdm_array/model.json": ("model.json must be a JSON object", None),
+    "cdm_file_url/model.json": ("partition 'Seg_1' of entity 'Seg' is located outside the container", None),
+    "bom_only.csv": ("file is empty", None),
+    "nul_in_header.csv": ("the header row contains NUL bytes", None),
+    "cp1252_header.csv": ("the header row is not valid UTF-8: set file_format.encoding", None),
+    "empty.jsonl": ("file is empty", None),
+    "cdm_bad_encoding/model.json": ("partition 'Seg_1': 'base64' is not a text encoding", None),
 }
 
 
@@ -60,6 +78,7 @@ def test_file_is_refused_with_a_specific_reason(name: str) -> None:
     fragment, row = FILE_ERRORS[name]
     with pytest.raises(SegmentFileError) as caught:
         read_all(BAD, name)
+    assert caught.value.source == name  # the file is named (LocalDirSource names files by their path)
     assert fragment in caught.value.reason
     if row is not None:
         assert caught.value.row == row
@@ -106,8 +125,63 @@ def check_formulas(columns: list[str] | None, records: list[Record]) -> None:
 
 
 def check_odd_emails(columns: list[str] | None, records: list[Record]) -> None:
+    # The reader hands emails over untouched; normalising and rejecting is the mapper's job (tested below).
     assert [f["Email"] for f in _ok(records)] == [
-        "Ünïcödé@exämple.com", " spaced@example.com ", "UPPER@EXAMPLE.COM", "trailing.dot@example.com."]
+        "Ünïcödé@exämple.com", " spaced@example.com ", "UPPER@EXAMPLE.COM", "trailing.dot@example.com.",
+        "jo hn@example.com", "Ann@Exämple.com", "\u00a0\tnbsp@example.com\u00a0", "a@xn--abc.com", "",
+        "two@@example.com"]
+
+
+def check_formula_rejects(columns: list[str] | None, records: list[Record]) -> None:
+    assert [(r.row, r.fields["Email"], r.fields["FirstName"]) for r in records if r.error is None] == [
+        (1, '=HYPERLINK("http://evil.example/","click")', "Ann"), (2, "+1@example.com", "-2+3"),
+        (3, "@SUM(A1:A9)", "Cy"), (4, "d@example.com", "=cmd|' /C calc'!A0" + "x" * 40)]
+
+
+def check_tsv_gz(columns: list[str] | None, records: list[Record]) -> None:
+    assert columns == ["CustomerId", "Email", "FirstName"]  # .tsv.gz: gunzipped, and tab-separated by name
+    assert _ok(records) == [{"CustomerId": "c1", "Email": "a@example.com", "FirstName": "Ann, Marie"},
+                            {"CustomerId": "c2", "Email": "b@example.com", "FirstName": "Bob"}]
+
+
+def check_txt_gz(columns: list[str] | None, records: list[Record]) -> None:
+    assert columns == ["CustomerId", "Email", "FirstName"]  # .txt.gz: gunzipped, comma-separated
+    assert [(r.row, r.fields["FirstName"]) for r in records if r.error is None] == [(1, "Ann"), (2, "Bob\tB")]
+
+
+def check_jsonl_bad_values(columns: list[str] | None, records: list[Record]) -> None:
+    assert [(r.row, r.error) for r in records] == [
+        (1, None),
+        (2, "value of 'Email' holds a NUL or an unpaired surrogate escape"),
+        (3, "value of 'FirstName' holds a NUL or an unpaired surrogate escape"),
+        (4, "invalid UTF-8"),
+        (6, None),  # line 5 is blank: skipped but counted
+    ]
+    assert [r.fields for r in records if r.error is not None] == [{}, {}, {}]
+
+
+def check_utf16_unpaired_surrogate(columns: list[str] | None, records: list[Record]) -> None:
+    # UTF-16 errors are not bytes >= 0x80, so 'surrogateescape' raised UnicodeDecodeError here: the row is rejected.
+    assert [(r.row, r.error) for r in records] == [(1, None), (2, "invalid UTF-16 in column 'FirstName'"), (3, None)]
+    assert records[2].fields == {"CustomerId": "c3", "Email": "c@example.com", "FirstName": "Cy"}
+
+
+def check_utf16_odd_length(columns: list[str] | None, records: list[Record]) -> None:
+    # A UTF-16 file cut after an odd number of bytes (an interrupted upload): the last row is rejected.
+    assert [(r.row, r.error) for r in records] == [(1, None), (2, "invalid UTF-16 in column 'FirstName'")]
+
+
+PARTITIONS = {"cdm_partition_rows/Seg/Seg_1.csv", "cdm_partition_rows/Seg/Seg_2.csv",
+              "cdm_bad_encoding/Seg/Seg_1.csv"}
+
+
+def check_cdm_partition_rows(columns: list[str] | None, records: list[Record]) -> None:
+    assert columns == ["CustomerId", "Email", "FirstName"]
+    one, two = "cdm_partition_rows/Seg/Seg_1.csv", "cdm_partition_rows/Seg/Seg_2.csv"
+    assert [(r.source, r.row, r.error) for r in records] == [
+        (one, 1, None), (one, 2, "row has 2 values, model.json lists 3"),
+        (one, 3, "invalid UTF-8 in column 'FirstName'"), (two, 1, None)]
+    assert records[3].fields == {"CustomerId": "c4", "Email": "d@example.com", "FirstName": 'Di, "D"'}
 
 
 def check_two_plain_rows(columns: list[str] | None, records: list[Record]) -> None:
@@ -158,6 +232,15 @@ ROW_LEVEL: dict[str, Callable[[list[str] | None, list[Record]], None]] = {
     "row_count_mismatch.csv": check_count_mismatch,
     "malformed_quote.csv": check_malformed_quote,
     "jsonl_not_objects.jsonl": check_jsonl_not_objects,
+    "utf16le_no_bom.csv": check_utf16,
+    "utf16be_bom.csv": check_utf16,
+    "utf16_unpaired_surrogate.csv": check_utf16_unpaired_surrogate,
+    "utf16_odd_length.csv": check_utf16_odd_length,
+    "formula_rejects.csv": check_formula_rejects,
+    "tab_separated.tsv.gz": check_tsv_gz,
+    "segment.txt.gz": check_txt_gz,
+    "jsonl_bad_values.jsonl": check_jsonl_bad_values,
+    "cdm_partition_rows/model.json": check_cdm_partition_rows,
 }
 
 
@@ -169,8 +252,145 @@ def test_file_is_read_with_row_level_outcomes(name: str) -> None:
 
 def test_every_committed_bad_input_is_covered() -> None:
     committed = {str(p.relative_to(BAD)) for p in BAD.rglob("*") if p.is_file()}
-    assert committed == set(FILE_ERRORS) | set(ROW_LEVEL)
+    assert committed == set(FILE_ERRORS) | set(ROW_LEVEL) | PARTITIONS  # partitions: read via their model.json
+    assert not set(FILE_ERRORS) & set(ROW_LEVEL)
     assert len(committed) >= 25
+
+
+@pytest.mark.parametrize("encoding", ["base64", "rot13", "zlib", "hex", "idna", "punycode", "no-such-codec"])
+def test_an_encoding_that_cannot_read_text_is_a_configuration_error(encoding: str) -> None:
+    # These passed codecs.lookup() and then crashed the read with LookupError/UnicodeError.
+    with pytest.raises(ConfigurationError) as caught:
+        ReaderOptions(encoding=encoding)
+    assert caught.value.field == "file_format.encoding" and repr(encoding) in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1", "utf-16", "utf-8-sig", "UTF8"])
+def test_real_text_encodings_are_accepted(encoding: str) -> None:
+    assert ReaderOptions(encoding=encoding).encoding == encoding
+
+
+# -- through the mapper: what the product does with the rows --------------------------------------------
+
+DESTINATION = Destination.model_validate({
+    "name": "bad-inputs", "list_id": "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11", "api_key_secret": "k",
+    "segments": ["x/"], "field_mapping": {"email": "Email", "first_name": "FirstName"}})
+
+
+def dry_run(name: str) -> ExportResult:
+    return export_segment(DESTINATION, LocalDirSource(BAD), name, None, run_id="run-bad",
+                          options=ExportOptions(dry_run=True, preview_limit=100))
+
+
+def sent(result: ExportResult) -> list[dict[str, Any]]:
+    return [json.loads(body) for body in result.preview]
+
+
+def test_missing_email_column_refuses_the_file_before_any_row() -> None:
+    with pytest.raises(SegmentFileError) as caught:
+        dry_run("missing_email_column.csv")
+    assert caught.value.source == "missing_email_column.csv"
+    assert "mapped column(s) Email not in the file" in caught.value.reason
+    assert "CustomerId, FirstName" in caught.value.reason  # what the file has, to fix the mapping
+
+
+def test_header_only_file_is_an_export_of_no_profiles() -> None:
+    report = dry_run("header_only.csv").report
+    assert (report.rows_read, report.contacts_valid, report.rejected) == (0, 0, [])
+
+
+def test_odd_emails_are_trimmed_lower_cased_or_rejected_with_a_reason() -> None:
+    result = dry_run("odd_emails.csv")
+    assert [c["email"] for c in sent(result)] == [
+        "spaced@example.com", "upper@example.com", "ann@xn--exmple-cua.com", "nbsp@example.com"]
+    reasons = {r.row: r.reason for r in result.report.rejected}
+    assert {r.field for r in result.report.rejected} == {"email"}
+    assert sorted(reasons) == [1, 4, 5, 8, 9, 10]
+    assert "Internationalized characters before the @-sign" in reasons[1]  # SendGrid takes ASCII local parts
+    assert "cannot end with a period" in reasons[4]
+    assert "invalid characters before the @-sign: SPACE" in reasons[5]
+    assert "not valid IDNA" in reasons[8]  # an 'xn--' label that is not Punycode: not waved through
+    assert reasons[9] == "email is empty"
+    assert "invalid characters: '@'" in reasons[10]
+    values = {v.row: v.value for v in result.rejected_values}
+    for row, reason in reasons.items():  # the report never carries the address; the rejects file does
+        assert not values[row] or values[row].strip().lower() not in reason.lower()
+
+
+def test_formula_looking_values_go_to_sendgrid_as_plain_text() -> None:
+    assert [c["first_name"] for c in sent(dry_run("formula_values.csv"))] == [
+        "=cmd|' /C calc'!A0", "+SUM(1;2)", "@import"]
+    result = dry_run("formula_rejects.csv")
+    assert sent(result) == [{"email": "+1@example.com", "first_name": "-2+3"}]  # a valid address, kept as is
+    assert [(r.row, r.field) for r in result.report.rejected] == [(1, "email"), (3, "email"), (4, "first_name")]
+
+
+class _MemoryContainer:
+    """Just enough of a ContainerClient for RunStore.save_rejects."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def create_container(self) -> None:
+        pass
+
+    def upload_blob(self, name: str, data: bytes, **_: object) -> None:
+        self.blobs[name] = data
+
+
+def test_rejects_file_neutralises_formula_injection_for_spreadsheets() -> None:
+    result = dry_run("formula_rejects.csv")
+    values = {(v.source, v.row): v.value for v in result.rejected_values}
+    container = _MemoryContainer()
+    path = RunStore(container).save_rejects(  # type: ignore[arg-type]
+        "run-bad", [(r.source, r.row, r.field, r.reason, values[(r.source, r.row)]) for r in result.report.rejected])
+    assert path == "rejects/run-bad.csv"
+    rows = list(csv.reader(io.StringIO(container.blobs[path].decode())))
+    assert rows[0] == ["source", "row", "field", "reason", "value"]
+    assert [row[4] for row in rows[1:]] == [
+        "'=HYPERLINK(\"http://evil.example/\",\"click\")", "'@SUM(A1:A9)", "'=cmd|' /C calc'!A0" + "x" * 40]
+    for row in rows:  # no cell a spreadsheet would evaluate
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row), row
+    # The quote is the only change: an operator still sees the exact value that was rejected.
+    assert [row[4][1:] for row in rows[1:]] == [values[(r.source, r.row)] for r in result.report.rejected]
+
+
+def test_rejects_file_leaves_ordinary_values_alone() -> None:
+    container = _MemoryContainer()
+    RunStore(container).save_rejects(  # type: ignore[arg-type]
+        "run-plain", [("s.csv", 7, "email", "email is empty", ""), ("s.csv", 8, "first_name", "too long", "Ann-Marie")])
+    rows = list(csv.reader(io.StringIO(container.blobs["rejects/run-plain.csv"].decode())))
+    assert rows[1:] == [["s.csv", "7", "email", "email is empty", ""], ["s.csv", "8", "first_name", "too long",
+                                                                        "Ann-Marie"]]
+
+
+# -- file names: the blob trigger starts an export for exactly the files the readers accept ---------------
+
+def _accepted_suffixes() -> list[str]:
+    plain = [*CSV_SUFFIXES, *JSONL_SUFFIXES]
+    return [*plain, *(f"{suffix}.gz" for suffix in plain), ".json.gz"]
+
+
+@pytest.mark.parametrize("suffix", _accepted_suffixes())
+def test_every_suffix_the_readers_accept_starts_an_export(suffix: str) -> None:
+    assert suffix in DATA_SUFFIXES
+    for name in (f"vip/segment{suffix}", f"vip/SEGMENT{suffix.upper()}"):
+        kind_of(name)  # the readers accept it...
+        assert is_segment_entry(name)  # ...so the blob trigger and the timer pick it up
+
+
+@pytest.mark.parametrize("name", [
+    "vip/model.json", "vip/Model.json", "vip/manifest-2026.json", "vip/manifest-2026.csv", "vip/_SUCCESS",
+    "vip/.hidden.csv", "vip/part-0000.csv.crc", "vip/x.manifest.cdm.json", "vip/x.csv.gpg", "vip/x.json",
+    "vip/x.gz", "vip/x.parquet", "vip/x.xlsx", "vip/x.json.gz", "vip/x.TSV.GZ", "vip/x.txt.gz",
+])
+def test_trigger_and_readers_agree_on_what_is_a_segment_file(name: str) -> None:
+    try:
+        kind_of(name)
+        readable = True
+    except SegmentFileError:
+        readable = False
+    assert is_segment_entry(name) == readable
 
 
 # -- generated big and hostile files ------------------------------------------------------------------
@@ -211,19 +431,75 @@ def test_ten_megabyte_field_rejects_only_its_row(tmp_path: Path, quoted: bool) -
     assert peak < 64 << 20  # the line is held once (bounded by max_line_bytes), never the file
 
 
-def test_gzip_bomb_is_bounded(tmp_path: Path) -> None:
-    # ~1 GiB of zeros compresses to ~1 MB; the reader must stop at its limit without holding the data.
-    path = tmp_path / "bomb.csv.gz"
-    chunk = b"0" * (1 << 20)
-    with gzip.open(path, "wb", compresslevel=9) as fh:
-        fh.write(b"Email\n")
-        for _ in range(1024):
-            fh.write(chunk)
+def _bomb(path: Path, header: bytes, line: bytes, members: int = 256) -> None:
+    """~1 GiB of `line` repeated, in ~4 MB: one 4 MiB gzip member, concatenated (gzip allows many members)."""
+    member = gzip.compress(line * ((4 << 20) // len(line)), compresslevel=9, mtime=0)
+    with path.open("wb") as fh:
+        fh.write(gzip.compress(header, mtime=0))
+        for _ in range(members):
+            fh.write(member)
+
+
+def drain(root: Path, name: str, options: ReaderOptions | None = None) -> int:
+    """Read every record without keeping any (as the engine does); the number read."""
+    count = 0
+    with open_segment(LocalDirSource(root), name, options) as reader:
+        for _ in reader:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize(("name", "header", "line"), [
+    ("bomb.csv.gz", b"CustomerId,Email,FirstName\n", b"c1,someone@example.com,Ann " + b"x" * 150 + b"\n"),
+    ("bomb.jsonl.gz", b"", b'{"Email": "someone@example.com", "FirstName": "Ann ' + b"x" * 150 + b'"}\n'),
+], ids=["csv", "jsonl"])
+def test_gzip_bomb_of_valid_rows_stops_at_the_limit_in_bounded_memory(tmp_path: Path, name: str, header: bytes,
+                                                                      line: bytes) -> None:
+    _bomb(tmp_path / name, header, line)
+    assert (tmp_path / name).stat().st_size < 8 << 20  # compressed ~4 MB; decompressed ~1 GiB
+    limit = 16 << 20
+    options = ReaderOptions(max_decompressed_bytes=limit)
+    with pytest.raises(SegmentFileError) as caught:
+        drain(tmp_path, name, options)
+    assert caught.value.source == name
+    assert f"decompresses to more than {limit} bytes (max_decompressed_bytes)" in caught.value.reason
+    rows_within_limit = (limit - len(header)) // len(line)
+    assert caught.value.row is not None and abs(caught.value.row - rows_within_limit) < 1000  # stopped there
+    peak = peak_bytes(lambda: drain(tmp_path, name, options))
+    assert peak < 4 << 20  # streamed: a few read buffers, never the 16 MiB it decompressed
+
+
+def test_gzip_bomb_without_line_breaks_is_bounded(tmp_path: Path) -> None:
+    _bomb(tmp_path / "zeros.csv.gz", b"Email\n", b"0" * (1 << 20))
+    # With the line limit out of the way, the decompression limit stops it...
     options = ReaderOptions(max_decompressed_bytes=64 << 20, max_line_bytes=1 << 30)
     with pytest.raises(SegmentFileError, match="decompresses to more than 67108864 bytes"):
-        read_all(tmp_path, "bomb.csv.gz", options)
-    assert peak_bytes(lambda: read_all(tmp_path, "bomb.csv.gz", ReaderOptions(max_decompressed_bytes=8 << 20))) \
+        read_all(tmp_path, "zeros.csv.gz", options)
+    # ...and with the defaults the line limit does, long before 2 GiB; neither holds the data.
+    with pytest.raises(SegmentFileError, match="longer than 16777216 bytes without a line break") as caught:
+        read_all(tmp_path, "zeros.csv.gz")
+    assert caught.value.row == 1
+    assert peak_bytes(lambda: read_all(tmp_path, "zeros.csv.gz", ReaderOptions(max_decompressed_bytes=8 << 20))) \
         < 32 << 20
+
+
+def test_ten_megabyte_json_value_rejects_only_its_line(tmp_path: Path) -> None:
+    big = "y" * (10 << 20)
+    (tmp_path / "big.jsonl").write_text(f'{{"Email": "a@example.com", "Name": "{big}"}}\n'
+                                        '{"Email": "b@example.com", "Name": "Bob"}\n')
+    peak = peak_bytes(lambda: drain(tmp_path, "big.jsonl"))
+    _, records = read_all(tmp_path, "big.jsonl")
+    assert [(r.row, r.error) for r in records] == [
+        (1, "value of 'Name' is longer than 131072 characters (max_field_chars)"), (2, None)]
+    assert peak < 48 << 20  # the one line (bounded by max_line_bytes) and its parse, never the file
+
+
+def test_ten_thousand_key_json_object_rejects_only_its_line(tmp_path: Path) -> None:
+    wide = json.dumps({f"k{i}": "x" for i in range(10_000)})
+    (tmp_path / "wide.jsonl").write_text(wide + '\n{"Email": "a@example.com"}\n')
+    _, records = read_all(tmp_path, "wide.jsonl")
+    assert [(r.row, r.error) for r in records] == [
+        (1, "object has 10000 fields, more than max_columns 2000"), (2, None)]
 
 
 def test_very_long_line_without_newline_is_refused_in_bounded_memory(tmp_path: Path) -> None:

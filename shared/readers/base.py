@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.records import Record
 
-# Lone surrogates are what errors='surrogateescape' makes of undecodable bytes.
+# Lone surrogates are what the decoder's error handler ('segment-escape') makes of undecodable bytes.
 SURROGATES = re.compile("[\ud800-\udfff]")
 
 

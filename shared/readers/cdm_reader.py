@@ -13,7 +13,6 @@ path as `source`, and rows are numbered per partition.
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from shared.readers.base import SegmentReader
 from shared.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
 from shared.readers.decoding import EmptyFileError
 from shared.readers.options import ReaderOptions
+from shared.readers.text_encoding import encoding_problem
 from shared.records import Record
 from shared.sources import BlobContainerSource, ByteSource
 
@@ -175,10 +175,9 @@ def _layout(settings: Any, attributes: tuple[str, ...], options: ReaderOptions, 
         raise SegmentFileError(where, f"partition {partition!r}: delimiter must be one character")
     if quote_style not in ("QuoteStyle.Csv", "QuoteStyle.None"):
         raise SegmentFileError(where, f"partition {partition!r}: unknown quoteStyle {quote_style!r}")
-    try:
-        codecs.lookup(str(encoding))
-    except LookupError:
-        raise SegmentFileError(where, f"partition {partition!r}: unknown encoding {encoding!r}") from None
+    problem = encoding_problem(str(encoding))
+    if problem is not None:
+        raise SegmentFileError(where, f"partition {partition!r}: {problem}")
     return CsvLayout(delimiter=delimiter, quotechar=options.quotechar or '"', escapechar=options.escapechar,
                      quote_none=quote_style == "QuoteStyle.None",
                      header="first-row" if headers else "none", columns=attributes, encoding=str(encoding))

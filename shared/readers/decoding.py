@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from shared.errors import SegmentFileError
 from shared.readers.options import ReaderOptions
+from shared.readers.text_encoding import ESCAPE
 from shared.sources import ByteSource
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -229,7 +230,7 @@ def open_text(source: ByteSource, name: str, options: ReaderOptions, *, encoding
         chosen = _choose_encoding(head, encoding or options.encoding)
         guard = _Guard(stream, description, chosen, options, compressed=compressed)
         buffered = io.BufferedReader(guard, buffer_size=_READ_SIZE)
-        text = io.TextIOWrapper(buffered, encoding=chosen, errors="surrogateescape", newline="")
+        text = io.TextIOWrapper(buffered, encoding=chosen, errors=ESCAPE, newline="")
     except BaseException:
         raw.close()
         raise

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import codecs
 from dataclasses import dataclass
 
 from shared.errors import ConfigurationError
+from shared.readers.text_encoding import encoding_problem
 
 ALLOWED_DELIMITERS = (",", ";", "|", "\t", ":")
 GIB = 1 << 30
@@ -44,11 +44,8 @@ class ReaderOptions:
             if value is not None and (len(value) != 1 or value in "\r\n" or value == (self.delimiter or ",")):
                 raise ConfigurationError("must be one character, not a line break or the delimiter",
                                          field=f"file_format.{name}")
-        if self.encoding is not None:
-            try:
-                codecs.lookup(self.encoding)
-            except LookupError:
-                raise ConfigurationError(f"unknown encoding {self.encoding!r}", field="file_format.encoding") from None
+        if self.encoding is not None and (problem := encoding_problem(self.encoding)) is not None:
+            raise ConfigurationError(problem, field="file_format.encoding")
         for name in ("max_decompressed_bytes", "max_field_chars", "max_columns", "max_line_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError("must be positive", field=f"file_format.{name}")

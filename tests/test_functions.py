@@ -1,0 +1,780 @@
+"""The registered Azure Functions, invoked as the host would, against Azurite, the SendGrid simulator and the
+Key Vault stand-in.
+
+Each function is taken from `function_app.app.get_functions()` and called with the objects the Python worker
+builds: the blob trigger gets an SDK `BlobClient` made by the blob extension's own converter from the
+`model_binding_data` the host sends; HTTP functions get `func.HttpRequest` with route parameters parsed from
+the registered route; the queue worker gets a `func.QueueMessage` decoded by azure.functions' converter from
+the message the HTTP function put in its output binding; the timer gets a `TimerRequest` from its converter.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import re
+import threading
+import typing
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_binding
+import pytest
+from azure.functions.meta import Datum
+from azure.functions.queue import QueueMessageInConverter, QueueMessageOutConverter
+from azure.functions.timer import TimerRequestConverter
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azurefunctions.extensions.base import Datum as ExtensionDatum
+from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
+
+from function_app import app
+from sendgrid_simulator import Simulator
+from shared.engine import ExportOptions
+from shared.errors import ConfigurationError
+from shared.export_service import ExportService, get_service, reset_service
+from shared.secrets import ApiKeyProvider
+from tests.azurite import Azurite
+from tests.keyvault_standin import KeyVaultStandIn, keyvault
+from tests.sendgrid_fixture import running_simulator
+
+__all__ = ["keyvault"]  # the stand-in fixture, re-exported so pytest finds it in this module
+
+API_KEY = "SG.functions-test-key.0123456789abcdef"
+VIP_LIST = "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11"
+NEWS_LIST = "8e2f4a6b-1c3d-4e5f-a7b8-c9d0e1f2a3b4"
+NOCONSENT_LIST = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+CDM_LIST = "1a2b3c4d-5e6f-4a8b-9c0d-e1f2a3b4c5d6"
+SECRET_NAME = "sendgrid-api-key"
+HOST = "http://localhost:7071"
+CONSENT = {"agreed_by": "marketing-ops@example.com", "agreed_at": "2026-11-01T09:00:00Z"}
+MAPPING = {"email": "PrimaryEmail", "first_name": "FirstName", "last_name": "LastName", "country": "Country"}
+HEADER = ["CustomerId", "PrimaryEmail", "FirstName", "LastName", "Country"]
+CDM_PREFIX = "CustomerInsights_1234/sendgrid/"
+PUT_CONTACTS = "PUT /v3/marketing/contacts"
+FAST = ExportOptions(poll_interval=0.02, poll_timeout=30.0)
+
+
+def destination(name: str, list_id: str, prefix: str, *, consent: bool = True, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": name, "list_id": list_id, "api_key_secret": SECRET_NAME, "segments": [prefix],
+                           "field_mapping": MAPPING, **extra}
+    if consent:
+        doc["consent"] = CONSENT
+    return doc
+
+
+DESTINATIONS = [
+    destination("vip-customers", VIP_LIST, "vip/"),
+    destination("newsletter", NEWS_LIST, "news/"),
+    destination("no-consent", NOCONSENT_LIST, "noconsent/", consent=False),
+    destination("cdm-vip", CDM_LIST, CDM_PREFIX),
+]
+
+
+# -- segment files ----------------------------------------------------------------------------------------
+
+def person(n: int, tag: str = "p") -> list[str]:
+    return [f"CI-{n:05d}", f"{tag}.person{n}@example.com", f"First{n}", f"Last{n}", "France"]
+
+
+def csv_bytes(rows: list[list[str]], *, header: bool = True) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(HEADER)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def emails(rows: list[list[str]]) -> set[str]:
+    return {row[1].lower() for row in rows}
+
+
+# -- the environment: settings, containers, simulator -----------------------------------------------------
+
+@dataclass
+class Env:
+    sim: Simulator
+    blobs: BlobServiceClient
+    segments: ContainerClient
+    runs: ContainerClient
+    monkeypatch: pytest.MonkeyPatch
+    providers: list[ApiKeyProvider] = field(default_factory=list)
+
+    def upload(self, name: str, data: bytes) -> str:
+        self.segments.upload_blob(name, data, overwrite=True)
+        return name
+
+    def install(self, *, keys: ApiKeyProvider | None = None, options: ExportOptions = FAST) -> ExportService:
+        """The process-wide service, built from the settings like the app's, with fast polling."""
+        if keys is not None:
+            self.providers.append(keys)
+        service = ExportService.from_environment(keys=keys, options=options)
+        reset_service(service)
+        return service
+
+    def set_destinations(self, destinations: list[dict[str, Any]]) -> None:
+        self.monkeypatch.setenv("DESTINATIONS_JSON", json.dumps({"destinations": destinations}))
+        reset_service(None)
+
+    def report_names(self) -> list[str]:
+        if not self.runs.exists():
+            return []
+        return sorted(b.name for b in self.runs.list_blobs(name_starts_with="reports/"))
+
+    def reports(self) -> list[dict[str, Any]]:
+        return [json.loads(self.runs.download_blob(n).readall()) for n in self.report_names()]
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.runs.download_blob(f"reports/{run_id}.json").readall())
+        return data
+
+    def puts(self) -> int:
+        return self.sim.request_counts.get(PUT_CONTACTS, 0)
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """The team's simulator fixture (OpenAPI-validated when the specs exist), with our key and lists."""
+    for simulator in running_simulator():
+        simulator.set_api_keys({API_KEY: None})
+        for name, list_id in (("vip", VIP_LIST), ("news", NEWS_LIST), ("noconsent", NOCONSENT_LIST),
+                              ("cdm", CDM_LIST)):
+            simulator.create_list(name, list_id=list_id)
+        yield simulator
+
+
+@pytest.fixture
+def env(azurite: Azurite, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    tag = uuid.uuid4().hex[:12]
+    segments = blobs.create_container(f"segments-{tag}")
+    runs = blobs.get_container_client(f"runs-{tag}")
+    for name in ("KEY_VAULT_URL", "AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "WEBSITE_INSTANCE_ID",
+                 "AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__accountName"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("SEGMENTS_CONTAINER", segments.container_name)
+    monkeypatch.setenv("RUNS_CONTAINER", runs.container_name)
+    monkeypatch.setenv("SENDGRID_BASE_URL", sim.base_url)
+    monkeypatch.setenv("LOCAL_DEV_SENDGRID_API_KEY", API_KEY)
+    monkeypatch.setenv("REFRESH_SCHEDULE", "0 0 6 * * *")
+    monkeypatch.setenv("DESTINATIONS_JSON", json.dumps({"destinations": DESTINATIONS}))
+    reset_service(None)
+    environment = Env(sim, blobs, segments, runs, monkeypatch)
+    try:
+        yield environment
+    finally:
+        reset_service(None)
+        for provider in environment.providers:
+            provider.close()
+        segments.delete_container()
+        if runs.exists():
+            runs.delete_container()
+
+
+# -- invoking the registered functions as the host does ---------------------------------------------------
+
+@functools.cache
+def registered_functions() -> tuple[Any, ...]:
+    """`app.get_functions()` indexes the app and may run once per process (a second call raises on the
+    'duplicate' names), like the host's single indexing; every test shares this one result."""
+    return tuple(app.get_functions())
+
+
+def registered(name: str) -> Any:
+    return next(f for f in registered_functions() if f.get_function_name() == name)
+
+
+def bindings(name: str) -> list[dict[str, Any]]:
+    data: dict[str, Any] = json.loads(registered(name).get_function_json())
+    return list(data["bindings"])
+
+
+def fire_blob_trigger(container: str, blob_name: str) -> None:
+    """What the worker does for `ExportOnNewSegmentFile`: decode the host's model_binding_data into the SDK
+    type the function's annotation asks for (through the extension's converter), then call the function."""
+    fn = registered("ExportOnNewSegmentFile").get_user_function()
+    annotation = typing.get_type_hints(fn)["client"]
+    assert annotation is blob_binding.BlobClient  # streamed through the SDK, not a func.InputStream in memory
+    assert BlobClientConverter.check_input_type_annotation(annotation)
+    trigger = next(b for b in bindings("ExportOnNewSegmentFile") if b["type"] == "blobTrigger")
+    content = json.dumps({"Connection": trigger["connection"], "ContainerName": container, "BlobName": blob_name})
+    model_binding_data = SimpleNamespace(version="1.0", source="AzureStorageBlobs",
+                                         content_type="application/json", content=content)
+    client = BlobClientConverter.decode(ExtensionDatum(model_binding_data, "model_binding_data"),
+                                        trigger_metadata={}, pytype=annotation)
+    assert (client.container_name, client.blob_name) == (container, blob_name)
+    fn(client)
+
+
+class CapturedOut(func.Out[str]):
+    """The worker's output-binding holder: the function sets the value, the host then sends it."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def set(self, val: str) -> None:
+        self.value = val
+
+    def get(self) -> str:
+        assert self.value is not None
+        return self.value
+
+
+@dataclass
+class HttpResult:
+    response: func.HttpResponse
+    queued: CapturedOut | None
+
+    @property
+    def status(self) -> int:
+        return int(self.response.status_code)
+
+    def json(self) -> Any:
+        assert self.response.mimetype == "application/json"
+        return json.loads(self.response.get_body())
+
+
+def _route_params(template: str, path: str) -> dict[str, str] | None:
+    pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+    match = re.fullmatch(pattern, path)
+    return match.groupdict() if match else None
+
+
+def http(method: str, path: str, body: bytes | dict[str, Any] | None = None) -> HttpResult:
+    """Route `METHOD /api/<path>` to the registered HTTP function whose route and methods match it."""
+    raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+    for fn in registered_functions():
+        binds = json.loads(fn.get_function_json())["bindings"]
+        trigger = next((b for b in binds if b["type"] == "httpTrigger"), None)
+        if trigger is None or method not in trigger["methods"]:
+            continue
+        params = _route_params(trigger["route"], path)
+        if params is None:
+            continue
+        request = func.HttpRequest(method, f"{HOST}/api/{path}", body=raw, route_params=params,
+                                   headers={"Content-Type": "application/json"} if raw else {})
+        kwargs: dict[str, Any] = {trigger["name"]: request}
+        out = None
+        for binding in binds:
+            if binding["type"] == "queue" and binding["direction"] == "OUT":
+                out = kwargs[binding["name"]] = CapturedOut()
+        return HttpResult(fn.get_user_function()(**kwargs), out)
+    raise AssertionError(f"no registered function serves {method} /api/{path}")
+
+
+def run_queue_message(out: CapturedOut) -> None:
+    """Send what StartExport put in its output binding to RunQueuedExport, through both converters."""
+    encoded = QueueMessageOutConverter.encode(out.get(), expected_type=str)
+    message = QueueMessageInConverter.decode(
+        Datum(encoded.value, encoded.type),
+        trigger_metadata={"Id": Datum(uuid.uuid4().hex, "string"), "DequeueCount": Datum(1, "int")})
+    assert isinstance(message, func.QueueMessage)
+    registered("RunQueuedExport").get_user_function()(message)
+
+
+def fire_timer(past_due: bool = False) -> None:
+    timer = TimerRequestConverter.decode(Datum(json.dumps({"IsPastDue": past_due}), "json"), trigger_metadata={})
+    registered("ScheduledRefresh").get_user_function()(timer)
+
+
+# -- registration -----------------------------------------------------------------------------------------
+
+def test_every_function_is_registered_with_its_trigger() -> None:
+    kinds = {f.get_function_name(): [b["type"] for b in json.loads(f.get_function_json())["bindings"]
+                                     if b["direction"] == "IN"] for f in registered_functions()}
+    assert kinds == {"ExportOnNewSegmentFile": ["blobTrigger"], "StartExport": ["httpTrigger"],
+                     "GetExportRun": ["httpTrigger"], "RunQueuedExport": ["queueTrigger"],
+                     "ScheduledRefresh": ["timerTrigger"]}
+    blob = next(b for b in bindings("ExportOnNewSegmentFile") if b["type"] == "blobTrigger")
+    assert blob["source"] == "EventGrid" and blob["path"] == "%SEGMENTS_CONTAINER%/{name}"
+    timer = next(b for b in bindings("ScheduledRefresh") if b["type"] == "timerTrigger")
+    assert timer["schedule"] == "%REFRESH_SCHEDULE%" and timer["runOnStartup"] is False
+    queue_out = next(b for b in bindings("StartExport") if b["type"] == "queue")
+    queue_in = next(b for b in bindings("RunQueuedExport") if b["type"] == "queueTrigger")
+    assert queue_out["queueName"] == queue_in["queueName"]
+
+
+@pytest.mark.parametrize("name", ["StartExport", "GetExportRun"])
+def test_http_functions_require_a_function_key(name: str) -> None:
+    trigger = next(b for b in bindings(name) if b["type"] == "httpTrigger")
+    assert trigger["authLevel"] == "FUNCTION"
+
+
+# -- blob trigger -----------------------------------------------------------------------------------------
+
+def test_blob_trigger_exports_the_csv_and_stores_report_and_rejects(env: Env) -> None:
+    good = [person(n) for n in range(1, 6)]
+    bad = [["CI-90001", "not-an-address", "Bad", "Row", "France"], ["CI-90002", "", "Empty", "Email", "Spain"]]
+    duplicate = [good[0][0], good[0][1].upper(), "Renamed", good[0][3], good[0][4]]
+    blob = env.upload("vip/2026/11/segment.csv", csv_bytes([*good, bad[0], duplicate, bad[1]]))
+
+    fire_blob_trigger(env.segments.container_name, blob)  # the service is built lazily from the settings
+
+    members = env.sim.list_contacts(VIP_LIST)
+    assert set(members) == emails(good)
+    assert members[good[0][1]]["first_name"] == "Renamed"  # last row wins
+    assert env.sim.list_contacts(NEWS_LIST) == {}
+    (report,) = env.reports()
+    assert report["status"] == "succeeded" and report["balanced"] is True
+    assert report["destination"] == "vip-customers" and report["list_id"] == VIP_LIST
+    assert (report["rows_read"], report["exported"], report["rejected_count"], report["duplicates_merged"]) == \
+        (8, 5, 2, 1)
+    assert sorted(r["row"] for r in report["rejected"]) == [6, 8]
+    assert report["rejects_blob"] == f"rejects/{report['run_id']}.csv"
+    rejects = list(csv.DictReader(io.StringIO(env.runs.download_blob(report["rejects_blob"]).readall().decode())))
+    assert [(r["row"], r["field"], r["value"]) for r in rejects] == [("6", "email", "not-an-address"),
+                                                                   ("8", "email", "")]
+    assert all(r["reason"] for r in rejects)
+
+
+def test_a_second_trigger_of_the_same_blob_version_does_not_export_again(env: Env) -> None:
+    env.install()
+    rows = [person(n) for n in range(1, 4)]
+    blob = env.upload("vip/segment.csv", csv_bytes(rows))
+    fire_blob_trigger(env.segments.container_name, blob)
+    assert env.puts() == 1
+    reports = env.report_names()
+
+    fire_blob_trigger(env.segments.container_name, blob)  # Event Grid delivers at least once
+
+    assert env.puts() == 1
+    assert env.report_names() == reports
+
+    # A new version of the file (new ETag) is a new export: only the added profile is sent.
+    env.upload(blob, csv_bytes([*rows, person(4)]))
+    fire_blob_trigger(env.segments.container_name, blob)
+    assert env.puts() == 2
+    assert env.sim.upsert_batches[-1].emails == [person(4)[1]]
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails([*rows, person(4)])
+
+
+def test_concurrent_duplicate_triggers_export_once(env: Env) -> None:
+    env.install()
+    blob = env.upload("vip/segment.csv", csv_bytes([person(n) for n in range(1, 4)]))
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def fire() -> None:
+        try:
+            start.wait()
+            fire_blob_trigger(env.segments.container_name, blob)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fire) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert env.puts() == 1
+    assert len(env.report_names()) == 1
+
+
+@pytest.mark.parametrize("blob_name", [
+    "elsewhere/segment.csv",           # no destination has this prefix
+    "vip/_SUCCESS",                    # marker file
+    "vip/part-0001.csv.crc",           # checksum file
+    "vip/manifest-2026.json",          # manifest
+    "vip/readme.pdf",                  # not a segment format
+])
+def test_blobs_that_are_not_exports_are_skipped_without_error(env: Env, caplog: pytest.LogCaptureFixture,
+                                                              blob_name: str) -> None:
+    env.install()
+    env.upload(blob_name, csv_bytes([person(1)]))
+    caplog.set_level(logging.INFO, logger="ExportSegment")
+
+    fire_blob_trigger(env.segments.container_name, blob_name)
+
+    assert env.sim.request_log == []
+    assert env.report_names() == []
+    assert any(r.name == "ExportSegment" and "skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_blob_in_another_container_is_ignored(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.install()
+    other = env.blobs.create_container(f"other-{uuid.uuid4().hex[:12]}")
+    try:
+        other.upload_blob("vip/segment.csv", csv_bytes([person(1)]))
+        caplog.set_level(logging.INFO, logger="ExportSegment")
+        fire_blob_trigger(other.container_name, "vip/segment.csv")
+    finally:
+        other.delete_container()
+    assert env.sim.request_log == []
+    assert env.report_names() == []
+    assert any("another container" in r.getMessage() for r in caplog.records)
+
+
+def cdm_model(env: Env, partitions: list[str]) -> bytes:
+    attributes = [{"name": a, "dataType": "string"} for a in HEADER]
+    entity = {"$type": "LocalEntity", "name": "VipCustomers", "attributes": attributes,
+              "partitions": [{"name": p.rsplit("/", 1)[1].removesuffix(".csv"),
+                              "location": f"{env.segments.url}/{p}?snapshot=2026-11-01T06:00:00Z"}
+                             for p in partitions]}
+    return json.dumps({"name": "export", "version": "1.0", "entities": [entity]}).encode()
+
+
+def test_cdm_folder_is_exported_when_model_json_lands_and_partitions_alone_are_skipped(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.install()
+    caplog.set_level(logging.INFO, logger="ExportSegment")
+    first = [person(n, "cdm") for n in range(1, 5)]
+    part1 = f"{CDM_PREFIX}VipCustomers/2026/11/01/0600/VipCustomers_1.csv"
+    part2 = f"{CDM_PREFIX}VipCustomers/2026/11/01/0600/VipCustomers_2.csv"
+    model = f"{CDM_PREFIX}model.json"
+
+    # Partitions land first (Customer Insights' write order is not documented): nothing is exported yet.
+    env.upload(part1, csv_bytes(first[:2], header=False))
+    fire_blob_trigger(env.segments.container_name, part1)
+    env.upload(part2, csv_bytes(first[2:], header=False))
+    fire_blob_trigger(env.segments.container_name, part2)
+    assert env.sim.request_log == [] and env.report_names() == []
+
+    env.upload(model, cdm_model(env, [part1, part2]))
+    fire_blob_trigger(env.segments.container_name, model)
+    assert set(env.sim.list_contacts(CDM_LIST)) == emails(first)
+    (report,) = env.reports()
+    assert (report["status"], report["rows_read"], report["exported"]) == ("succeeded", 4, 4)
+    assert report["destination"] == "cdm-vip"
+
+    # A later trigger of a partition that model.json lists is skipped too.
+    fire_blob_trigger(env.segments.container_name, part1)
+    assert len(env.report_names()) == 1
+
+    # The next refresh writes a new timestamped folder before it updates model.json: the new partition,
+    # not listed by the current model.json, is still not exported on its own.
+    second = [*first, person(5, "cdm")]
+    part_new = f"{CDM_PREFIX}VipCustomers/2026/11/02/0600/VipCustomers_1.csv"
+    env.upload(part_new, csv_bytes(second, header=False))
+    puts = env.puts()
+    fire_blob_trigger(env.segments.container_name, part_new)
+    assert env.puts() == puts and len(env.report_names()) == 1
+
+    env.upload(model, cdm_model(env, [part_new]))
+    fire_blob_trigger(env.segments.container_name, model)
+    assert set(env.sim.list_contacts(CDM_LIST)) == emails(second)
+    assert env.sim.upsert_batches[-1].emails == [person(5, "cdm")[1]]  # incremental: only the new profile
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 4 and all("CDM partition" in m for m in skipped)
+
+
+def test_a_destination_without_consent_does_not_export_and_says_why(env: Env) -> None:
+    env.install()
+    blob = env.upload("noconsent/segment.csv", csv_bytes([person(1), person(2)]))
+
+    fire_blob_trigger(env.segments.container_name, blob)
+
+    assert env.puts() == 0
+    assert env.sim.list_contacts(NOCONSENT_LIST) == {}
+    (report,) = env.reports()
+    assert report["status"] == "refused"
+    assert "consent" in report["error"] and report["exported"] == 0
+
+    # The HTTP route leads to the same refusal through the queue.
+    started = http("POST", "destinations/no-consent/exports", {})
+    assert started.status == 202 and started.queued is not None
+    run_queue_message(started.queued)
+    status = http("GET", f"runs/{started.json()['run_id']}").json()
+    assert status["status"] == "refused" and "consent" in status["error"]
+    assert env.puts() == 0
+
+
+def test_a_rotated_key_is_re_read_from_key_vault_once_after_a_401(env: Env, keyvault: KeyVaultStandIn,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    key_a, key_b = "SG.rotation-key-A.abcdefghijklmnop", "SG.rotation-key-B.qrstuvwxyz012345"
+    env.monkeypatch.delenv("LOCAL_DEV_SENDGRID_API_KEY")
+    env.monkeypatch.setenv("KEY_VAULT_URL", keyvault.url)
+    keyvault.set_secret(SECRET_NAME, key_a)
+    env.sim.set_api_keys({key_a: None})
+    # The provider the service would build from KEY_VAULT_URL, with the stand-in's credential and CA.
+    service = env.install(keys=ApiKeyProvider(keyvault.url, credential=keyvault.credential,
+                                              client_kwargs=keyvault.client_kwargs))
+    assert service.keys.vault_url == keyvault.url.strip()
+    caplog.set_level(logging.DEBUG)
+
+    first = [person(n) for n in range(1, 4)]
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/one.csv", csv_bytes(first)))
+    assert len(keyvault.secret_reads()) == 1
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(first)
+
+    env.sim.set_api_keys({key_b: None})
+    keyvault.set_secret(SECRET_NAME, key_b)
+    second = [person(n) for n in range(4, 7)]
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/two.csv", csv_bytes(second)))
+
+    assert len(keyvault.secret_reads()) == 2  # exactly one re-read
+    assert [r.status for r in env.sim.request_log].count(401) == 1
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(first + second)
+    assert [r["status"] for r in env.reports()] == ["succeeded", "succeeded"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "value changed" in logged
+    assert key_a not in logged and key_b not in logged
+
+    # Key revoked in SendGrid but not rotated in the vault: one re-read, then a clear failure (no loop).
+    env.sim.set_api_keys({"SG.someone-elses-key": None})
+    reads, unauthorized = len(keyvault.secret_reads()), [r.status for r in env.sim.request_log].count(401)
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/three.csv", csv_bytes([person(9)])))
+    assert len(keyvault.secret_reads()) == reads + 1
+    assert [r.status for r in env.sim.request_log].count(401) == unauthorized + 1  # not retried: same key
+    failed = [r for r in env.reports() if r["status"] == "failed"]
+    assert len(failed) == 1 and "401" in failed[0]["error"] and "Key Vault" in failed[0]["error"]
+
+
+# -- HTTP + queue -----------------------------------------------------------------------------------------
+
+def test_http_start_queues_the_run_and_the_status_url_returns_the_report(env: Env) -> None:
+    rows = [person(n) for n in range(1, 5)]
+    env.upload("vip/older.csv", csv_bytes(rows[:1]))
+    env.upload("vip/latest.csv", csv_bytes(rows))  # the newest file is exported when none is named
+
+    started = http("POST", "destinations/vip-customers/exports")  # empty body: all defaults
+
+    assert started.status == 202
+    body = started.json()
+    run_id = body["run_id"]
+    assert body["status"] == "queued"
+    assert body["status_url"] == f"{HOST}/api/runs/{run_id}"
+    assert started.response.headers["Location"] == body["status_url"]
+    assert started.queued is not None
+    assert json.loads(started.queued.get()) == {"run_id": run_id, "destination": "vip-customers",
+                                                "blob": "vip/latest.csv", "full": False}
+    assert env.puts() == 0  # nothing runs inside the request
+
+    path = body["status_url"].removeprefix(f"{HOST}/api/")
+    queued = http("GET", path)
+    assert queued.status == 200 and queued.json()["status"] == "queued"
+
+    run_queue_message(started.queued)
+
+    done = http("GET", path)
+    assert done.status == 200
+    report = done.json()
+    assert (report["run_id"], report["status"], report["exported"], report["balanced"]) == \
+        (run_id, "succeeded", 4, True)
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(rows)
+
+
+def test_http_named_blob_and_the_full_option(env: Env) -> None:
+    env.install()
+    rows = [person(n) for n in range(1, 4)]
+    env.upload("vip/a.csv", csv_bytes(rows))
+    env.upload("vip/b.csv", csv_bytes([person(99)]))
+
+    def export(body: dict[str, Any]) -> dict[str, Any]:
+        started = http("POST", "destinations/vip-customers/exports", body)
+        assert started.status == 202 and started.queued is not None
+        run_queue_message(started.queued)
+        result = http("GET", f"runs/{started.json()['run_id']}")
+        assert result.status == 200
+        data: dict[str, Any] = result.json()
+        return data
+
+    first = export({"blob": "vip/a.csv"})
+    assert (first["status"], first["exported"], first["source"]) == \
+        ("succeeded", 3, f"{env.segments.container_name}/vip/a.csv")
+    assert env.puts() == 1
+
+    again = export({"blob": "vip/a.csv"})  # incremental: nothing changed, nothing sent
+    assert (again["status"], again["exported"], again["unchanged_skipped"]) == ("succeeded", 0, 3)
+    assert env.puts() == 1
+
+    full = export({"blob": "vip/a.csv", "full": True})  # full: every profile sent again
+    assert (full["status"], full["exported"], full["unchanged_skipped"]) == ("succeeded", 3, 0)
+    assert env.puts() == 2
+    assert sorted(env.sim.upsert_batches[-1].emails) == sorted(emails(rows))
+    assert person(99)[1] not in env.sim.list_contacts(VIP_LIST)
+
+
+def test_a_queued_run_whose_destination_was_removed_reports_failed(env: Env) -> None:
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    started = http("POST", "destinations/vip-customers/exports", {})
+    assert started.status == 202 and started.queued is not None
+    env.set_destinations(DESTINATIONS[1:])  # the app restarts with vip-customers removed
+    env.install()
+
+    run_queue_message(started.queued)
+
+    status = http("GET", f"runs/{started.json()['run_id']}").json()
+    assert status["status"] == "failed" and "no longer configured" in status["error"]
+    assert status["finished_at"] is not None
+    assert env.puts() == 0
+
+
+def test_http_dry_run_previews_without_sending(env: Env) -> None:
+    env.install()
+    rows = [person(n) for n in range(1, 4)]
+    env.upload("vip/segment.csv", csv_bytes([*rows, ["CI-7", "broken@", "B", "R", "France"]]))
+
+    result = http("POST", "destinations/vip-customers/exports", {"dry_run": True, "blob": "vip/segment.csv"})
+
+    assert result.status == 200
+    assert result.queued is not None and result.queued.value is None  # nothing queued
+    payload = result.json()
+    assert payload["status"] == "dry_run" and payload["dry_run"] is True
+    assert [c["email"] for c in payload["preview"]] == [r[1] for r in rows]
+    assert payload["preview"][0]["first_name"] == "First1"
+    assert payload["not_sent"] == 3 and payload["rejected_count"] == 1 and payload["rejected"][0]["row"] == 4
+    assert env.puts() == 0 and env.sim.list_contacts(VIP_LIST) == {}
+
+
+def test_http_errors_are_json_with_the_right_status(env: Env) -> None:
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+
+    cases: list[tuple[str, str, bytes | dict[str, Any] | None, int, str]] = [
+        ("POST", "destinations/nope/exports", {}, 404, "unknown destination"),
+        ("POST", "destinations/vip-customers/exports", b"{not json", 400, "not valid JSON"),
+        ("POST", "destinations/vip-customers/exports", b"[1, 2]", 400, "JSON object"),
+        ("POST", "destinations/vip-customers/exports", {"blobb": "vip/segment.csv"}, 400, "unknown field"),
+        ("POST", "destinations/vip-customers/exports", {"dry_run": "yes"}, 400, "true or false"),
+        ("POST", "destinations/vip-customers/exports", {"full": 1}, 400, "true or false"),
+        ("POST", "destinations/vip-customers/exports", {"blob": "vip/missing.csv"}, 404, "no such blob"),
+        ("POST", "destinations/newsletter/exports", {}, 404, "no segment file"),
+        ("GET", "runs/vip-customers-20260101T000000Z-deadbeef", None, 404, "no such run"),
+        ("GET", "runs/not_a_run", None, 400, "malformed"),
+        ("GET", "runs/..", None, 400, "malformed"),
+    ]
+    for method, path, body, status, words in cases:
+        result = http(method, path, body)
+        assert (result.status, words) == (status, words) and words in result.json()["error"], (path, body)
+        assert result.queued is None or result.queued.value is None
+    assert http("POST", "destinations/nope/exports", {}).json()["known"] == [d["name"] for d in DESTINATIONS]
+    assert env.report_names() == [] and env.sim.request_log == []
+
+
+@pytest.mark.parametrize("blob", [
+    "../x.csv",
+    "vip/../x.csv",
+    "vip/../../runs/reports/x.json",
+    "./vip/segment.csv",
+    "/vip/segment.csv",
+    "vip\\..\\x.csv",
+    "https://devstoreaccount1.blob.core.windows.net/other/vip/segment.csv",
+    "http://127.0.0.1:10000/devstoreaccount1/segments/vip/segment.csv",
+    "other-container/vip/segment.csv",
+    "news/segment.csv",  # another destination's file
+    "vip/x.csv\x00",
+    "",
+])
+def test_http_refuses_blob_paths_outside_the_destination(env: Env, blob: str) -> None:
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    env.upload("news/segment.csv", csv_bytes([person(2)]))
+
+    result = http("POST", "destinations/vip-customers/exports", {"blob": blob})
+
+    assert result.status == 400
+    assert "blob" in result.json()["error"]
+    assert result.queued is not None and result.queued.value is None
+    assert env.report_names() == [] and env.sim.request_log == []
+
+
+# -- timer ------------------------------------------------------------------------------------------------
+
+def test_timer_finishes_pending_runs_and_refreshes_every_destination(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.set_destinations(DESTINATIONS[:2])
+    service = env.install(options=ExportOptions(poll_interval=0.02, poll_timeout=0.1))
+    vip = [person(n, "vip") for n in range(1, 4)]
+    news = [person(n, "news") for n in range(1, 3)]
+    env.sim.job_delay = 1.5  # the import job outlives the run's polling
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/segment.csv", csv_bytes(vip)))
+    (earlier,) = env.reports()
+    assert (earlier["status"], earlier["pending"], earlier["exported"]) == ("partial", 3, 0)
+    assert [b.name for b in env.runs.list_blobs(name_starts_with="pending/")] == [f"pending/{earlier['run_id']}"]
+    env.upload("news/segment.csv", csv_bytes(news))
+
+    assert env.sim.wait_for_jobs(10)
+    env.sim.job_delay = 0.0
+    service.options = FAST
+    caplog.set_level(logging.INFO)
+    before = env.report_names()
+    fire_timer(past_due=True)
+
+    finished = env.report(earlier["run_id"])
+    assert (finished["status"], finished["pending"], finished["exported"]) == ("succeeded", 0, 3)
+    assert "pending import jobs finished after the run ended" in finished["notes"]
+    assert list(env.runs.list_blobs(name_starts_with="pending/")) == []
+    new = [env.report(n.removeprefix("reports/").removesuffix(".json"))
+           for n in sorted(set(env.report_names()) - set(before))]
+    assert sorted((r["destination"], r["status"]) for r in new) == [("newsletter", "succeeded"),
+                                                                     ("vip-customers", "succeeded")]
+    assert all(r["balanced"] for r in new)
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(vip)
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(news)
+    messages = [r.getMessage() for r in caplog.records if r.name == "OnSchedule"]
+    assert "scheduled refresh is running late" in messages
+    assert "scheduled refresh finished: 2 destination(s)" in messages
+
+    # Nothing changed since: the next refresh sends nothing.
+    puts = env.puts()
+    fire_timer()
+    assert env.puts() == puts
+
+
+def test_timer_refreshes_the_others_when_one_destination_key_is_revoked(
+        env: Env, keyvault: KeyVaultStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    vip_key, news_key = "SG.vip-account-key.0123456789", "SG.news-account-key.abcdefghij"
+    env.set_destinations([destination("vip-customers", VIP_LIST, "vip/", api_key_secret="vip-key"),
+                          destination("newsletter", NEWS_LIST, "news/", api_key_secret="news-key")])
+    env.monkeypatch.delenv("LOCAL_DEV_SENDGRID_API_KEY")
+    env.monkeypatch.setenv("KEY_VAULT_URL", keyvault.url)
+    keyvault.set_secret("vip-key", vip_key)
+    keyvault.set_secret("news-key", news_key)
+    env.sim.set_api_keys({vip_key: None, news_key: None})
+    service = env.install(keys=ApiKeyProvider(keyvault.url, credential=keyvault.credential,
+                                              client_kwargs=keyvault.client_kwargs),
+                          options=ExportOptions(poll_interval=0.02, poll_timeout=0.1))
+    env.sim.job_delay = 1.0
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/segment.csv", csv_bytes([person(1)])))
+    (earlier,) = env.reports()
+    assert earlier["status"] == "partial" and earlier["pending"] == 1
+    news = [person(n, "news") for n in range(1, 3)]
+    env.upload("news/segment.csv", csv_bytes(news))
+    assert env.sim.wait_for_jobs(10)
+    env.sim.job_delay = 0.0
+    service.options = FAST
+    env.sim.set_api_keys({news_key: None})  # the vip account's key is revoked in SendGrid, not rotated
+    caplog.set_level(logging.INFO)
+
+    fire_timer()  # must not raise: the other destination is still refreshed
+
+    assert env.report(earlier["run_id"])["status"] == "partial"  # still unknown, checked again next time
+    assert [b.name for b in env.runs.list_blobs(name_starts_with="pending/")] == [f"pending/{earlier['run_id']}"]
+    latest = {r["destination"]: r for r in env.reports() if r["run_id"] != earlier["run_id"]}
+    assert latest["newsletter"]["status"] == "succeeded"
+    assert latest["vip-customers"]["status"] == "failed" and "401" in latest["vip-customers"]["error"]
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(news)
+    assert any(earlier["run_id"] in r.getMessage() and "pending import jobs" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_timer_skips_a_destination_without_files_and_refreshes_the_others(env: Env) -> None:
+    env.set_destinations(DESTINATIONS[:2])
+    env.install()
+    env.upload("news/segment.csv", csv_bytes([person(1, "news")]))
+
+    fire_timer()
+
+    assert [(r["destination"], r["status"]) for r in env.reports()] == [("newsletter", "succeeded")]
+    assert set(env.sim.list_contacts(NEWS_LIST)) == {person(1, "news")[1]}
+
+
+def test_the_lazily_built_service_reads_the_settings(env: Env) -> None:
+    env.monkeypatch.setenv("SEGMENTS_CONTAINER", "somewhere-else")
+    reset_service(None)
+    assert get_service().settings.segments_container == "somewhere-else"
+    env.monkeypatch.delenv("DESTINATIONS_JSON")
+    reset_service(None)
+    with pytest.raises(ConfigurationError, match="DESTINATIONS_JSON"):
+        get_service()
+

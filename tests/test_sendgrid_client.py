@@ -1,0 +1,412 @@
+"""SendGridClient against the running simulator: every error class, retries, rate limits, job polling.
+
+No HTTP is faked: the simulator answers over loopback, faults are injected into it, and the API key is read
+from the Key Vault stand-in where rotation is tested. Every test also checks that the API key never reaches
+an exception or a log record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sendgrid_simulator import Simulator
+from shared.batching import batches
+from shared.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimitExhausted,
+    SendGridError,
+    TransientFailure,
+)
+from shared.secrets import ApiKeyProvider
+from shared.sendgrid_client import RetryPolicy, SendGridClient
+from tests.keyvault_standin import KeyVaultStandIn, keyvault
+from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, require_openapi, running_simulator
+
+__all__ = ["keyvault"]  # the fixture, re-exported so pytest finds it in this module
+
+OLD_KEY = "SG.rotated-out.0123456789abcdef"
+NEW_KEY = "SG.rotated-in.fedcba9876543210"
+WRONG_KEY = "SG.wrong-key.aaaaaaaaaaaaaaaa"
+KEYS = (SENDGRID_TEST_KEY, OLD_KEY, NEW_KEY, WRONG_KEY)
+SECRET = "sendgrid-api-key"
+CONTACTS = "/v3/marketing/contacts"
+PUT = "PUT /v3/marketing/contacts"
+FAST = RetryPolicy(backoff_base=0.02, backoff_max=0.1, rate_limit_budget=5.0)
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """The team's simulator: validates against SendGrid's OpenAPI files when present, failing the test on a
+    request they refuse."""
+    yield from running_simulator()
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    for key in KEYS:
+        assert key not in caplog.text
+
+
+class RecordingSleep:
+    """Really sleeps, and notes each delay the client chose."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        time.sleep(seconds)
+
+
+def client(sim: Simulator, key: str = SENDGRID_TEST_KEY, **kwargs: Any) -> SendGridClient:
+    kwargs.setdefault("retry", FAST)
+    return SendGridClient(key, base_url=sim.base_url, **kwargs)
+
+
+def body(*emails: str, list_id: str = SENDGRID_TEST_LIST_ID) -> bytes:
+    contacts = [(i, json.dumps({"email": e}).encode()) for i, e in enumerate(emails)]
+    return next(batches(contacts, [list_id])).body()
+
+
+def statuses(sim: Simulator, endpoint: str | None = None) -> list[int | None]:
+    return [r.status for r in sim.request_log if endpoint is None or r.endpoint == endpoint]
+
+
+def assert_clean(exc: BaseException) -> None:
+    """No API key in what an operator sees (message, repr, args)."""
+    for key in KEYS:
+        assert key not in str(exc) and key not in repr(exc) and key not in repr(exc.args)
+
+
+# -- the happy path --------------------------------------------------------------------------------
+
+
+def test_upsert_poll_and_read_back(sim: Simulator) -> None:
+    tier = sim.create_field("tier", "Text")
+    sim.create_field("orders", "Number")
+    with client(sim) as api:
+        assert SENDGRID_TEST_KEY not in repr(api)
+        definitions = api.field_definitions()
+        assert {n: (d.id, d.field_type) for n, d in definitions.items()} == {
+            "tier": (tier, "Text"), "orders": (sim.fields()["orders"], "Number")}
+        job_id = api.upsert_contacts(body("a@example.com", "b@example.com"))
+        jobs = api.wait_for_imports([job_id], poll_interval=0.01)
+        assert jobs[job_id].status == "completed" and jobs[job_id].created_count == 2
+        assert api.get_list(SENDGRID_TEST_LIST_ID)["id"] == SENDGRID_TEST_LIST_ID
+        assert api.list_contact_count(SENDGRID_TEST_LIST_ID) == 2
+        # per-endpoint counts use path templates, never IDs
+        assert set(api.stats.by_endpoint) <= {"GET /v3/marketing/field_definitions", PUT,
+                                             "GET /v3/marketing/contacts/imports/{id}", "GET /v3/marketing/lists/{id}",
+                                             "GET /v3/marketing/lists/{id}/contacts/count"}
+        assert api.stats.requests == len(sim.request_log)
+    assert set(sim.list_contacts(SENDGRID_TEST_LIST_ID)) == {"a@example.com", "b@example.com"}
+
+
+# -- 401 -------------------------------------------------------------------------------------------
+
+
+def test_bad_key_is_401_not_retried_and_says_what_to_fix(sim: Simulator) -> None:
+    with client(sim, WRONG_KEY) as api, pytest.raises(AuthenticationError) as caught:
+        api.upsert_contacts(body("a@example.com"))
+    assert caught.value.status == 401
+    assert "store a valid key" in str(caught.value) and "Key Vault" in str(caught.value)
+    assert_clean(caught.value)
+    assert statuses(sim) == [401]
+    assert sim.contact("a@example.com") is None
+
+
+def keys_from(vault: KeyVaultStandIn) -> ApiKeyProvider:
+    return ApiKeyProvider(vault.url, credential=vault.credential,  # type: ignore[arg-type]
+                          client_kwargs=vault.client_kwargs)
+
+
+def test_401_rereads_a_rotated_key_from_key_vault_once(sim: Simulator, keyvault: KeyVaultStandIn) -> None:
+    keyvault.set_secret(SECRET, OLD_KEY)
+    keys = keys_from(keyvault)
+    sim.set_api_keys({OLD_KEY: None})
+    with client(sim, keys.get(SECRET), on_unauthorized=lambda: keys.refresh(SECRET)) as api:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+        keyvault.set_secret(SECRET, NEW_KEY)  # rotated in the vault ...
+        sim.set_api_keys({NEW_KEY: None})  # ... and the old key revoked in SendGrid
+        job_id = api.upsert_contacts(body("a@example.com"))
+        assert api.wait_for_imports([job_id], poll_interval=0.01)[job_id].status == "completed"
+    assert statuses(sim)[:3] == [200, 401, 202]  # then the job polls
+    assert len(keyvault.secret_reads()) == 2
+    keys.close()
+
+
+def test_401_with_the_same_key_still_in_the_vault_gives_up_after_one_reread(
+        sim: Simulator, keyvault: KeyVaultStandIn) -> None:
+    keyvault.set_secret(SECRET, OLD_KEY)
+    keys = keys_from(keyvault)
+    sim.set_api_keys({NEW_KEY: None})
+    with client(sim, keys.get(SECRET), on_unauthorized=lambda: keys.refresh(SECRET)) as api, \
+            pytest.raises(AuthenticationError) as caught:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    assert statuses(sim) == [401]
+    assert len(keyvault.secret_reads()) == 2
+    assert_clean(caught.value)
+    keys.close()
+
+
+# -- 403 -------------------------------------------------------------------------------------------
+
+
+def test_key_without_write_scope_is_403_naming_the_scopes(sim: Simulator) -> None:
+    sim.set_api_keys({SENDGRID_TEST_KEY: ["marketing.read"], WRONG_KEY: []})
+    with client(sim) as api:
+        assert api.get_list(SENDGRID_TEST_LIST_ID)["id"] == SENDGRID_TEST_LIST_ID  # reading is allowed
+        with pytest.raises(PermissionDenied) as caught:
+            api.upsert_contacts(body("a@example.com"))
+    assert caught.value.status == 403
+    assert "Marketing full access" in str(caught.value) and "marketing.read/write" in str(caught.value)
+    assert_clean(caught.value)
+    with client(sim, WRONG_KEY) as api, pytest.raises(PermissionDenied):
+        api.field_definitions()
+    assert statuses(sim) == [200, 403, 403]
+
+
+# -- 404 -------------------------------------------------------------------------------------------
+
+
+def test_unknown_list_is_404_telling_to_check_list_id(sim: Simulator) -> None:
+    missing = str(uuid.uuid4())
+    with client(sim) as api:
+        with pytest.raises(NotFound) as on_get:
+            api.get_list(missing)
+        with pytest.raises(NotFound) as on_put:
+            api.upsert_contacts(body("a@example.com", list_id=missing))
+        with pytest.raises(NotFound) as on_job:
+            api.get_import(str(uuid.uuid4()))
+    for caught in (on_get, on_put):
+        assert caught.value.status == 404
+        assert "check the destination's list_id" in str(caught.value)
+    assert missing in str(on_put.value)  # which list
+    assert "list_id" not in str(on_job.value)  # an unknown job is not a configuration problem
+    assert statuses(sim) == [404, 404, 404]
+
+
+# -- 400 -------------------------------------------------------------------------------------------
+
+
+def test_400_keeps_sendgrid_s_fields_and_leaves_addresses_out_of_the_message(sim: Simulator) -> None:
+    payload = {"list_ids": [SENDGRID_TEST_LIST_ID], "contacts": [
+        {"email": "ok@example.com"}, {"email": "bad@@example.com"},
+        {"email": "ok2@example.com", "custom_fields": {"e99_T": "x"}}]}
+    with client(sim) as api, pytest.raises(InvalidRequest) as caught:
+        api.upsert_contacts(json.dumps(payload).encode())
+    exc = caught.value
+    assert exc.status == 400
+    assert [e["field"] for e in exc.errors] == ["contacts[1].identifier", "contacts[2].custom_fields.e99_T"]
+    assert "bad@@example.com" not in str(exc) and "<email>" in str(exc)
+    assert "does not exist" in str(exc)  # SendGrid's reason is kept
+    assert statuses(sim) == [400]  # a 400 is not retried
+    assert sim.contact("ok@example.com") is None  # the whole request was refused
+
+
+# -- 429 -------------------------------------------------------------------------------------------
+
+
+def test_429_waits_until_x_ratelimit_reset_then_succeeds(sim: Simulator) -> None:
+    sim.inject("rate_limit", method="PUT", seconds=0.5)
+    sleep = RecordingSleep()
+    with client(sim, sleep=sleep) as api:
+        started = time.monotonic()
+        api.upsert_contacts(body("a@example.com"))
+        elapsed = time.monotonic() - started
+        assert api.stats.rate_limited == 1
+        assert 0.35 <= api.stats.rate_limit_wait_seconds <= 0.55
+    assert elapsed >= 0.35
+    assert len(sleep.delays) == 1 and 0.35 <= sleep.delays[0] <= 0.55  # the reset, not a fixed backoff
+    assert statuses(sim) == [429, 202]
+
+
+def test_used_up_window_is_waited_out_before_drawing_a_429(sim: Simulator) -> None:
+    sim.set_rate_limit({"limit": 2, "window": 0.5})
+    with client(sim, retry=RetryPolicy()) as api:  # the proactive wait is bounded by backoff_max (30 s)
+        for _ in range(6):
+            api.get_list(SENDGRID_TEST_LIST_ID)
+        assert api.stats.rate_limit_wait_seconds > 0.5  # at least two windows had to pass
+    assert statuses(sim).count(200) == 6
+    assert statuses(sim).count(429) <= 1  # a reset rounded to the millisecond may wake the client a hair early
+
+
+def test_429_past_the_wait_budget_gives_up_with_what_to_do(sim: Simulator) -> None:
+    sim.inject("rate_limit", method="PUT", seconds=30)
+    with client(sim, retry=RetryPolicy(rate_limit_budget=1.0)) as api, pytest.raises(RateLimitExhausted) as caught:
+        started = time.monotonic()
+        api.upsert_contacts(body("a@example.com"))
+    assert time.monotonic() - started < 5  # did not sleep through a wait it could not afford
+    assert caught.value.status == 429 and "run again later" in str(caught.value)
+    assert_clean(caught.value)
+    assert statuses(sim) == [429]
+
+
+# -- 5xx, timeouts, dropped connections --------------------------------------------------------------
+
+
+def test_5xx_is_retried_with_bounded_exponential_backoff(sim: Simulator) -> None:
+    sim.inject("status", method="PUT", status=503, count=2)
+    sim.inject("status", method="PUT", status=502)
+    sleep = RecordingSleep()
+    policy = RetryPolicy(backoff_base=0.02, backoff_max=0.05)
+    with client(sim, retry=policy, sleep=sleep) as api:
+        job_id = api.upsert_contacts(body("a@example.com"))
+        assert api.stats.retries == 3
+        assert api.wait_for_imports([job_id], poll_interval=0.01)[job_id].status == "completed"
+    assert statuses(sim, PUT) == [503, 503, 502, 202]
+    ceilings = [0.02, 0.04, 0.05]  # base * 2^(n-1), capped at backoff_max
+    assert len(sleep.delays) >= 3
+    assert all(0 <= d <= c for d, c in zip(sleep.delays[:3], ceilings, strict=True))
+    assert [len(b.emails) for b in sim.upsert_batches] == [1]
+
+
+def test_5xx_past_the_attempt_budget_is_a_transient_failure(sim: Simulator) -> None:
+    sim.inject("status", status=500, count=10)
+    with client(sim, retry=RetryPolicy(max_attempts=3, backoff_base=0.01)) as api, \
+            pytest.raises(TransientFailure) as caught:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    assert caught.value.status == 500
+    assert "HTTP 500 after 3 attempts" in str(caught.value) and "try again later" in str(caught.value)
+    assert statuses(sim) == [500, 500, 500]
+
+
+def test_timeouts_are_retried(sim: Simulator) -> None:
+    sim.inject("slow", path="/v3/marketing/field_definitions", seconds=0.8)
+    with client(sim, timeout=0.3) as api:
+        assert api.field_definitions() == {}
+        assert api.stats.retries == 1
+    assert sim.request_counts["GET /v3/marketing/field_definitions"] == 2
+
+
+def test_timeouts_past_the_attempt_budget_name_the_cause(sim: Simulator) -> None:
+    sim.inject("slow", method="GET", seconds=0.6, count=2)
+    with client(sim, timeout=0.2, retry=RetryPolicy(max_attempts=2, backoff_base=0.01)) as api, \
+            pytest.raises(TransientFailure) as caught:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    assert "Timeout after 2 attempts" in str(caught.value) and "did not answer" in str(caught.value)
+    assert_clean(caught.value)
+
+
+def test_dropped_connections_are_retried_and_a_lost_answer_does_not_lose_the_batch(sim: Simulator) -> None:
+    sim.inject("drop_before_body", method="PUT")
+    sim.inject("drop_after_body", method="PUT")
+    with client(sim) as api:
+        job_id = api.upsert_contacts(body("a@example.com", "b@example.com"))
+        assert api.wait_for_imports([job_id], poll_interval=0.01)[job_id].status == "completed"
+    assert statuses(sim, PUT) == [None, None, 202]
+    assert sim.wait_for_jobs(5)
+    # the answer to the second PUT was lost after SendGrid accepted it: sent twice, stored once
+    assert [len(b.emails) for b in sim.upsert_batches] == [2, 2]
+    assert set(sim.list_contacts(SENDGRID_TEST_LIST_ID)) == {"a@example.com", "b@example.com"}
+
+
+# -- import jobs -------------------------------------------------------------------------------------
+
+
+def test_completed_errored_and_failed_jobs_are_final_with_their_counts(sim: Simulator) -> None:
+    sim.inject("job_errored", errored=2)
+    sim.inject("job_failed")
+    with client(sim) as api:
+        errored = api.upsert_contacts(body(*(f"e{i}@example.com" for i in range(5))))
+        failed = api.upsert_contacts(body("f@example.com"))
+        completed = api.upsert_contacts(body("c@example.com"))
+        jobs = api.wait_for_imports([errored, failed, completed], poll_interval=0.01)
+    assert {job_id: job.status for job_id, job in jobs.items()} == {
+        errored: "errored", failed: "failed", completed: "completed"}
+    assert all(job.is_final for job in jobs.values())
+    assert (jobs[errored].created_count, jobs[errored].errored_count, jobs[errored].requested_count) == (3, 2, 5)
+    assert jobs[errored].errors_url is not None
+    assert (jobs[failed].created_count, jobs[failed].errored_count) == (0, 1)
+    assert (jobs[completed].created_count, jobs[completed].errored_count) == (1, 0)
+
+
+def test_polling_backs_off_and_stops_at_the_timeout(sim: Simulator) -> None:
+    sim.job_delay = 2.0
+    sleep = RecordingSleep()
+    with client(sim, sleep=sleep) as api:
+        job_id = api.upsert_contacts(body("a@example.com"))
+        started = time.monotonic()
+        jobs = api.wait_for_imports([job_id], poll_interval=0.05, max_interval=0.2, timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    assert jobs[job_id].status == "pending" and not jobs[job_id].is_final
+    assert sleep.delays[:3] == [0.05, 0.1, 0.2] and max(sleep.delays) == 0.2
+
+
+def test_no_jobs_means_no_polling(sim: Simulator) -> None:
+    with client(sim) as api:
+        assert api.wait_for_imports([]) == {}
+    assert sim.request_log == []
+
+
+# -- search and list removal (mirror mode) ---------------------------------------------------------------
+
+
+def test_search_is_chunked_by_100_and_a_404_means_none_found(sim: Simulator) -> None:
+    emails = [f"s{i}@example.com" for i in range(250)]
+    with client(sim) as api:
+        job_id = api.upsert_contacts(body(*emails[:120]))
+        api.wait_for_imports([job_id], poll_interval=0.01)
+        found = api.search_emails([e.upper() for e in emails])
+        assert api.search_emails(["nobody@example.com"]) == {}
+    assert set(found) == set(emails[:120])
+    assert statuses(sim, "POST /v3/marketing/contacts/search/emails") == [200, 200, 404, 404]
+
+
+def test_list_removal_is_chunked_below_sendgrid_s_url_limit(sim: Simulator) -> None:
+    emails = [f"r{i}@example.com" for i in range(300)]
+    with client(sim) as api:
+        api.wait_for_imports([api.upsert_contacts(body(*emails))], poll_interval=0.01)
+        ids = api.search_emails(emails)
+        jobs = api.remove_from_list(SENDGRID_TEST_LIST_ID, ids.values())
+        assert len(jobs) == 2  # 300 IDs of 36 characters do not fit one URL
+        assert all(j.status == "completed" for j in api.wait_for_imports(jobs, poll_interval=0.01).values())
+    assert statuses(sim, "DELETE /v3/marketing/lists/{id}/contacts") == [202, 202]
+    assert sim.list_contacts(SENDGRID_TEST_LIST_ID) == {}
+    assert len(sim.contacts()) == 300  # the contacts stay in the account
+
+
+def test_every_endpoint_the_client_uses_conforms_to_sendgrid_s_openapi_files(sim: Simulator) -> None:
+    require_openapi()  # the fixture validates whenever the team kit's files exist; here they must
+    assert sim.validating
+    with client(sim) as api:
+        api.field_definitions()
+        job_id = api.upsert_contacts(body("a@example.com", "b@example.com"))
+        api.wait_for_imports([job_id], poll_interval=0.01)
+        api.get_list(SENDGRID_TEST_LIST_ID)
+        api.list_contact_count(SENDGRID_TEST_LIST_ID)
+        ids = api.search_emails(["a@example.com", "b@example.com"])
+        api.wait_for_imports(api.remove_from_list(SENDGRID_TEST_LIST_ID, ids.values()), poll_interval=0.01)
+    assert len(sim.request_counts) == 7 and all(s is not None and s < 300 for s in statuses(sim))
+    assert sim.take_violations() == []
+
+
+# -- the key never leaks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provoke", [
+    lambda sim: sim.set_api_keys({}),
+    lambda sim: sim.set_api_keys({SENDGRID_TEST_KEY: []}),
+    lambda sim: sim.inject("status", status=500, count=10),
+    lambda sim: sim.inject("rate_limit", seconds=60),
+    lambda sim: sim.inject("slow", seconds=0.5, count=10),
+], ids=["401", "403", "5xx", "429", "timeout"])
+def test_no_error_message_contains_the_api_key(sim: Simulator, provoke: Callable[[Simulator], Any]) -> None:
+    provoke(sim)
+    with client(sim, timeout=0.2, retry=RetryPolicy(max_attempts=2, backoff_base=0.01, rate_limit_budget=0.5)) \
+            as api, pytest.raises(SendGridError) as caught:
+        api.upsert_contacts(body("a@example.com"))
+    assert_clean(caught.value)
+    assert caught.value.hint  # and it says what to do
