@@ -113,7 +113,7 @@ def run_queued_export(message: func.QueueMessage) -> None:
         return
     try:
         report = service.export(destination, request["blob"], run_id=request["run_id"],
-                                full=bool(request.get("full", False)))
+                                full=bool(request.get("full", False)), lock_wait=service.trigger_lock_wait)
     except ExportError as exc:
         log.error("queued run %s failed: %s", request.get("run_id"), exc)
         return

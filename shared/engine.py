@@ -38,7 +38,7 @@ from shared.run_report import BatchResult, RejectedRow, RowRef, RunReport, Trunc
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.sources import ByteSource
 from shared.spool import Spool, email_key
-from shared.sync_state import Snapshot, SyncState
+from shared.sync_state import LockLost, Snapshot, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,8 @@ def _send(
         if sync is not None and outcome.job_id:
             try:
                 sync.batch_accepted(batch.number, outcome.job_id)
+            except LockLost as exc:  # another run owns the destination now: it must not be interleaved with
+                failure = ExportError(f"{exc}; batch {batch.number} was accepted by SendGrid, sending stopped")
             except AzureError as exc:  # without run state there is no lock, checkpoint or snapshot: stop
                 failure = ExportError(f"run state storage unavailable ({type(exc).__name__}): batch {batch.number} "
                                       "was accepted by SendGrid but could not be recorded, so sending stopped")

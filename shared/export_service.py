@@ -31,6 +31,8 @@ from shared.sources import BlobContainerSource
 from shared.storage import blob_service_from_settings
 from shared.sync_state import DestinationBusy, SyncState
 
+TRIGGER_LOCK_WAIT = 300.0
+
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson",
@@ -81,7 +83,10 @@ class ExportService:
         *,
         options: ExportOptions | None = None,
         client_factory: Callable[[str, Callable[[], str | None]], SendGridClient] | None = None,
+        trigger_lock_wait: float = TRIGGER_LOCK_WAIT,
     ) -> None:
+        # How long a triggered run waits for a running export of the same destination (then: refused).
+        self.trigger_lock_wait = trigger_lock_wait
         self.settings = settings
         self.destinations = destinations
         self.blob_service = blob_service
@@ -171,18 +176,19 @@ class ExportService:
         claim = self.runs.claim(blob_name, etag, run_id)
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
-        report = self.export(destination, blob_name, run_id=run_id)
+        report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait)
         self.runs.complete(claim, "failed" if report.status in ("failed", "refused") else "done",
                            {"run_id": run_id, "status": report.status})
         return TriggerOutcome(blob_name, report=report)
 
     def export(self, destination: Destination, blob_name: str, *, run_id: str, dry_run: bool = False,
-               full: bool = False) -> RunReport:
+               full: bool = False, lock_wait: float = 0.0) -> RunReport:
         """Run one export and persist its report (and rejected rows) in the runs container."""
-        return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full).report
+        return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full,
+                                        lock_wait=lock_wait).report
 
     def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
-                            dry_run: bool = False, full: bool = False) -> ExportResult:
+                            dry_run: bool = False, full: bool = False, lock_wait: float = 0.0) -> ExportResult:
         source = BlobContainerSource(self.segments)
         if not destination.has_consent and not dry_run:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
@@ -198,7 +204,7 @@ class ExportService:
             if not dry_run:
                 sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
                                  list_id=destination.list_id_str)
-                sync.acquire()
+                sync.acquire(wait=lock_wait)
                 etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
                 sync.load(source_id=f"{blob_name}\n{etag}", full=full)
             if not dry_run or destination.field_mapping.custom_fields:
@@ -208,7 +214,8 @@ class ExportService:
         except DestinationBusy as exc:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                                source=source.describe(blob_name), mode=destination.mode)
-            report.finish("refused", str(exc))
+            report.finish("refused", f"{exc}; this file was not exported (a new trigger of it, or the next "
+                                     "scheduled refresh of the latest file, will export it)")
             result = ExportResult(report)
         except ExportError as exc:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
@@ -220,8 +227,8 @@ class ExportService:
                 client.close()
             if sync is not None:
                 sync.release()
+        log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
         self._persist(result)
-        log.info("%s", result.report.summary())
         return result
 
     def _persist(self, result: ExportResult) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +37,7 @@ from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 log = logging.getLogger(__name__)
 
+LOCK_POLL_SECONDS = 5.0
 LEASE_SECONDS = 60  # Blob Storage allows 15-60 s (or infinite, which a dead run would never give back)
 SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v1"
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
@@ -108,18 +110,29 @@ class SyncState:
 
     # -- lock ----------------------------------------------------------------------------------------
 
-    def acquire(self) -> None:
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the destination's lock; wait up to `wait` seconds for a running export to finish first.
+
+        Segment files are whole snapshots, so a trigger that arrives during a run of the same destination
+        is worth waiting for (its file is newer), but not for ever: DestinationBusy after `wait`.
+        """
         with contextlib.suppress(ResourceExistsError):
             self._container.create_container()
         lock = self._container.get_blob_client(self._prefix + "lock")
         with contextlib.suppress(ResourceExistsError):
             lock.upload_blob(b"", overwrite=False)
-        try:
-            self._lease = lock.acquire_lease(lease_duration=self.lease_seconds)
-        except HttpResponseError as exc:
-            if exc.status_code == 409:
-                raise DestinationBusy(f"another run of destination {self.destination} is in progress") from None
-            raise
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._lease = lock.acquire_lease(lease_duration=self.lease_seconds)
+                break
+            except HttpResponseError as exc:
+                if exc.status_code != 409:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise DestinationBusy(
+                        f"another run of destination {self.destination} is in progress") from None
+            time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         self._lost = False
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.destination}", daemon=True)

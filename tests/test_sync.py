@@ -112,10 +112,11 @@ class Env:
                              client_factory=lambda key, reread: SendGridClient(
                                  key, base_url=self.sim.base_url, retry=FAST_RETRY, on_unauthorized=reread))
 
-    def export(self, blob: str, dest: Destination | None = None, *, full: bool = False,
+    def export(self, blob: str, dest: Destination | None = None, *, full: bool = False, lock_wait: float = 0.0,
                **options: Any) -> RunReport:
         dest = dest or destination()
-        report = self.service(dest, **options).export(dest, blob, run_id=f"run-{uuid.uuid4().hex[:8]}", full=full)
+        report = self.service(dest, **options).export(dest, blob, run_id=f"run-{uuid.uuid4().hex[:8]}", full=full,
+                                                      lock_wait=lock_wait)
         assert self.sim.wait_for_jobs(10)  # list removals are jobs the run does not wait for
         return report
 
@@ -482,12 +483,34 @@ def test_a_second_run_of_a_destination_is_refused_while_the_first_holds_the_lock
     second = env.export(second_blob)
     runner.join(30)
     assert second.status == "refused"
-    assert second.error == f"another run of destination {NAME} is in progress"
+    assert second.error is not None and second.error.startswith(f"another run of destination {NAME} is in progress")
     assert env.stored_report(second)["status"] == "refused"
     assert reports and reports[0].status == "succeeded" and reports[0].exported == 20
     assert set(env.sent()) == {e for e, _ in first_rows}  # nothing of the refused run reached SendGrid
     assert env.lease_state() == "available"  # released at the end of the run
     env.sim.latency = 0.0
+
+
+def test_a_triggered_run_waits_for_the_running_export_of_its_destination(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.sync_state.LOCK_POLL_SECONDS", 0.2)
+    first_rows, second_rows = profiles(20), profiles(5, prefix="w")
+    first_blob, second_blob = env.upload(first_rows), env.upload(second_rows)
+    env.sim.latency = 0.15
+    reports: list[RunReport] = []
+    runner = threading.Thread(target=lambda: reports.append(env.export(first_blob, max_contacts_per_request=5)))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not (env.runs.exists() and env.runs.get_blob_client(f"state/{NAME}/lock").exists()
+               and env.lease_state() == "leased"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second = env.export(second_blob, lock_wait=30)
+    runner.join(30)
+    env.sim.latency = 0.0
+    assert reports and reports[0].status == "succeeded"
+    assert second.status == "succeeded" and second.exported == 5  # ran after the first, not beside it
+    assert set(env.sent()) == {e for e, _ in first_rows + second_rows}
     later = env.export(second_blob)
     assert later.status == "succeeded" and later.exported == 5
 
