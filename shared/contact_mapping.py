@@ -1,16 +1,17 @@
 """Turn one input row into one SendGrid contact (as ready-to-send JSON) or a reason to reject it.
 
 The mapping is compiled once per run into a flat plan so the per-row work is a few dict look-ups, length
-checks and one `json.dumps`: this function runs a million times for a large segment.
+checks and string escapes: this function runs a million times for a large segment. The JSON is written
+with the C string escaper directly (keys are pre-encoded), a third of the cost of `json.dumps` per row.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from json.encoder import encode_basestring
 from typing import Literal
 
 from shared.destinations import Destination
@@ -36,8 +37,7 @@ CUSTOM_TEXT_MAX_LENGTH = 1000
 CustomFieldType = Literal["Text", "Number", "Date"]
 _ALTERNATE_SPLIT = re.compile(r"[;,\s]+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# One encoder for every row: json.dumps() with options builds a new JSONEncoder per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_quote = encode_basestring  # JSON string literal (C implementation), non-ASCII kept as UTF-8 like SendGrid's
 MAX_NUMBER = 1.7976931348623157e308  # the largest double; SendGrid stores Number fields as doubles
 
 
@@ -93,15 +93,16 @@ class ContactMapper:
         self._email_column = mapping.email
         self._truncate = destination.length_policy == "truncate"
         self._clear_empty = destination.empty_values == "clear"
-        self._plain: list[tuple[str, str, int | None]] = []
+        self._plain: list[tuple[str, str, int | None, str]] = []  # (field, column, limit, ',"field":')
         self._alternate_column: str | None = None
         for name, column in mapping.reserved().items():
             if name == "alternate_emails":
                 self._alternate_column = column
             else:
-                self._plain.append((name, column, FIELD_MAX_LENGTHS.get(name)))
-        self._custom: list[tuple[str, str, CustomField]] = [
-            (name, mapping.custom_fields[name], custom_fields[name]) for name in mapping.custom_fields
+                self._plain.append((name, column, FIELD_MAX_LENGTHS.get(name), f",{_quote(name)}:"))
+        self._custom: list[tuple[str, str, CustomField, str]] = [
+            (name, mapping.custom_fields[name], custom_fields[name], f"{_quote(custom_fields[name].id)}:")
+            for name in mapping.custom_fields
         ]
 
     def map(self, fields: dict[str, str]) -> MappedContact | Rejection:
@@ -111,58 +112,62 @@ class ContactMapper:
         email, problem = normalise_email(raw_email)
         if email is None:
             return Rejection("email", self._email_column, problem or "email is not valid")
-        contact: dict[str, object] = {"email": email}
+        out = ['{"email":', _quote(email)]
         truncated: list[str] = []
-        for name, column, limit in self._plain:
+        for name, column, limit, key in self._plain:
             value = fields.get(column)
             if value is None:
                 continue
             value = value.strip()
             if not value:
                 if self._clear_empty:
-                    contact[name] = ""
+                    out.append(key + '""')
                 continue
             if limit is not None and len(value) > limit:
                 if not self._truncate:
                     return Rejection(name, column, f"{name} is {len(value)} characters, SendGrid allows {limit}")
                 value = value[:limit].rstrip()
                 truncated.append(name)
-            contact[name] = value
+            out.append(key + _quote(value))
         if self._alternate_column is not None:
             alternates = self._alternates(fields.get(self._alternate_column), email)
             if isinstance(alternates, Rejection):
                 return alternates
             if alternates:
-                contact["alternate_emails"] = alternates
+                out.append(',"alternate_emails":[' + ",".join(map(_quote, alternates)) + "]")
         if self._custom:
-            custom: dict[str, object] = {}
-            for name, column, definition in self._custom:
+            custom: list[str] = []
+            for name, column, definition, key in self._custom:
                 value = fields.get(column)
                 if value is None:
                     continue
                 value = value.strip()
                 if not value:
                     if self._clear_empty:
-                        custom[definition.id] = ""
+                        custom.append(key + '""')
                     continue
                 converted, problem = _convert_custom(value, definition, self._truncate)
                 if problem is not None:
                     return Rejection(f"custom_fields.{name}", column, f"{name} {problem}")
-                if definition.field_type == "Text" and isinstance(converted, str) and len(converted) < len(value):
-                    truncated.append(f"custom_fields.{name}")
-                custom[definition.id] = converted
+                if isinstance(converted, str):
+                    if definition.field_type == "Text" and len(converted) < len(value):
+                        truncated.append(f"custom_fields.{name}")
+                    custom.append(key + _quote(converted))
+                else:  # int or finite float: Python's repr is valid JSON (json.dumps uses it too)
+                    custom.append(key + repr(converted))
             if custom:
-                contact["custom_fields"] = custom
+                out.append(',"custom_fields":{' + ",".join(custom) + "}")
+        out.append("}")
         try:
-            body = _ENCODE(contact).encode()
+            body = "".join(out).encode()
         except UnicodeEncodeError:
             return self._not_text(fields)
         return MappedContact(email, body, truncated)
 
     def _not_text(self, fields: dict[str, str]) -> Rejection:
         """A value holding a lone surrogate cannot be sent as UTF-8 (readers never yield one; never crash)."""
-        mapped = [(name, column) for name, column, _ in self._plain]
-        mapped += [(f"custom_fields.{name}", column) for name, column, _ in self._custom]
+        mapped = [(name, column) for name, column, _, _ in self._plain]
+        mapped += [(f"custom_fields.{name}", column) for name, column, _, _ in self._custom]
         for name, column in mapped:
             if _LONE_SURROGATE.search(fields.get(column) or ""):
                 return Rejection(name, column, f"{name} is not valid Unicode text (an unpaired surrogate)")

@@ -15,6 +15,9 @@ from array import array
 from collections.abc import Iterator
 from typing import BinaryIO
 
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
+
 
 def email_key(email: str) -> int:
     """A stable signed 64-bit key for an email (same value in every process, unlike hash())."""
@@ -45,8 +48,9 @@ class Spool:
         if index is None:
             index = self._source_index[source] = len(self.source_names)
             self.source_names.append(source)
-        self.keys.append(email_key(email))
-        self.fingerprints.append(fingerprint(body))
+        # email_key() and fingerprint(), inlined: this runs once per contact
+        self.keys.append(_from_bytes(_blake2b(email.encode(), digest_size=8).digest(), "little", signed=True))
+        self.fingerprints.append(_from_bytes(_blake2b(body, digest_size=8).digest(), "little", signed=True))
         self.sources.append(index)
         self.rows.append(row)
         self._offsets.append(self._end)
