@@ -204,7 +204,8 @@ def _send(
                 continue
             yield index, body
 
-    accepted: list[tuple[BatchResult, Batch]] = []
+    # Sent batches are kept as (outcome, spool positions) only: their bodies would hold the whole file.
+    accepted: list[tuple[BatchResult, array[int]]] = []
     failure: ExportError | None = None
     resume = sync.resume if sync is not None else {}
     for batch in batches(outgoing(), [destination.list_id_str],
@@ -213,7 +214,7 @@ def _send(
             outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size(), job_id=resume[batch.number],
                                   status="accepted", resumed=True)
             report.batches.append(outcome)
-            accepted.append((outcome, batch))
+            accepted.append((outcome, array("L", batch.indices)))
             continue
         if failure is not None:
             report.not_sent += len(batch.contacts)
@@ -231,14 +232,15 @@ def _send(
             failure = sent
             report.not_sent += outcome.contacts
             continue
-        accepted.append((outcome, sent))
+        accepted.append((outcome, array("L", sent.indices)))
+        del sent, batch
         if sync is not None and outcome.job_id:
             try:
-                sync.batch_accepted(batch.number, outcome.job_id)
+                sync.batch_accepted(outcome.number, outcome.job_id)
             except LockLost as exc:  # another run owns the destination now: it must not be interleaved with
-                failure = ExportError(f"{exc}; batch {batch.number} was accepted by SendGrid, sending stopped")
+                failure = ExportError(f"{exc}; batch {outcome.number} was accepted by SendGrid, sending stopped")
             except AzureError as exc:  # without run state there is no lock, checkpoint or snapshot: stop
-                failure = ExportError(f"run state storage unavailable ({type(exc).__name__}): batch {batch.number} "
+                failure = ExportError(f"run state storage unavailable ({type(exc).__name__}): batch {outcome.number} "
                                       "was accepted by SendGrid but could not be recorded, so sending stopped")
         if on_batch_accepted is not None:
             on_batch_accepted(outcome)
@@ -367,10 +369,10 @@ def _reported_field(sendgrid_field: str, field_names: dict[str, str]) -> str:
     return sendgrid_field
 
 
-def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str, ImportJob], spool: Spool,
+def _apply_job_results(accepted: list[tuple[BatchResult, array[int]]], jobs: dict[str, ImportJob], spool: Spool,
                        report: RunReport, outcome_of: array[int]) -> None:
-    for outcome, batch in accepted:
-        if outcome.job_id is None and not batch.contacts:
+    for outcome, indices in accepted:
+        if outcome.job_id is None and not indices:
             continue  # every contact was set aside: nothing was sent, the batch stays "empty"
         job = jobs.get(outcome.job_id or "")
         status = job.status if job else "pending"
@@ -380,11 +382,11 @@ def _apply_job_results(accepted: list[tuple[BatchResult, Batch]], jobs: dict[str
             outcome.updated_count = job.updated_count
             outcome.errored_count = job.errored_count
         if status == "completed":
-            report.exported += len(batch.contacts)
-            for index in batch.indices:
+            report.exported += len(indices)
+            for index in indices:
                 outcome_of[index] = _Outcome.CONFIRMED
         elif status in ("errored", "failed"):
-            report.in_failed_jobs += len(batch.contacts)
-            report.failed_job_rows.extend(RowRef(*spool.where(i)) for i in batch.indices)
+            report.in_failed_jobs += len(indices)
+            report.failed_job_rows.extend(RowRef(*spool.where(i)) for i in indices)
         else:
-            report.pending += len(batch.contacts)
+            report.pending += len(indices)

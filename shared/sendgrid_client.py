@@ -14,6 +14,7 @@ answered that it accepted it (202). The rules here:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -134,7 +135,13 @@ class SendGridClient:
     def upsert_contacts(self, body: bytes) -> str:
         """PUT a prepared body (see shared.batching); returns the import job ID."""
         response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False)
-        return str(response.json()["job_id"])
+        job_id = str(response.json()["job_id"])
+        # httpx's Response and its stream refer to each other, so the response and, through its request,
+        # this body of up to 6 MB would live until a full cyclic collection: a 1M-contact run would hold
+        # several. Collecting the young generations now frees it (about a millisecond per batch).
+        del response
+        gc.collect(1)
+        return job_id
 
     def get_import(self, job_id: str) -> ImportJob:
         data = self._request("GET", f"/v3/marketing/contacts/imports/{job_id}").json()

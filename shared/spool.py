@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Iterator
 from typing import BinaryIO
 
+_SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _blake2b = hashlib.blake2b
 _from_bytes = int.from_bytes
 
@@ -83,9 +84,7 @@ class Spool:
         Keys are compared first (cheap, in arrays); only rows whose key repeats are read back to compare
         the real emails, so a 64-bit collision can never merge two different people.
         """
-        ordered = sorted(self.keys)  # a transient list; a set of a million keys would cost more
-        repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
-        del ordered
+        repeated = self._repeated_keys()
         if not repeated:
             return set()
         last: dict[bytes, int] = {}
@@ -96,6 +95,26 @@ class Spool:
                 candidates.append((index, email))
                 last[email] = index
         return {index for index, email in candidates if last[email] != index}
+
+    def _repeated_keys(self) -> set[int]:
+        """Keys that occur more than once.
+
+        Sorting is the cheap way to find them, but sorted() of a million keys is a transient list of a
+        million int objects (~40 MB). Splitting the keys by their top byte first keeps that list at 1/256.
+        """
+        if len(self.keys) <= _SMALL_SPOOL:
+            ordered = sorted(self.keys)
+            return {a for a, b in itertools.pairwise(ordered) if a == b}
+        buckets = [array("q") for _ in range(256)]
+        appends = [bucket.append for bucket in buckets]
+        for key in self.keys:
+            appends[(key >> 56) & 0xFF](key)
+        repeated: set[int] = set()
+        for number, bucket in enumerate(buckets):
+            ordered = sorted(bucket)
+            buckets[number] = array("q")  # release as we go
+            repeated.update(a for a, b in itertools.pairwise(ordered) if a == b)
+        return repeated
 
     def close(self) -> None:
         self._file.close()

@@ -1,0 +1,50 @@
+"""The spool's last-row-wins de-duplication, on both of its paths (one sort, and bucketed for big runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import spool as spool_module
+from shared.spool import Spool
+
+
+def _fill(spool: Spool, emails: list[str]) -> None:
+    for row, email in enumerate(emails, start=1):
+        spool.add("segment.csv", row, email, json.dumps({"email": email}, separators=(",", ":")).encode())
+
+
+@pytest.mark.parametrize("count", [1_000, 150_000])
+def test_only_the_last_row_of_each_email_survives(count: int) -> None:
+    emails = [f"person.{i}@example.com" for i in range(count)]
+    # repeats spread over the file: the 5th..15th are seen again at the end, and one is seen three times
+    emails += [*emails[5:15], emails[7]]
+    spool = Spool()
+    try:
+        _fill(spool, emails)
+        superseded = spool.superseded()
+    finally:
+        spool.close()
+    assert superseded == set(range(5, 15)) | {count + 2}  # earlier rows lose; the last occurrence wins
+    assert len(emails) - len(superseded) == count
+
+
+def test_the_bucketed_path_is_the_one_used_above_the_small_spool_size() -> None:
+    assert spool_module._SMALL_SPOOL < 150_000
+
+
+def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every email gets the same 64-bit key: only the real emails may decide what is a duplicate
+    monkeypatch.setattr(spool_module, "_blake2b", lambda data, digest_size: _Same())
+    spool = Spool()
+    try:
+        _fill(spool, ["a@example.com", "b@example.com", "a@example.com"])
+        assert spool.superseded() == {0}
+    finally:
+        spool.close()
+
+
+class _Same:
+    def digest(self) -> bytes:
+        return b"\x01" * 8
