@@ -14,7 +14,6 @@ answered that it accepted it (202). The rules here:
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import random
@@ -136,11 +135,10 @@ class SendGridClient:
         """PUT a prepared body (see shared.batching); returns the import job ID."""
         response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False)
         job_id = str(response.json()["job_id"])
-        # httpx's Response and its stream refer to each other, so the response and, through its request,
-        # this body of up to 6 MB would live until a full cyclic collection: a 1M-contact run would hold
-        # several. Collecting the young generations now frees it (about a millisecond per batch).
-        del response
-        gc.collect(1)
+        # httpx's Response and its (already read) stream refer to each other, so the response and, through
+        # its request, this body of up to 6 MB would live until a full cyclic collection: a 1M-contact run
+        # would hold several. Replacing the spent stream breaks the cycle; the body is freed right here.
+        response.stream = httpx.ByteStream(b"")
         return job_id
 
     def get_import(self, job_id: str) -> ImportJob:
