@@ -21,6 +21,9 @@ bp = func.Blueprint()
 log = logging.getLogger("ExportSegment")
 
 EXPORT_QUEUE = "export-requests"
+# host.json extensions.queues.maxDequeueCount: after this many failed attempts the host moves the message to
+# `export-requests-poison`, so the last attempt must leave a final status behind (not `queued` for ever).
+MAX_DEQUEUE_COUNT = 5
 _BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
 
 
@@ -117,6 +120,18 @@ def run_queued_export(message: func.QueueMessage) -> None:
     except ExportError as exc:
         log.error("queued run %s failed: %s", request.get("run_id"), exc)
         return
+    except Exception as exc:
+        # Storage down, a crash in the engine, ...: the host retries the message. On the last attempt the
+        # status URL must stop saying `queued` (the message goes to the poison queue and nothing retries it).
+        attempt = message.dequeue_count or 1
+        if attempt >= MAX_DEQUEUE_COUNT:
+            try:
+                service.fail_queued(str(request.get("run_id")),
+                                    f"the export failed {attempt} times ({type(exc).__name__}); the request was "
+                                    f"moved to the {EXPORT_QUEUE}-poison queue: start the export again")
+            except Exception:  # storage may be what failed: the original error is the one to report
+                log.exception("queued run %s: could not record its failure", request.get("run_id"))
+        raise
     log.info("%s", report.summary())
 
 

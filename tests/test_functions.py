@@ -21,6 +21,7 @@ import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,6 +35,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azurefunctions.extensions.base import Datum as ExtensionDatum
 from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
 
+import ExportSegment as export_segment_module
 from function_app import app
 from sendgrid_simulator import Simulator
 from shared.engine import ExportOptions
@@ -46,6 +48,7 @@ from tests.sendgrid_fixture import running_simulator
 
 __all__ = ["keyvault"]  # the stand-in fixture, re-exported so pytest finds it in this module
 
+ROOT_DIR = Path(__file__).resolve().parent.parent
 API_KEY = "SG.functions-test-key.0123456789abcdef"
 VIP_LIST = "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11"
 NEWS_LIST = "8e2f4a6b-1c3d-4e5f-a7b8-c9d0e1f2a3b4"
@@ -270,12 +273,12 @@ def http(method: str, path: str, body: bytes | dict[str, Any] | None = None) -> 
     raise AssertionError(f"no registered function serves {method} /api/{path}")
 
 
-def run_queue_message(out: CapturedOut) -> None:
+def run_queue_message(out: CapturedOut, *, dequeue_count: int = 1) -> None:
     """Send what StartExport put in its output binding to RunQueuedExport, through both converters."""
     encoded = QueueMessageOutConverter.encode(out.get(), expected_type=str)
     message = QueueMessageInConverter.decode(
         Datum(encoded.value, encoded.type),
-        trigger_metadata={"Id": Datum(uuid.uuid4().hex, "string"), "DequeueCount": Datum(1, "int")})
+        trigger_metadata={"Id": Datum(uuid.uuid4().hex, "string"), "DequeueCount": Datum(dequeue_count, "int")})
     assert isinstance(message, func.QueueMessage)
     registered("RunQueuedExport").get_user_function()(message)
 
@@ -606,6 +609,33 @@ def test_a_queued_run_whose_destination_was_removed_reports_failed(env: Env) -> 
     status = http("GET", f"runs/{started.json()['run_id']}").json()
     assert status["status"] == "failed" and "no longer configured" in status["error"]
     assert status["finished_at"] is not None
+    assert env.puts() == 0
+
+
+def test_a_queued_run_that_keeps_crashing_reports_failed_on_its_last_attempt(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    started = http("POST", "destinations/vip-customers/exports", {})
+    assert started.status == 202 and started.queued is not None
+    run_id = started.json()["run_id"]
+
+    def storage_down(*_: Any, **__: Any) -> Any:
+        raise ConnectionResetError("storage went away")  # not an ExportError: the host retries the message
+
+    monkeypatch.setattr(service, "export", storage_down)
+    with pytest.raises(ConnectionResetError):
+        run_queue_message(started.queued, dequeue_count=1)
+    assert http("GET", f"runs/{run_id}").json()["status"] == "queued"  # retried by the host: still queued
+
+    with open(ROOT_DIR / "host.json", encoding="utf-8") as handle:
+        last = json.load(handle)["extensions"]["queues"]["maxDequeueCount"]
+    assert last == export_segment_module.MAX_DEQUEUE_COUNT
+    with pytest.raises(ConnectionResetError):
+        run_queue_message(started.queued, dequeue_count=last)  # the last attempt before the poison queue
+    status = http("GET", f"runs/{run_id}").json()
+    assert status["status"] == "failed" and status["finished_at"] is not None
+    assert "poison" in status["error"] and "ConnectionResetError" in status["error"]
     assert env.puts() == 0
 
 
