@@ -53,7 +53,7 @@ class ExportOptions:
     max_contacts_per_request: int = MAX_CONTACTS_PER_REQUEST
     max_body_bytes: int = MAX_BODY_BYTES
     poll_interval: float = 1.0
-    poll_timeout: float = 1800.0
+    poll_timeout: float = 600.0  # well inside the 30-minute function timeout; later jobs are settled by the timer
     spool_dir: str | None = None
 
 
