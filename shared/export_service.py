@@ -6,6 +6,7 @@ run IDs); nothing here knows about `azure.functions`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -176,7 +177,14 @@ class ExportService:
         claim = self.runs.claim(blob_name, etag, run_id)
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
-        report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait)
+        try:
+            report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait)
+        except BaseException:
+            # Storage down, a crash, the host stopping us: the receipt must not say "running" for the host's
+            # retries of this blob version to find (they would skip it as done).
+            with contextlib.suppress(Exception):
+                self.runs.complete(claim, "failed", {"run_id": run_id, "status": "crashed"})
+            raise
         self.runs.complete(claim, "failed" if report.status in ("failed", "refused") else "done",
                            {"run_id": run_id, "status": report.status})
         return TriggerOutcome(blob_name, report=report)

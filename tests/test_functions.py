@@ -808,3 +808,26 @@ def test_the_lazily_built_service_reads_the_settings(env: Env) -> None:
     with pytest.raises(ConfigurationError, match="DESTINATIONS_JSON"):
         get_service()
 
+
+
+def test_a_trigger_that_crashes_leaves_the_blob_version_for_the_hosts_retry(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.sync_state import SyncState
+
+    env.install()
+    blob = env.upload("vip/segment.csv", csv_bytes([person(n) for n in range(1, 4)]))
+    real = SyncState.acquire
+    calls = {"n": 0}
+
+    def flaky(self: SyncState, wait: float = 0.0) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionResetError("storage hiccup")  # neither an ExportError nor an AzureError
+        real(self, wait)
+
+    monkeypatch.setattr(SyncState, "acquire", flaky)
+    with pytest.raises(ConnectionResetError):
+        fire_blob_trigger(env.segments.container_name, blob)  # the host retries a failed invocation
+    assert env.puts() == 0
+    fire_blob_trigger(env.segments.container_name, blob)
+    assert env.puts() == 1  # the retry exported the file instead of skipping it as "already exported"
