@@ -36,11 +36,11 @@ def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
     if client.container_name != service.settings.segments_container:
         log.warning("blob trigger fired for another container; ignored")
         return
-    outcome = service.handle_new_blob(client.blob_name)
-    if outcome.report is None:
-        log.info("segment file skipped: %s", outcome.skipped)
-        return
-    log.info("%s", outcome.report.summary())
+    for outcome in service.handle_new_blob(client.blob_name):
+        if outcome.report is None:
+            log.info("segment file skipped: %s", outcome.skipped)
+        else:
+            log.info("%s", outcome.report.summary())
 
 
 @bp.function_name("StartExport")

@@ -104,7 +104,25 @@ class Destination(_Strict):
         for prefix in value:
             if prefix.startswith("/") or ".." in prefix.split("/") or "://" in prefix:
                 raise ValueError(f"segment prefix {prefix!r} must be a path inside the segments container")
+            if not prefix.strip("/"):
+                raise ValueError("an empty segment prefix would match every file in the container; name a folder")
         return value
+
+    def table_below(self, model_json: str) -> str | None:
+        """`<Table>` when a prefix is `<folder of model_json>/<Table>/...` (see for_model_json)."""
+        if "/" not in model_json:
+            return None  # a model.json at the container root serves only a destination that owns the root
+        folder = model_json.rsplit("/", 1)[0] + "/"
+        for prefix in self.segments:
+            if prefix.startswith(folder) and len(prefix) > len(folder):
+                return prefix[len(folder):].split("/", 1)[0]
+        return None
+
+    def entity_in(self, model_json: str) -> str | None:
+        """The entity this destination reads from a model.json it is served by."""
+        if self.file_format.entity is not None or any(model_json.startswith(p) for p in self.segments):
+            return self.file_format.entity
+        return self.table_below(model_json)
 
     @property
     def list_id_str(self) -> str:
@@ -125,10 +143,37 @@ class DestinationsDocument(_Strict):
             if destination.name in seen:
                 raise ValueError(f"destination name {destination.name!r} is used twice")
             seen.add(destination.name)
+        for destination in self.destinations:
+            if destination.mode != "mirror":
+                continue
+            for other in self.destinations:
+                if other is not destination and other.list_id == destination.list_id:
+                    raise ValueError(
+                        f"destination {destination.name!r} mirrors list {destination.list_id} which destination "
+                        f"{other.name!r} also fills: each mirror run would remove the other's contacts")
         return self
 
     def get(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def for_model_json(self, blob_name: str) -> list[tuple[Destination, str | None]]:
+        """The destinations a CDM model.json serves, with the entity each one reads from it.
+
+        Customer Insights writes one model.json per export at `<export>/model.json` and each table's
+        partitions under `<export>/<Table>/...`, so a destination configured with the table's folder
+        (`<export>/<Table>/`) is served by the model.json one level up and reads the entity `<Table>`
+        (unless file_format.entity says otherwise). A destination whose prefix holds the model.json itself
+        is matched as for any file (longest prefix).
+        """
+        matches: list[tuple[Destination, str | None]] = []
+        owner = self.for_blob(blob_name)
+        if owner is not None:
+            matches.append((owner, owner.file_format.entity))
+        for destination in self.destinations:
+            table = destination.table_below(blob_name)
+            if destination is not owner and table is not None:
+                matches.append((destination, destination.file_format.entity or table))
+        return matches
 
     def for_blob(self, blob_name: str) -> Destination | None:
         """The destination whose segment prefix matches the blob; the longest prefix wins."""

@@ -136,8 +136,21 @@ class ExportService:
                     newest[is_model] = (blob.last_modified, blob.name)
         if True in newest:
             return newest[True][1]
+        above = self._model_json_above(destination)
+        if above is not None:
+            return above
         if False in newest:
             return newest[False][1]
+        return None
+
+    def _model_json_above(self, destination: Destination) -> str | None:
+        """A Customer Insights model.json in the folder just above a `<export>/<Table>/` prefix."""
+        for prefix in destination.segments:
+            folder = prefix.rstrip("/").rsplit("/", 1)[0] if "/" in prefix.rstrip("/") else ""
+            if folder and destination.table_below(f"{folder}/{MODEL_JSON}") is not None:
+                candidate = f"{folder}/{MODEL_JSON}"
+                if self.segments.get_blob_client(candidate).exists():
+                    return candidate
         return None
 
     def _is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
@@ -162,19 +175,33 @@ class ExportService:
 
     # -- running exports ------------------------------------------------------------------------------
 
-    def handle_new_blob(self, blob_name: str, etag: str | None = None) -> TriggerOutcome:
-        """Blob trigger: match the file to a destination, export it once per blob version."""
+    def handle_new_blob(self, blob_name: str, etag: str | None = None) -> list[TriggerOutcome]:
+        """Blob trigger: match the file to its destination(s), export it once per blob version each.
+
+        A data file has one destination (longest prefix); a CDM model.json may serve several (one per
+        table of a Customer Insights export, see DestinationsDocument.for_model_json).
+        """
         if not is_segment_entry(blob_name):
-            return TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")
-        destination = self.destinations.for_blob(blob_name)
-        if destination is None:
-            return TriggerOutcome(blob_name, skipped="no destination is configured for this path")
-        if blob_name.rsplit("/", 1)[-1] != MODEL_JSON and self._is_cdm_partition(destination, blob_name):
-            return TriggerOutcome(blob_name, skipped="CDM partition: exported when its model.json lands")
+            return [TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")]
+        is_model = blob_name.rsplit("/", 1)[-1] == MODEL_JSON
+        if is_model:
+            targets = [destination for destination, _ in self.destinations.for_model_json(blob_name)]
+        else:
+            owner = self.destinations.for_blob(blob_name)
+            targets = [owner] if owner is not None else []
+        if not targets:
+            return [TriggerOutcome(blob_name, skipped="no destination is configured for this path")]
+        if not is_model and self._is_cdm_partition(targets[0], blob_name):
+            return [TriggerOutcome(blob_name, skipped="CDM partition: exported when its model.json lands")]
         if etag is None:
             etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
+        # One receipt per destination when a model.json serves several, so each is exported exactly once.
+        return [self._export_once(destination, blob_name, etag, scope=destination.name if len(targets) > 1 else "")
+                for destination in targets]
+
+    def _export_once(self, destination: Destination, blob_name: str, etag: str, *, scope: str) -> TriggerOutcome:
         run_id = new_run_id(destination.name)
-        claim = self.runs.claim(blob_name, etag, run_id)
+        claim = self.runs.claim(blob_name, etag, run_id, scope)
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
         try:
@@ -198,6 +225,11 @@ class ExportService:
     def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
                             dry_run: bool = False, full: bool = False, lock_wait: float = 0.0) -> ExportResult:
         source = BlobContainerSource(self.segments)
+        if blob_name.rsplit("/", 1)[-1] == MODEL_JSON:
+            entity = destination.entity_in(blob_name)
+            if entity != destination.file_format.entity:
+                destination = destination.model_copy(
+                    update={"file_format": destination.file_format.model_copy(update={"entity": entity})})
         if not destination.has_consent and not dry_run:
             report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                                source=source.describe(blob_name), mode=destination.mode)

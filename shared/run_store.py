@@ -107,14 +107,15 @@ class RunStore:
     # -- receipts ------------------------------------------------------------------------------------
 
     @staticmethod
-    def receipt_path(blob_name: str, etag: str) -> str:
-        digest = hashlib.sha256(f"{blob_name}\n{etag.strip(chr(34))}".encode()).hexdigest()
+    def receipt_path(blob_name: str, etag: str, scope: str = "") -> str:
+        key = f"{blob_name}\n{etag.strip(chr(34))}" + (f"\n{scope}" if scope else "")
+        digest = hashlib.sha256(key.encode()).hexdigest()
         return f"receipts/{digest}.json"
 
-    def claim(self, blob_name: str, etag: str, run_id: str) -> Claim | None:
-        """Claim this blob version; None when another run already did (or is doing) it."""
+    def claim(self, blob_name: str, etag: str, run_id: str, scope: str = "") -> Claim | None:
+        """Claim this blob version (for one destination: `scope`); None when another run already did it."""
         self._ensure_container()
-        path = self.receipt_path(blob_name, etag)
+        path = self.receipt_path(blob_name, etag, scope)
         state = {"blob": blob_name, "etag": etag, "run_id": run_id, "state": "running", "at": _now()}
         try:
             result = self._container.get_blob_client(path).upload_blob( json.dumps(state).encode(), overwrite=False,

@@ -31,6 +31,8 @@ def test_minimal_destination_gets_the_seed_defaults() -> None:
     ({"field_mapping": {"email": "E", "nickname": "N"}}, "destinations.0.field_mapping.nickname"),
     ({"mode": "sync"}, "destinations.0.mode"),
     ({"segments": ["../other/"]}, "destinations.0.segments"),
+    ({"segments": [""]}, "destinations.0.segments"),
+    ({"segments": ["/"]}, "destinations.0.segments"),
     ({"name": "Has Spaces"}, "destinations.0.name"),
     ({"max_profiles": 0}, "destinations.0.max_profiles"),
     ({"consent": {"agreed_by": ""}}, "destinations.0.consent"),
@@ -60,3 +62,27 @@ def test_blob_matching_prefers_the_longest_prefix() -> None:
     assert document.for_blob("ci/vip/2026/x.csv").name == "vip"  # type: ignore[union-attr]
     assert document.for_blob("ci/other.csv").name == "all"  # type: ignore[union-attr]
     assert document.for_blob("elsewhere/x.csv") is None
+
+
+def test_a_mirrored_list_cannot_be_filled_by_another_destination() -> None:
+    second = {"name": "lapsed", "list_id": LIST_ID, "api_key_secret": "sg-key", "segments": ["lapsed/"],
+              "field_mapping": {"email": "Email"}}
+    first = json.loads(doc(mode="mirror"))["destinations"][0]
+    with pytest.raises(ConfigurationError) as error:
+        load_destinations(json.dumps({"destinations": [first, second]}))
+    assert "mirrors list" in str(error.value) and "'lapsed'" in str(error.value)
+    # two upsert destinations may share a list: neither removes anything
+    first["mode"] = "upsert"
+    assert len(load_destinations(json.dumps({"destinations": [first, second]})).destinations) == 2
+
+
+def test_a_customer_insights_model_json_serves_each_table_folder() -> None:
+    tables = [{"name": name, "list_id": LIST_ID, "api_key_secret": "k", "field_mapping": {"email": "E"},
+               "segments": [f"CI_1/sendgrid/{table}/"]} for name, table in (("vip", "Vip"), ("news", "News"))]
+    tables.append({"name": "owner", "list_id": LIST_ID, "api_key_secret": "k", "field_mapping": {"email": "E"},
+                   "segments": ["CI_2/"], "file_format": {"entity": "Lapsed"}})
+    document = load_destinations(json.dumps({"destinations": tables}))
+    served = {d.name: entity for d, entity in document.for_model_json("CI_1/sendgrid/model.json")}
+    assert served == {"vip": "Vip", "news": "News"}
+    assert {d.name: e for d, e in document.for_model_json("CI_2/export/model.json")} == {"owner": "Lapsed"}
+    assert document.for_model_json("model.json") == []

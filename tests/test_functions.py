@@ -831,3 +831,42 @@ def test_a_trigger_that_crashes_leaves_the_blob_version_for_the_hosts_retry(
     assert env.puts() == 0
     fire_blob_trigger(env.segments.container_name, blob)
     assert env.puts() == 1  # the retry exported the file instead of skipping it as "already exported"
+
+
+def test_one_customer_insights_export_feeds_one_list_per_table(env: Env) -> None:
+    """Customer Insights writes one model.json per export and a folder per table under it: a destination
+    configured with its table's folder (as the README shows) is served by that model.json, reads its table,
+    and the timer finds the model.json above the table folder."""
+    export = "CustomerInsights_5678/sendgrid/"
+    env.set_destinations([*DESTINATIONS,
+                          destination("ci-vip", VIP_LIST, f"{export}VipCustomers/"),
+                          destination("ci-news", NEWS_LIST, f"{export}Newsletter/")])
+    env.install()
+    vip = [person(n, "civip") for n in range(1, 4)]
+    news = [person(n, "cinews") for n in range(1, 3)]
+    vip_part = f"{export}VipCustomers/2026/11/01/0600/VipCustomers_1.csv"
+    news_part = f"{export}Newsletter/2026/11/01/0600/Newsletter_1.csv"
+    env.upload(vip_part, csv_bytes(vip, header=False))
+    env.upload(news_part, csv_bytes(news, header=False))
+    attributes = [{"name": a, "dataType": "string"} for a in HEADER]
+    entities = [{"$type": "LocalEntity", "name": table, "attributes": attributes,
+                 "partitions": [{"name": f"{table}_1", "location": f"{env.segments.url}/{part}"}]}
+                for table, part in (("VipCustomers", vip_part), ("Newsletter", news_part))]
+    model = env.upload(f"{export}model.json",
+                       json.dumps({"name": "export", "version": "1.0", "entities": entities}).encode())
+
+    fire_blob_trigger(env.segments.container_name, vip_part)  # a partition alone: skipped
+    assert env.puts() == 0
+    fire_blob_trigger(env.segments.container_name, model)
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(vip)
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(news)
+    reports = {r["destination"]: r for r in env.reports()}
+    assert {name: (r["status"], r["exported"]) for name, r in reports.items()} == {
+        "ci-vip": ("succeeded", 3), "ci-news": ("succeeded", 2)}
+
+    puts = env.puts()
+    fire_blob_trigger(env.segments.container_name, model)  # a duplicate trigger: each destination once only
+    assert env.puts() == puts and len(env.report_names()) == 2
+
+    service = get_service()
+    assert service.latest_segment(service.destinations.get("ci-vip")) == model  # type: ignore[arg-type]

@@ -195,7 +195,7 @@ def test_a_second_export_of_the_same_file_sends_no_contact(env: Env) -> None:
     assert (stored["status"], stored["unchanged_skipped"], stored["exported"]) == ("succeeded", 30, 0)
 
     # the platform writes the same segment again as a new file: the blob trigger exports it, sending nothing
-    outcome = env.service().handle_new_blob(env.upload(rows))
+    [outcome] = env.service().handle_new_blob(env.upload(rows))
     assert outcome.report is not None and outcome.report.status == "succeeded"
     assert (outcome.report.unchanged_skipped, outcome.report.exported) == (30, 0)
     assert env.count(PUT) == puts
