@@ -15,12 +15,11 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
 from shared.errors import ExportError
-from shared.export_service import get_service, new_run_id
+from shared.export_service import EXPORT_QUEUE, get_service, is_segment_entry, new_run_id
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment")
 
-EXPORT_QUEUE = "export-requests"
 # host.json extensions.queues.maxDequeueCount: after this many failed attempts the host moves the message to
 # `export-requests-poison`, so the last attempt must leave a final status behind (not `queued` for ever).
 MAX_DEQUEUE_COUNT = 5
@@ -71,6 +70,8 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         if not any(blob_name.startswith(prefix) for prefix in destination.segments):
             return _error(400, "blob is not under this destination's segment prefixes",
                           prefixes=destination.segments)
+        if not is_segment_entry(blob_name):
+            return _error(400, "blob is not a segment file (a marker, manifest or unknown file type)")
         if not service.segments.get_blob_client(blob_name).exists():
             return _error(404, "no such blob in the segments container")
     else:

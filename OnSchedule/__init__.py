@@ -1,12 +1,13 @@
-"""The scheduled refresh: re-export every configured destination from its latest segment file."""
+"""The scheduled refresh: queue an export of every configured destination from its latest segment file."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import azure.functions as func
 
-from shared.export_service import get_service
+from shared.export_service import EXPORT_QUEUE, get_service
 
 bp = func.Blueprint()
 log = logging.getLogger("OnSchedule")
@@ -14,13 +15,14 @@ log = logging.getLogger("OnSchedule")
 
 @bp.function_name("ScheduledRefresh")
 @bp.timer_trigger(arg_name="timer", schedule="%REFRESH_SCHEDULE%", run_on_startup=False, use_monitor=True)
-def scheduled_refresh(timer: func.TimerRequest) -> None:
+@bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
+def scheduled_refresh(timer: func.TimerRequest, queued: func.Out[list[str]]) -> None:
+    """Each destination runs in RunQueuedExport: its own timeout and retries, not one long timer run."""
     if timer.past_due:
         log.warning("scheduled refresh is running late")
     service = get_service()
     for earlier in service.finish_pending_runs():
         log.info("run %s: pending import jobs now %s", earlier.get("run_id"), earlier.get("status"))
-    reports = service.refresh_all()
-    for report in reports:
-        log.info("%s", report.summary())
-    log.info("scheduled refresh finished: %d destination(s)", len(reports))
+    messages = service.queue_refresh()
+    queued.set([json.dumps(message) for message in messages])
+    log.info("scheduled refresh queued %d of %d destination(s)", len(messages), len(service.destinations.destinations))

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson",
                  ".ndjson.gz", ".json.gz")
 MODEL_JSON = "model.json"
+EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
 _CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)
 
@@ -337,16 +338,26 @@ class ExportService:
             updated.append(report)
         return updated
 
-    def refresh_all(self) -> list[RunReport]:
-        """Timer: re-export every destination from its latest segment file."""
-        reports: list[RunReport] = []
+    def queue_refresh(self) -> list[dict[str, Any]]:
+        """Timer: one queued export per destination, from its latest segment file.
+
+        Each destination then runs in its own queue-triggered invocation (its own function timeout, retries
+        and poison queue) instead of all of them one after another inside the timer's single invocation.
+        """
+        messages: list[dict[str, Any]] = []
         for destination in self.destinations.destinations:
-            blob_name = self.latest_segment(destination)
-            if blob_name is None:
-                log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
+            try:
+                blob_name = self.latest_segment(destination)
+                if blob_name is None:
+                    log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
+                    continue
+                run_id = new_run_id(destination.name)
+                self.mark_queued(destination, blob_name, run_id, dry_run=False)
+            except Exception:  # one destination's trouble must not stop the refresh of the others
+                log.exception("destination %s: could not queue its scheduled refresh", destination.name)
                 continue
-            reports.append(self.export(destination, blob_name, run_id=new_run_id(destination.name)))
-        return reports
+            messages.append({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": False})
+        return messages
 
 
 def _pair_rejects(result: ExportResult) -> list[tuple[Any, Any]]:

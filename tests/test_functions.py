@@ -217,16 +217,16 @@ def fire_blob_trigger(container: str, blob_name: str) -> None:
     fn(client)
 
 
-class CapturedOut(func.Out[str]):
+class CapturedOut(func.Out[Any]):
     """The worker's output-binding holder: the function sets the value, the host then sends it."""
 
     def __init__(self) -> None:
-        self.value: str | None = None
+        self.value: Any = None
 
-    def set(self, val: str) -> None:
+    def set(self, val: Any) -> None:
         self.value = val
 
-    def get(self) -> str:
+    def get(self) -> Any:
         assert self.value is not None
         return self.value
 
@@ -273,9 +273,9 @@ def http(method: str, path: str, body: bytes | dict[str, Any] | None = None) -> 
     raise AssertionError(f"no registered function serves {method} /api/{path}")
 
 
-def run_queue_message(out: CapturedOut, *, dequeue_count: int = 1) -> None:
+def run_queue_message(out: CapturedOut | str, *, dequeue_count: int = 1) -> None:
     """Send what StartExport put in its output binding to RunQueuedExport, through both converters."""
-    encoded = QueueMessageOutConverter.encode(out.get(), expected_type=str)
+    encoded = QueueMessageOutConverter.encode(out if isinstance(out, str) else out.get(), expected_type=str)
     message = QueueMessageInConverter.decode(
         Datum(encoded.value, encoded.type),
         trigger_metadata={"Id": Datum(uuid.uuid4().hex, "string"), "DequeueCount": Datum(dequeue_count, "int")})
@@ -283,12 +283,36 @@ def run_queue_message(out: CapturedOut, *, dequeue_count: int = 1) -> None:
     registered("RunQueuedExport").get_user_function()(message)
 
 
-def fire_timer(past_due: bool = False) -> None:
+def fire_timer(past_due: bool = False, *, run_queued: bool = True) -> list[str]:
+    """The timer, then (like the host) each export it queued, through RunQueuedExport."""
     timer = TimerRequestConverter.decode(Datum(json.dumps({"IsPastDue": past_due}), "json"), trigger_metadata={})
-    registered("ScheduledRefresh").get_user_function()(timer)
+    queued = CapturedOut()
+    registered("ScheduledRefresh").get_user_function()(timer, queued)
+    messages: list[str] = queued.get()
+    assert isinstance(messages, list)
+    if run_queued:
+        for message in messages:
+            run_queue_message(message)
+    return messages
 
 
 # -- registration -----------------------------------------------------------------------------------------
+
+def test_the_timer_queues_one_export_per_destination_and_each_runs_on_its_own(env: Env) -> None:
+    env.set_destinations(DESTINATIONS[:2])
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1, "vip")]))
+    env.upload("news/segment.csv", csv_bytes([person(1, "news")]))
+    messages = [json.loads(m) for m in fire_timer(run_queued=False)]
+    assert sorted((m["destination"], m["blob"]) for m in messages) == [
+        ("newsletter", "news/segment.csv"), ("vip-customers", "vip/segment.csv")]
+    assert env.puts() == 0  # nothing ran inside the timer's invocation
+    assert {env.report(m["run_id"])["status"] for m in messages} == {"queued"}  # status URLs work at once
+    for message in messages:
+        run_queue_message(json.dumps(message))
+    assert {env.report(m["run_id"])["status"] for m in messages} == {"succeeded"}
+    assert set(env.sim.list_contacts(VIP_LIST)) == {person(1, "vip")[1]}
+
 
 def test_every_function_is_registered_with_its_trigger() -> None:
     kinds = {f.get_function_name(): [b["type"] for b in json.loads(f.get_function_json())["bindings"]
@@ -694,11 +718,13 @@ def test_http_errors_are_json_with_the_right_status(env: Env) -> None:
     "news/segment.csv",  # another destination's file
     "vip/x.csv\x00",
     "",
+    "vip/_SUCCESS",  # inside the prefix, but a marker, not a segment file
 ])
 def test_http_refuses_blob_paths_outside_the_destination(env: Env, blob: str) -> None:
     env.install()
     env.upload("vip/segment.csv", csv_bytes([person(1)]))
     env.upload("news/segment.csv", csv_bytes([person(2)]))
+    env.upload("vip/_SUCCESS", b"")
 
     result = http("POST", "destinations/vip-customers/exports", {"blob": blob})
 
@@ -743,7 +769,7 @@ def test_timer_finishes_pending_runs_and_refreshes_every_destination(
     assert set(env.sim.list_contacts(NEWS_LIST)) == emails(news)
     messages = [r.getMessage() for r in caplog.records if r.name == "OnSchedule"]
     assert "scheduled refresh is running late" in messages
-    assert "scheduled refresh finished: 2 destination(s)" in messages
+    assert "scheduled refresh queued 2 of 2 destination(s)" in messages
 
     # Nothing changed since: the next refresh sends nothing.
     puts = env.puts()

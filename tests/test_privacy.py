@@ -99,7 +99,9 @@ class Evidence:
 @pytest.fixture
 def evidence(caplog: pytest.LogCaptureFixture) -> Iterator[Evidence]:
     caplog.set_level(logging.DEBUG)
-    for name in ("azure", "httpx", "httpcore", "urllib3", "shared", "ExportSegment", "OnSchedule"):
+    # function_app quietens some SDK loggers; the scan wants everything they could say, so open them up
+    for name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity", "httpx",
+                 "httpcore", "urllib3", "shared", "ExportSegment", "OnSchedule"):
         caplog.set_level(logging.DEBUG, logger=name)
     collected = Evidence()
     yield collected
