@@ -25,6 +25,11 @@ param skuName string = 'Standard_ZRS'
 @description('Days deleted blobs and containers can be restored.')
 param softDeleteDays int = 7
 
+@minValue(1)
+@maxValue(3650)
+@description('Days the personal data the app keeps for operators lives: rejected-row files (with their values) and reports in the runs container, and segment files the CDP dropped. The sync state (state/) is kept: incremental sync needs it.')
+param personalDataRetentionDays int = 30
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
   location: location
@@ -111,6 +116,63 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   name: deploymentContainerName
   properties: {
     publicAccess: 'None'
+  }
+}
+
+// Retention: rejected-row values and old segment files are personal data with no use after a few weeks.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expire-rejects-and-reports'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${runsContainerName}/rejects/'
+                '${runsContainerName}/reports/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: personalDataRetentionDays
+                }
+              }
+            }
+          }
+        }
+        {
+          name: 'expire-old-segment-files'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${segmentsContainerName}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: personalDataRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
   }
 }
 
