@@ -96,6 +96,7 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool) 
         contact_requests = client.stats.by_endpoint.get("PUT /v3/marketing/contacts", 0)
     if sync is not None:
         sync.release()
+    result.close()  # deletes the rejects file
     report = result.report
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024, "requests": report.requests_sent,

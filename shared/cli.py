@@ -2,6 +2,11 @@
 
     python -m shared.cli export samples/segments/vip-customers/vip_customers_1.csv \
         --config samples/destinations.local.json --destination vip-customers [--dry-run]
+    python -m shared.cli sync vip-customers [--blob NAME] [--full]
+
+`export --rejects FILE` also writes every rejected row with its value to a local CSV.
+`export` sends one file and keeps no sync state (every contact is sent, nothing is removed); `sync` runs a
+destination exactly as the functions do, with its snapshot, checkpoint, lock and mirror removals.
 
 Settings come from the environment as in the Function App (SENDGRID_BASE_URL, KEY_VAULT_URL or, for
 development only, LOCAL_DEV_SENDGRID_API_KEY; AzureWebJobsStorage for blob URLs).
@@ -19,6 +24,8 @@ from pathlib import Path
 from shared.destinations import DestinationsDocument, load_destinations
 from shared.engine import ExportOptions, export_segment
 from shared.errors import ExportError
+from shared.export_service import ExportService, new_run_id
+from shared.run_report import MAX_REPORTED_DETAILS
 from shared.secrets import ApiKeyProvider
 from shared.sendgrid_client import SendGridClient
 from shared.settings import AppSettings, setting
@@ -45,8 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--dry-run", action="store_true", help="map and validate only; print a preview")
     export.add_argument("--preview", type=int, default=10, help="contacts to show in a dry run")
     export.add_argument("--report", help="also write the run report to this file")
+    export.add_argument("--rejects", help="write every rejected row with its value (CSV) to this file; the report "
+                                          f"lists only the first {MAX_REPORTED_DETAILS} and counts all of them")
+    sync = sub.add_parser("sync", help="run a destination's export as the functions do: from the segments "
+                                       "container, with its sync state (incremental, mirror, lock, resume)")
+    sync.add_argument("destination", help="destination name (from the DESTINATIONS_JSON setting)")
+    sync.add_argument("--blob", help="segment blob inside the segments container (default: the latest)")
+    sync.add_argument("--full", action="store_true", help="re-send every contact, not only new and changed ones")
+    sync.add_argument("--report", help="also write the run report to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "sync":
+        return _sync(args.destination, args.blob, full=args.full, report_path=args.report)
 
     try:
         destinations = _destinations(args.config)
@@ -76,7 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.report).write_text(text, encoding="utf-8")
         print(text)
         return 2
-    report = result.report.to_dict()
+    try:
+        report = result.report.to_dict()
+        if args.rejects:
+            report["rejects_file"] = None
+            if result.rejects.count:
+                with Path(args.rejects).open("wb") as rejects:  # streamed from the run's temporary file
+                    for chunk in result.rejects.chunks():
+                        rejects.write(chunk)
+                report["rejects_file"] = args.rejects
+    finally:
+        result.close()
     if args.dry_run:
         report["preview"] = [json.loads(c) for c in result.preview]
     text = json.dumps(report, indent=2)
@@ -84,6 +111,32 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.report).write_text(text, encoding="utf-8")
     print(text)
     return 0 if result.report.status in ("succeeded", "dry_run") else 1
+
+
+def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -> int:
+    """The functions' path (ExportService): the same run state, so a CLI run and a triggered run never
+    interleave and the next refresh knows what this one sent."""
+    try:
+        service = ExportService.from_environment()
+        destination = service.destinations.get(name)
+        if destination is None:
+            names = ", ".join(d.name for d in service.destinations.destinations)
+            raise ExportError(f"unknown destination {name!r} (configured: {names})")
+        blob_name = blob or service.latest_segment(destination)
+        if blob_name is None:
+            raise ExportError(f"no segment file under {destination.segments} in the segments container")
+        report = service.export(destination, blob_name, run_id=new_run_id(destination.name), full=full)
+    except ExportError as exc:
+        text = json.dumps({"status": "failed", "error": str(exc)}, indent=2)
+        if report_path:
+            Path(report_path).write_text(text, encoding="utf-8")
+        print(text)
+        return 2
+    text = json.dumps(service.report(report.run_id) or report.to_dict(), indent=2)
+    if report_path:
+        Path(report_path).write_text(text, encoding="utf-8")
+    print(text)
+    return 0 if report.status == "succeeded" else 1
 
 
 if __name__ == "__main__":

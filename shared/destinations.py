@@ -88,6 +88,10 @@ class Destination(_Strict):
     length_policy: Literal["reject", "truncate"] = "reject"
     empty_values: Literal["skip", "clear"] = "skip"
     max_removal_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_removals_checked: int = Field(
+        default=10, ge=0,
+        description="Mirror safety valve: a run removing at most this many contacts is never refused by "
+                    "max_removal_fraction (on a small list one removal is already a large share)")
     consent: Consent | None = None
     file_format: FileFormat = Field(default_factory=FileFormat)
 

@@ -23,6 +23,7 @@ from shared.destinations import Destination
 from shared.email_rules import normalise_email
 from shared.errors import (
     AuthenticationError,
+    ConfigurationError,
     ExportError,
     InvalidRequest,
     NotFound,
@@ -34,7 +35,8 @@ from shared.errors import (
     TransientFailure,
 )
 from shared.readers import ReaderOptions, open_segment
-from shared.run_report import BatchResult, RejectedRow, RowRef, RunReport, TruncatedField
+from shared.rejects import RejectsFile
+from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.sources import ByteSource
 from shared.spool import Spool, email_key
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _CONTACT_INDEX = re.compile(r"contacts\[(\d+)\]")
 MAX_SET_ASIDE_ROUNDS = 5
+_SEEN_COLUMNS_SHOWN = 50  # column names quoted when a mapped column never appears in a header-less file
 
 
 @dataclass
@@ -58,22 +61,26 @@ class ExportOptions:
 
 
 @dataclass
-class RejectedValue:
-    """A rejected row's offending value: kept only for the rejects file in the app's own storage."""
-
-    source: str
-    row: int
-    field: str
-    value: str
-
-
-@dataclass
 class ExportResult:
+    """What a run leaves: its report, a dry run's preview, and every rejected row with its value on local
+    disk (`rejects`, the rejects CSV). `close()` deletes that file: whoever keeps the result calls it once
+    the rejects are stored (ExportService._persist, the CLI)."""
+
     report: RunReport
     preview: list[bytes] = field(default_factory=list)  # dry runs: the first mapped contacts, as sent
-    rejected_values: list[RejectedValue] = field(default_factory=list)
+    rejects: RejectsFile = field(default_factory=RejectsFile)
     # email keys of rows rejected for a field other than the email: still in the segment (mirror keeps them)
     rejected_keys: array[int] = field(default_factory=lambda: array("q"))
+    # rows the reader could not parse (bad quoting, wrong column count): whose they are is unknown
+    unreadable_rows: int = 0
+
+    def reject(self, rejected: RejectedRow, value: str = "") -> None:
+        """Count the row in the report (which lists the first few) and write it, with its value, to `rejects`."""
+        self.report.add_rejected(rejected)
+        self.rejects.write(rejected.source, rejected.row, rejected.field, rejected.reason, value)
+
+    def close(self) -> None:
+        self.rejects.close()
 
 
 def reader_options(destination: Destination) -> ReaderOptions:
@@ -99,13 +106,13 @@ def export_segment(
     options = options or ExportOptions()
     report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                        source=source.describe(name), mode=destination.mode, dry_run=options.dry_run)
-    result = ExportResult(report)
     custom = {}
     if destination.field_mapping.custom_fields:
         if client is None:
             raise ExportError("custom fields need SendGrid's field definitions: a client is required")
         custom = resolve_custom_fields(destination, client.field_definitions())
     mapper = ContactMapper(destination, custom)
+    result = ExportResult(report, rejects=RejectsFile(options.spool_dir))
     spool = Spool(options.spool_dir)
     try:
         _read_into_spool(destination, source, name, mapper, spool, result, options)
@@ -123,6 +130,9 @@ def export_segment(
         _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync, field_names)
         report.requests_sent = client.stats.requests
         return result
+    except BaseException:
+        result.close()  # the caller gets no result to close: the rejects file goes now
+        raise
     finally:
         spool.close()
 
@@ -142,28 +152,53 @@ def _read_into_spool(
                          f"({len(reader.columns or [])} values): is the header row missing?")
             raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
         email_column = destination.field_mapping.email
+        # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
+        # has is a misspelled mapping, which would silently drop that field for every contact.
+        unseen = {c for c in destination.field_mapping.columns() if c != email_column} if reader.columns is None \
+            else set()
+        seen: dict[str, None] = {}  # the first column names met, in order, for the error message
         for record in reader:
             report.rows_read += 1
             if record.error is not None:
-                report.rejected.append(RejectedRow(record.source, record.row, "row", record.error))
+                result.unreadable_rows += 1
+                result.reject(RejectedRow(record.source, record.row, "row", record.error))
                 continue
+            if unseen:
+                unseen.difference_update([c for c in unseen if c in record.fields])
+                if len(seen) < _SEEN_COLUMNS_SHOWN:
+                    seen.update(dict.fromkeys(itertools.islice(record.fields, _SEEN_COLUMNS_SHOWN)))
             mapped = mapper.map(record.fields)
             if isinstance(mapped, MappedContact):
                 spool.add(record.source, record.row, mapped.email, mapped.body)
                 for truncated in mapped.truncated:
-                    report.truncated.append(TruncatedField(record.source, record.row, truncated))
+                    report.add_truncated(TruncatedField(record.source, record.row, truncated))
                 if options.dry_run and len(result.preview) < options.preview_limit:
                     result.preview.append(mapped.body)
             else:
-                report.rejected.append(RejectedRow(record.source, record.row, mapped.field, mapped.reason,
-                                                   mapped.column))
                 column = mapped.column or email_column
-                result.rejected_values.append(RejectedValue(record.source, record.row, mapped.field,
-                                                            record.fields.get(column, "")))
+                result.reject(RejectedRow(record.source, record.row, mapped.field, mapped.reason, mapped.column),
+                              record.fields.get(column, ""))
                 email = normalise_email(record.fields.get(email_column) or "")[0] if mapped.field != "email" else None
                 if email is not None:
                     result.rejected_keys.append(email_key(email))
+        if unseen and seen:
+            raise _never_seen(destination, report.source, unseen, seen)
     report.contacts_valid = len(spool)
+
+
+def _never_seen(destination: Destination, source: str, unseen: set[str], seen: dict[str, None]) -> ConfigurationError:
+    """The error for mapped columns no row of a header-less file had: names only, never values."""
+    names = [name for name in seen if "@" not in name]  # a key that is an address is data, not a column name
+    hidden = len(seen) - len(names)
+    shown = ", ".join(names[:_SEEN_COLUMNS_SHOWN]) or "none"
+    more = " and more" if len(seen) >= _SEEN_COLUMNS_SHOWN else ""
+    hint = f" ({hidden} that look like email addresses not shown)" if hidden else ""
+    missing = sorted(unseen, key=destination.field_mapping.columns().index)
+    return ConfigurationError(
+        f"mapped column(s) {', '.join(missing)} appear in no row of {source} (JSON Lines has no header, so each "
+        f"row names its fields; nested objects are flattened to parent.child); columns seen: {shown}{more}{hint}. "
+        "Fix the field mapping; nothing was sent",
+        field=f"destinations[{destination.name}].field_mapping")
 
 
 class _Outcome:
@@ -184,13 +219,22 @@ def _send(
     removals: set[int] = set()
     if sync is not None and snapshot is not None and destination.mode == "mirror":
         removals = _left_the_segment(spool, snapshot, result.rejected_keys)
+        if removals and result.unreadable_rows:
+            # An unreadable row has no email: its profile may be one that seems to have left. Keep them all;
+            # they stay in the snapshot, so the next run that reads every row removes those really gone.
+            report.notes.append(f"{result.unreadable_rows} row(s) could not be read, so whose profiles they hold "
+                                f"is unknown: the {len(removals)} contact(s) missing from this file were not "
+                                "removed from the list this run (new and changed contacts were sent); the next "
+                                "run without unreadable rows removes those that left the segment")
+            removals = set()
         limit = destination.max_removal_fraction * len(snapshot)
-        if len(removals) > limit:
+        if len(removals) > destination.min_removals_checked and len(removals) > limit:
             share = len(removals) / max(len(snapshot), 1)
             report.not_sent = len(spool) - len(superseded)
             report.finish("refused", f"safety valve: this run would remove {len(removals)} of {len(snapshot)} "
                                      f"contacts ({share:.0%}) from the list, more than max_removal_fraction "
-                                     f"{destination.max_removal_fraction:.0%}; is the segment file complete? "
+                                     f"{destination.max_removal_fraction:.0%} (and more than min_removals_checked "
+                                     f"{destination.min_removals_checked}); is the segment file complete? "
                                      "Nothing was sent.")
             return
 
@@ -221,7 +265,7 @@ def _send(
             report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
             continue
         resends = client.stats.unconfirmed_resends
-        outcome, sent = _send_batch(batch, spool, client, report, field_names)
+        outcome, sent = _send_batch(batch, spool, client, result, field_names)
         outcome.resent = client.stats.unconfirmed_resends - resends
         if outcome.resent:
             report.notes.append(f"batch {batch.number}: SendGrid's answer was lost and the batch was sent again "
@@ -307,7 +351,7 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
 
 
 def _send_batch(
-    batch: Batch, spool: Spool, client: SendGridClient, report: RunReport, field_names: dict[str, str],
+    batch: Batch, spool: Spool, client: SendGridClient, result: ExportResult, field_names: dict[str, str],
 ) -> tuple[BatchResult, Batch | ExportError]:
     """Send one batch; contacts SendGrid names in a 400 are set aside (rejected) and the rest resent."""
     outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size())
@@ -324,7 +368,7 @@ def _send_batch(
                 return _unsent(outcome, current), exc
             for position, (field_name, message) in named.items():
                 source, row = spool.where(current.indices[position])
-                report.rejected.append(RejectedRow(source, row, field_name, f"SendGrid: {message}"))
+                result.reject(RejectedRow(source, row, field_name, f"SendGrid: {message}"))
             outcome.set_aside += len(named)
             current = current.without(set(named))
             continue
@@ -387,6 +431,7 @@ def _apply_job_results(accepted: list[tuple[BatchResult, array[int]]], jobs: dic
                 outcome_of[index] = _Outcome.CONFIRMED
         elif status in ("errored", "failed"):
             report.in_failed_jobs += len(indices)
-            report.failed_job_rows.extend(RowRef(*spool.where(i)) for i in indices)
+            for index in indices:
+                report.add_failed_job_row(*spool.where(index))
         else:
             report.pending += len(indices)

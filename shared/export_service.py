@@ -273,15 +273,17 @@ class ExportService:
         return result
 
     def _persist(self, result: ExportResult) -> None:
+        """Store the report and the rejects file (uploaded from local disk), then delete the local file."""
         report = result.report
-        if report.pending:
-            self.runs.mark_pending(report.run_id)
-        rejects = self.runs.save_rejects(
-            report.run_id, ((r.source, r.row, r.field, r.reason, v.value)
-                            for r, v in _pair_rejects(result)))
-        data = report.to_dict()
-        data["rejects_blob"] = rejects
-        self.runs.save_report(report.run_id, data)
+        try:
+            if report.pending:
+                self.runs.mark_pending(report.run_id)
+            rejects = self.runs.upload_rejects(report.run_id, result.rejects)
+            data = report.to_dict()
+            data["rejects_blob"] = rejects
+            self.runs.save_report(report.run_id, data)
+        finally:
+            result.close()
 
     def report(self, run_id: str) -> dict[str, Any] | None:
         return self.runs.load_report(run_id)
@@ -358,20 +360,6 @@ class ExportService:
                 continue
             messages.append({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": False})
         return messages
-
-
-def _pair_rejects(result: ExportResult) -> list[tuple[Any, Any]]:
-    """Join report rejects with their values by (source, row); rows rejected by SendGrid have no value kept."""
-    values = {(v.source, v.row): v for v in result.rejected_values}
-    pairs = []
-    for rejected in result.report.rejected:
-        value = values.get((rejected.source, rejected.row))
-        pairs.append((rejected, value if value is not None else _NoValue()))
-    return pairs
-
-
-class _NoValue:
-    value = ""
 
 
 _lock = threading.Lock()

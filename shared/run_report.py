@@ -3,14 +3,29 @@
 Rows are accounted for by outcome so that `rows_read` always equals the sum of the outcomes; a report
 that does not balance is a bug, and `balanced` says so. The report holds row numbers, field names and
 reasons, never the values (no personal data): the values of rejected rows go only to the rejects file.
+
+Its size does not grow with the file: rejected rows and truncated fields are counted exactly (in total, by
+field and by kind of reason) but listed only up to MAX_REPORTED_DETAILS (every rejected row, with its value,
+is in the rejects file); rows of failed import jobs are listed as row ranges, up to as many ranges.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+MAX_REPORTED_DETAILS = 1000  # rejected rows, truncated fields and failed-job row ranges listed in a report
+MAX_REASON_KINDS = 100  # distinct (field, reason kind) counters; more fall into OTHER_REASONS
+OTHER_REASONS = "(other reasons)"
+_DIGITS = re.compile(r"\d+")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its numbers blanked, so "is 61 characters" and "is 75 characters" count together."""
+    return _DIGITS.sub("#", reason)
 
 
 def utc_now() -> str:
@@ -34,9 +49,16 @@ class TruncatedField:
 
 
 @dataclass(slots=True)
-class RowRef:
+class RowRange:
+    """Data rows first_row..last_row (inclusive) of one source file."""
+
     source: str
-    row: int
+    first_row: int
+    last_row: int
+
+    @property
+    def rows(self) -> range:
+        return range(self.first_row, self.last_row + 1)
 
 
 @dataclass(slots=True)
@@ -78,15 +100,45 @@ class RunReport:
     pending: int = 0
     removed_from_list: int = 0
     requests_sent: int = 0
+    rejected_count: int = 0  # exact; `rejected` lists the first MAX_REPORTED_DETAILS
+    rejected_by_field: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, dict[str, int]] = field(default_factory=dict)  # field -> reason kind -> count
     rejected: list[RejectedRow] = field(default_factory=list)
+    truncated_count: int = 0  # exact; `truncated` lists the first MAX_REPORTED_DETAILS
+    truncated_by_field: dict[str, int] = field(default_factory=dict)
     truncated: list[TruncatedField] = field(default_factory=list)
-    failed_job_rows: list[RowRef] = field(default_factory=list)  # resent by the next refresh
+    failed_job_rows: list[RowRange] = field(default_factory=list)  # resent by the next refresh
+    failed_job_rows_omitted: int = 0  # rows of failed jobs past the first MAX_REPORTED_DETAILS ranges
     batches: list[BatchResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def rejected_count(self) -> int:
-        return len(self.rejected)
+    def add_rejected(self, rejected: RejectedRow) -> None:
+        """Count a rejected row (exactly) and list it if fewer than MAX_REPORTED_DETAILS are listed."""
+        self.rejected_count += 1
+        self.rejected_by_field[rejected.field] = self.rejected_by_field.get(rejected.field, 0) + 1
+        kinds = self.rejected_by_reason.setdefault(rejected.field, {})
+        kind = reason_kind(rejected.reason)
+        if kind not in kinds and sum(map(len, self.rejected_by_reason.values())) >= MAX_REASON_KINDS:
+            kind = OTHER_REASONS  # a new kind is rare (once per kind): counting the kinds here costs nothing
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if len(self.rejected) < MAX_REPORTED_DETAILS:
+            self.rejected.append(rejected)
+
+    def add_truncated(self, truncated: TruncatedField) -> None:
+        self.truncated_count += 1
+        self.truncated_by_field[truncated.field] = self.truncated_by_field.get(truncated.field, 0) + 1
+        if len(self.truncated) < MAX_REPORTED_DETAILS:
+            self.truncated.append(truncated)
+
+    def add_failed_job_row(self, source: str, row: int) -> None:
+        """A row whose contact was in an errored/failed import job; consecutive rows share one range."""
+        last = self.failed_job_rows[-1] if self.failed_job_rows else None
+        if last is not None and last.source == source and last.last_row + 1 == row:
+            last.last_row = row
+        elif len(self.failed_job_rows) < MAX_REPORTED_DETAILS:
+            self.failed_job_rows.append(RowRange(source, row, row))
+        else:
+            self.failed_job_rows_omitted += 1
 
     @property
     def possible_duplicate_sends(self) -> int:
@@ -114,7 +166,20 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["rejected_count"] = self.rejected_count
+        data["rejected_details_omitted"] = self.rejected_count - len(self.rejected)
+        data["truncated_details_omitted"] = self.truncated_count - len(self.truncated)
+        notes = data["notes"]
+        if data["rejected_details_omitted"]:
+            notes.append(f"rejected lists the first {len(self.rejected)} of {self.rejected_count} rejected rows; "
+                         "all of them, with their values, are in the rejects file (rejects_blob; with the CLI: "
+                         "--rejects FILE)")
+        if data["truncated_details_omitted"]:
+            notes.append(f"truncated lists the first {len(self.truncated)} of {self.truncated_count} truncated "
+                         "fields; truncated_by_field counts all of them")
+        if self.failed_job_rows_omitted:
+            notes.append(f"failed_job_rows lists the first {len(self.failed_job_rows)} row ranges; "
+                         f"{self.failed_job_rows_omitted} more rows were in failed import jobs (all of them are "
+                         "sent again by the next refresh)")
         data["balanced"] = self.balanced
         data["possible_duplicate_sends"] = self.possible_duplicate_sends
         return data

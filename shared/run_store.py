@@ -7,10 +7,9 @@ updates use `If-Match` on the receipt's ETag so a stale writer cannot overwrite 
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Iterable
@@ -20,20 +19,16 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
+
+from shared.rejects import RejectsFile
 
 log = logging.getLogger(__name__)
 
 RECEIPT_STALE_AFTER = timedelta(minutes=45)  # longer than functionTimeout (30 min): a claim older is a dead run
 _JSON = ContentSettings(content_type="application/json")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what Excel/Sheets/LibreOffice evaluate (OWASP CSV injection)
-
-
-def _inert(cell: object) -> object:
-    """A rejects-file cell an operator's spreadsheet would run as a formula gets a leading quote (shown as text)."""
-    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
-        return "'" + cell
-    return cell
+_CSV = ContentSettings(content_type="text/csv")
+REJECTS_BLOCK_BYTES = 4 * 1024 * 1024  # the rejects file is uploaded in blocks of this size, never whole
 
 
 @dataclass(frozen=True)
@@ -77,19 +72,30 @@ class RunStore:
 
     def save_rejects(self, run_id: str, rows: Iterable[tuple[str, int, str, str, str]]) -> str | None:
         """(source, row, field, reason, value) rows as CSV; the one place values of rejected rows are kept."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["source", "row", "field", "reason", "value"])
-        count = 0
-        for row in rows:
-            writer.writerow([_inert(cell) for cell in row])
-            count += 1
-        if not count:
+        with RejectsFile() as rejects:
+            for row in rows:
+                rejects.write(*row)
+            return self.upload_rejects(run_id, rejects)
+
+    def upload_rejects(self, run_id: str, rejects: RejectsFile) -> str | None:
+        """Store a run's rejects file as `rejects/<run_id>.csv` (None when nothing was rejected).
+
+        Read from local disk and uploaded block by block, so memory does not grow with the rejects.
+        """
+        if not rejects.count:
             return None
         path = f"rejects/{run_id}.csv"
         self._ensure_container()
-        self._container.upload_blob(path, buffer.getvalue().encode(), overwrite=True,
-                                    content_settings=ContentSettings(content_type="text/csv"))
+        if rejects.size() <= REJECTS_BLOCK_BYTES:
+            self._container.upload_blob(path, b"".join(rejects.chunks()), overwrite=True, content_settings=_CSV)
+            return path
+        blob = self._container.get_blob_client(path)
+        blocks: list[BlobBlock] = []
+        for number, chunk in enumerate(rejects.chunks(REJECTS_BLOCK_BYTES)):
+            block_id = base64.b64encode(f"{number:08d}".encode()).decode()
+            blob.stage_block(block_id, chunk)
+            blocks.append(BlobBlock(block_id))
+        blob.commit_block_list(blocks, content_settings=_CSV)  # replaces an earlier blob of the same name
         return path
 
     def mark_pending(self, run_id: str) -> None:

@@ -312,7 +312,7 @@ def test_odd_emails_are_trimmed_lower_cased_or_rejected_with_a_reason() -> None:
     assert "not valid IDNA" in reasons[8]  # an 'xn--' label that is not Punycode: not waved through
     assert reasons[9] == "email is empty"
     assert "invalid characters: '@'" in reasons[10]
-    values = {v.row: v.value for v in result.rejected_values}
+    values = {int(row): value for _, row, _, _, value in result.rejects.rows()}
     for row, reason in reasons.items():  # the report never carries the address; the rejects file does
         assert not values[row] or values[row].strip().lower() not in reason.lower()
 
@@ -326,7 +326,7 @@ def test_formula_looking_values_go_to_sendgrid_as_plain_text() -> None:
 
 
 class _MemoryContainer:
-    """Just enough of a ContainerClient for RunStore.save_rejects."""
+    """Just enough of a ContainerClient for RunStore.save_rejects and upload_rejects (small files)."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
@@ -340,10 +340,13 @@ class _MemoryContainer:
 
 def test_rejects_file_neutralises_formula_injection_for_spreadsheets() -> None:
     result = dry_run("formula_rejects.csv")
-    values = {(v.source, v.row): v.value for v in result.rejected_values}
+    with (BAD / "formula_rejects.csv").open(newline="", encoding="utf-8") as handle:  # the values as in the file
+        raw = {row: dict(zip(("CustomerId", "Email", "FirstName"), cells, strict=True))
+               for row, cells in enumerate(list(csv.reader(handle))[1:], start=1)}
+    values = {("formula_rejects.csv", r.row): raw[r.row][r.column or ""] for r in result.report.rejected}
     container = _MemoryContainer()
-    path = RunStore(container).save_rejects(  # type: ignore[arg-type]
-        "run-bad", [(r.source, r.row, r.field, r.reason, values[(r.source, r.row)]) for r in result.report.rejected])
+    path = RunStore(container).upload_rejects("run-bad", result.rejects)  # type: ignore[arg-type]
+    result.close()
     assert path == "rejects/run-bad.csv"
     rows = list(csv.reader(io.StringIO(container.blobs[path].decode())))
     assert rows[0] == ["source", "row", "field", "reason", "value"]

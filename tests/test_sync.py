@@ -281,6 +281,34 @@ def test_a_row_rejected_for_another_field_does_not_take_its_contact_off_a_mirror
     assert gone.removed_from_list == 1 and env.members() == dict(rows[:9])
 
 
+def test_a_mirror_run_with_unreadable_rows_sends_changes_but_removes_nobody(env: Env) -> None:
+    """A row the reader cannot parse has no email: it may hold a profile that seems to have left. Such a run
+    sends its new and changed contacts, removes nobody (with a note), and the next clean run removes the
+    profiles that really left."""
+    dest = destination(mode="mirror")
+    rows = profiles(10)
+    env.export(env.upload(rows), dest)
+    # p000 changed; p008's row is broken (three values under a two-column header); p009 left the segment
+    lines = [f"{rows[0][0]},Changed", *(f"{e},{f}" for e, f in rows[1:8]), f"{rows[8][0]},{rows[8][1]},extra"]
+    blob = f"{NAME}/broken.csv"
+    env.segments.upload_blob(blob, ("Email,First\n" + "\n".join(lines) + "\n").encode())
+    report = env.export(blob, dest)
+    assert report.status == "succeeded", report.error
+    assert [(r.row, r.field) for r in report.rejected] == [(9, "row")]
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (1, 7, 0)
+    assert env.count(REMOVE) == 0 and env.count(SEARCH) == 0
+    assert env.members() == {**dict(rows), rows[0][0]: "Changed"}  # p008 and p009 are still on the list
+    assert any("1 row(s) could not be read" in note and "2 contact(s) missing from this file were not removed"
+               in note for note in report.notes), report.notes
+    assert any("could not be read" in note for note in env.stored_report(report)["notes"])
+    assert {rows[8][0], rows[9][0]} <= set(env.snapshot())  # still tracked for the next run
+    assert_accounted(report)
+
+    clean = env.export(env.upload([(rows[0][0], "Changed"), *rows[1:9]]), dest)  # p008 readable again
+    assert (clean.status, clean.exported, clean.removed_from_list) == ("succeeded", 0, 1), clean.error
+    assert env.members() == {**dict(rows[:9]), rows[0][0]: "Changed"}  # only p009, which really left
+
+
 # -- (c) a run killed after its second batch resumes without sending a batch twice ---------------------------
 
 CRASH_AFTER_SECOND_BATCH = """
@@ -379,6 +407,31 @@ def test_the_safety_valve_refuses_a_run_that_would_remove_90_percent(env: Env) -
     assert (fine.status, fine.exported, fine.unchanged_skipped, fine.removed_from_list) == ("succeeded", 0, 20, 0)
 
 
+def test_the_safety_valve_lets_a_few_removals_through_on_a_small_list(env: Env) -> None:
+    """Removing 1 of 4 is 25%, over max_removal_fraction 20%: without min_removals_checked a small list could
+    never lose anyone. Up to min_removals_checked (10) removals pass; 18 of 20 is still refused."""
+    strict = destination(mode="mirror", min_removals_checked=0)
+    rows = profiles(4)
+    env.export(env.upload(rows), strict)
+    refused = env.export(env.upload(rows[:3]), strict)  # the fraction alone decides: 1 of 4 is refused
+    assert refused.status == "refused" and refused.error is not None and "remove 1 of 4 contacts (25%)" in refused.error
+    assert env.members() == dict(rows)
+
+    dest = destination(mode="mirror")  # min_removals_checked=10 by default
+    assert dest.min_removals_checked == 10
+    allowed = env.export(env.upload(rows[:3]), dest)
+    assert (allowed.status, allowed.removed_from_list, allowed.unchanged_skipped) == ("succeeded", 1, 3), allowed.error
+    assert env.members() == dict(rows[:3]) and set(env.snapshot()) == {e for e, _ in rows[:3]}
+
+    many = profiles(20)  # p000..p002 are the three above, unchanged
+    env.export(env.upload(many), dest)
+    requests = len(env.sim.request_log)
+    still = env.export(env.upload(many[:2]), dest)  # 18 of 20: over both the count and the fraction
+    assert still.status == "refused" and still.error is not None and "remove 18 of 20 contacts (90%)" in still.error
+    assert "min_removals_checked 10" in still.error
+    assert len(env.sim.request_log) == requests and env.members() == dict(many)
+
+
 # -- (e) contacts of errored or failed import jobs are sent again -------------------------------------------
 
 def test_contacts_of_errored_and_failed_import_jobs_are_not_recorded_and_are_sent_again(env: Env) -> None:
@@ -394,8 +447,7 @@ def test_contacts_of_errored_and_failed_import_jobs_are_not_recorded_and_are_sen
     assert_accounted(report)
     failed = {e for e, _ in rows[:20]}
     stored = env.stored_report(report)
-    assert [(r["source"], r["row"]) for r in stored["failed_job_rows"]] == [
-        (blob, n) for n in range(1, 21)]
+    assert stored["failed_job_rows"] == [{"source": blob, "first_row": 1, "last_row": 20}]  # one range, not 20 rows
     assert set(env.snapshot()) == {e for e, _ in rows[20:]}  # only the completed job's contacts
 
     refresh = env.export(blob, max_contacts_per_request=10)
@@ -464,6 +516,34 @@ def test_the_cli_keeps_no_sync_state_so_every_cli_export_is_a_full_one(
     assert (out["status"], out["exported"], out["unchanged_skipped"]) == ("succeeded", 12, 0)
     assert sorted(env.sent(1)) == sorted(e for e, _ in rows)
     assert env.state("snapshot.txt") == snapshot  # and it leaves the service's state alone
+
+
+def test_cli_sync_runs_a_destination_like_the_functions_incremental_and_full(
+        env: Env, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = profiles(12)
+    env.upload(rows)
+    for name in ("KEY_VAULT_URL", "AZURE_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("SEGMENTS_CONTAINER", env.segments.container_name)
+    monkeypatch.setenv("RUNS_CONTAINER", env.runs.container_name)
+    monkeypatch.setenv("DESTINATIONS_JSON", json.dumps({"destinations": [destination().model_dump(mode="json")]}))
+    monkeypatch.setenv("SENDGRID_BASE_URL", env.sim.base_url)
+    monkeypatch.setenv("LOCAL_DEV_SENDGRID_API_KEY", SENDGRID_TEST_KEY)
+
+    def sync(*extra: str) -> dict[str, Any]:
+        assert cli_main(["sync", NAME, *extra]) == 0
+        out: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return out
+
+    first = sync()
+    assert (first["exported"], first["unchanged_skipped"]) == (12, 0)
+    again = sync()  # the same run state as the functions: nothing changed, nothing sent
+    assert (again["exported"], again["unchanged_skipped"], len(env.sim.upsert_batches)) == (0, 12, 1)
+    full = sync("--full")
+    assert (full["exported"], full["unchanged_skipped"]) == (12, 0)
+    assert sorted(env.sent(1)) == sorted(e for e, _ in rows)
+    assert cli_main(["sync", "nope"]) == 2 and "unknown destination" in capsys.readouterr().out
 
 
 # -- (g) one run per destination at a time --------------------------------------------------------------------
