@@ -26,7 +26,7 @@ from shared.errors import ConfigurationError, ExportError
 from shared.run_report import RunReport, utc_now
 from shared.run_store import RunStore
 from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import SendGridClient
+from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.settings import AppSettings, setting
 from shared.sources import BlobContainerSource
 from shared.storage import blob_service_from_settings
@@ -295,11 +295,13 @@ class ExportService:
 
     def fail_queued(self, run_id: str, error: str) -> None:
         """A queued run that cannot start: its status URL must say why instead of `queued` for ever."""
-        report = self.runs.load_report(run_id)
-        if report is None or report.get("status") != "queued":
-            return
-        report.update(status="failed", error=error, finished_at=utc_now())
-        self.runs.save_report(run_id, report)
+        def fail(report: dict[str, Any]) -> bool:
+            if report.get("status") != "queued":
+                return False  # the run started or finished meanwhile: its own report is the truth
+            report.update(status="failed", error=error, finished_at=utc_now())
+            return True
+
+        self.runs.update_report(run_id, fail)
 
     def finish_pending_runs(self) -> list[dict[str, Any]]:
         """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
@@ -314,29 +316,40 @@ class ExportService:
             if report is None or destination is None:
                 self.runs.clear_pending(run_id)
                 continue
+            open_jobs = [b["job_id"] for b in report.get("batches", [])
+                         if b.get("status") in ("pending", "accepted") and b.get("job_id")]
             try:
                 with self.client_for(destination) as client:
-                    for batch in report.get("batches", []):
-                        if batch.get("status") in ("pending", "accepted") and batch.get("job_id"):
-                            job = client.get_import(batch["job_id"])
-                            if job.is_final:
-                                batch.update(status=job.status, created_count=job.created_count,
-                                             updated_count=job.updated_count, errored_count=job.errored_count)
-                                report["pending"] -= batch["contacts"]
-                                if job.status == "completed":
-                                    report["exported"] += batch["contacts"]
-                                else:
-                                    report["in_failed_jobs"] += batch["contacts"]
+                    final = {job_id: job for job_id in open_jobs if (job := client.get_import(job_id)).is_final}
             except ExportError as exc:
                 # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
                 log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
                             run_id, exc)
                 continue
-            if report["pending"] <= 0:
-                report["status"] = "succeeded" if not report["in_failed_jobs"] else "partial"
-                report.setdefault("notes", []).append("pending import jobs finished after the run ended")
+
+            def settle(data: dict[str, Any], final: dict[str, ImportJob] = final) -> bool:
+                for batch in data.get("batches", []):
+                    job = final.get(batch.get("job_id") or "")
+                    if job is None or batch.get("status") not in ("pending", "accepted"):
+                        continue
+                    batch.update(status=job.status, created_count=job.created_count,
+                                 updated_count=job.updated_count, errored_count=job.errored_count)
+                    data["pending"] -= batch["contacts"]
+                    if job.status == "completed":
+                        data["exported"] += batch["contacts"]
+                    else:
+                        data["in_failed_jobs"] += batch["contacts"]
+                if data["pending"] <= 0:
+                    data["status"] = "succeeded" if not data["in_failed_jobs"] else "partial"
+                    data.setdefault("notes", []).append("pending import jobs finished after the run ended")
+                return True
+
+            settled = self.runs.update_report(run_id, settle)
+            if settled is None:
+                continue
+            if settled["pending"] <= 0:
                 self.runs.clear_pending(run_id)
-            self.runs.save_report(run_id, report)
+            report = settled
             updated.append(report)
         return updated
 

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +62,28 @@ class RunStore:
         self._ensure_container()
         self._container.upload_blob(self.report_path(run_id), json.dumps(report, indent=2).encode(),
                                     overwrite=True, content_settings=_JSON)
+
+    def update_report(self, run_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """Read-modify-write a report under its ETag: `change` edits it in place and says whether to save.
+
+        The timer and a queue worker may touch the same report (a run finishing while its queued message is
+        failed, pending jobs settled while a re-run writes): If-Match makes the later writer read again
+        instead of overwriting a newer report. None when the report does not exist or `change` declined.
+        """
+        for _ in range(5):
+            data, etag = self._read(self.report_path(run_id))
+            if data is None or not change(data):
+                return None
+            try:
+                self._container.upload_blob(self.report_path(run_id), json.dumps(data, indent=2).encode(),
+                                            overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified,
+                                            content_settings=_JSON)
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    continue  # someone wrote it since we read it: apply the change to their version
+                raise
+            return data
+        raise ResourceModifiedError(f"report {run_id} kept changing while it was being updated")
 
     def load_report(self, run_id: str) -> dict[str, Any] | None:
         try:

@@ -135,3 +135,24 @@ def test_checkpoint_resumes_only_the_same_plan(container: ContainerClient) -> No
     after = SyncState(container, "vip", config_digest="c")
     after.load(source_id="file\netag1", full=False)
     assert after.resume == {}
+
+
+def test_report_updates_never_overwrite_a_newer_report(container: ContainerClient) -> None:
+    store = RunStore(container)
+    store.save_report("run-1", {"status": "queued", "notes": []})
+    calls = 0
+
+    def fail_if_queued(report: dict[str, object]) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the run finishes between our read and our write
+            store.save_report("run-1", {"status": "succeeded", "notes": []})
+        if report["status"] != "queued":
+            return False
+        report["status"] = "failed"
+        return True
+
+    assert store.update_report("run-1", fail_if_queued) is None
+    assert calls == 2  # the conditional write failed (412), the change was re-applied to the new version
+    assert store.load_report("run-1") == {"status": "succeeded", "notes": []}
+    assert store.update_report("missing", fail_if_queued) is None
