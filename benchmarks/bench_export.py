@@ -98,11 +98,24 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool) 
         sync.release()
     result.close()  # deletes the rejects file
     report = result.report
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = peak_rss_kb()
     print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024, "requests": report.requests_sent,
                       "contact_requests": contact_requests, "exported": report.exported,
                       "unchanged": report.unchanged_skipped, "status": report.status,
                       "balanced": report.balanced, "rows": report.rows_read}))
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS. Linux keeps ru_maxrss across fork+exec, so a child would report its parent's
+    peak (the parent holds the simulator's contacts); VmHWM belongs to this address space only."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_child(path: Path, base_url: str, connection_string: str | None = None, state: bool = False) -> dict[str, float]:
