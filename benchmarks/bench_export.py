@@ -2,7 +2,9 @@
 
 Prints, per size: wall time, rows/s, peak RSS of the exporting process, requests sent, and the ratio to a
 floor measured in the same run (bare `csv.reader` over the file + `json.dumps` of the bodies, no validation,
-no HTTP). Also the time of an unchanged 100,000-row refresh (incremental sync: 0 contacts sent).
+no HTTP). Also the time of an unchanged 100,000-row refresh (incremental sync: 0 contacts sent), and the
+100,000-row export against a slow, rate-limited API (200 ms per answer, 3 PUTs/s), alone and as five
+destinations at once (`--no-load` skips that part).
 
     .venv/bin/python -m benchmarks.bench_export [--sizes 100000 1000000]
 
@@ -23,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST_ID = "0f5e2a55-6a43-4bd5-9a55-1c2a7e3d9b10"
@@ -65,7 +69,7 @@ def floor(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def child(path: str, base_url: str, connection_string: str | None, state: bool) -> None:
+def child(path: str, base_url: str, connection_string: str | None, state: bool, list_id: str = LIST_ID) -> None:
     """One export in this process; prints a JSON line of figures."""
     sys.path.insert(0, str(ROOT))
     from shared.destinations import Destination
@@ -73,7 +77,7 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool) 
     from shared.sendgrid_client import SendGridClient
     from shared.sources import LocalDirSource
 
-    destination = Destination.model_validate(DESTINATION)
+    destination = Destination.model_validate({**DESTINATION, "list_id": list_id})
     file = Path(path)
     sync = None
     if state and connection_string:
@@ -118,8 +122,10 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_child(path: Path, base_url: str, connection_string: str | None = None, state: bool = False) -> dict[str, float]:
-    args = [sys.executable, "-m", "benchmarks.bench_export", "--child", str(path), "--base-url", base_url]
+def run_child(path: Path, base_url: str, connection_string: str | None = None, state: bool = False,
+              list_id: str = LIST_ID) -> dict[str, Any]:
+    args = [sys.executable, "-m", "benchmarks.bench_export", "--child", str(path), "--base-url", base_url,
+            "--list-id", list_id]
     if state and connection_string:
         args += ["--state", connection_string]
     out = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True)
@@ -132,9 +138,11 @@ def main() -> int:
     parser.add_argument("--child")
     parser.add_argument("--base-url")
     parser.add_argument("--state")
+    parser.add_argument("--list-id", default=LIST_ID)
+    parser.add_argument("--no-load", action="store_true", help="skip the run against a slow, rate-limited API")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.base_url, args.state, bool(args.state))
+        child(args.child, args.base_url, args.state, bool(args.state), args.list_id)
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -172,10 +180,44 @@ def main() -> int:
             print(f"unchanged {size:,}-row refresh: wall {second['wall']:.2f} s, CPU {second['cpu']:.2f} s, "
                   f"{second['contact_requests']:.0f} requests carrying contacts, unchanged {second['unchanged']:.0f} "
                   f"(first export with snapshot: {first['wall']:.2f} s)")
+            if not args.no_load:
+                load(Path(tmp) / "segment_100000.csv")
         finally:
             simulator.stop()
             azurite.stop()
     return 0
+
+
+LOAD_LATENCY = 0.2  # seconds added to every answer, as across the Atlantic
+LOAD_RATE_LIMIT = {"limit": 20, "window": 1.0, "per_endpoint": {"PUT /v3/marketing/contacts": 3}}
+
+
+def load(path: Path) -> None:
+    """The same 100,000-row export against a slow, rate-limited API: alone, then five destinations at once
+    (five processes, five lists), as tests/test_load.py checks for correctness."""
+    from sendgrid_simulator import Simulator
+
+    lists = [f"0f5e2a55-6a43-4bd5-9a55-1c2a7e3d9b1{i}" for i in range(5)]
+    slow = Simulator(api_keys={KEY: None}, validate_openapi=False, latency=LOAD_LATENCY,
+                     rate_limit=LOAD_RATE_LIMIT, job_delay=0.2)
+    slow.start()
+    try:
+        for number, list_id in enumerate(lists):
+            slow.create_list(f"load-{number}", list_id=list_id)
+        alone = run_child(path, slow.base_url, list_id=lists[0])
+        print(f"load, 1 destination: 100,000 rows in {alone['wall']:.2f} s wall ({alone['cpu']:.2f} s our CPU), "
+              f"{alone['requests']:.0f} requests, {LOAD_LATENCY * 1000:.0f} ms latency, PUT limit 3/s, "
+              f"status {alone['status']}")
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(lists)) as pool:
+            runs = list(pool.map(lambda list_id: run_child(path, slow.base_url, list_id=list_id), lists))
+        wall = time.perf_counter() - start
+        members = [len(slow.list_contacts(list_id)) for list_id in lists]
+        print(f"load, 5 destinations at once: 500,000 rows in {wall:.2f} s wall, "
+              f"{sum(r['requests'] for r in runs):.0f} requests, statuses {sorted({str(r['status']) for r in runs})}, "
+              f"list sizes {members}")
+    finally:
+        slow.stop()
 
 
 if __name__ == "__main__":
