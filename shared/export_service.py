@@ -340,7 +340,9 @@ class ExportService:
                     else:
                         data["in_failed_jobs"] += batch["contacts"]
                 if data["pending"] <= 0:
-                    data["status"] = "succeeded" if not data["in_failed_jobs"] else "partial"
+                    # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
+                    if data.get("status") == "partial":
+                        data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
                     data.setdefault("notes", []).append("pending import jobs finished after the run ended")
                 return True
 

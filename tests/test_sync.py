@@ -688,3 +688,36 @@ def test_a_changed_list_sends_everything_to_the_new_list_and_removes_nothing(env
     assert env.members(OTHER_LIST_ID) == dict(rows[:3])
     assert env.members() == dict(rows) and env.count(SEARCH) == 0
     assert set(env.snapshot()) == {e for e, _ in rows[:3]}
+
+
+def test_timer_settles_pending_jobs_of_a_failed_run_without_calling_it_succeeded(env: Env) -> None:
+    """A run that stopped (later batches not sent) while an earlier job was still pending: when the timer
+    finds that job completed, the run's contacts in it count as exported, but the run stays failed."""
+    blob = env.upload(profiles(8))
+    env.sim.job_delay = 1.0  # batch 1's import job outlives the run's poll timeout
+    service = env.service(max_contacts_per_request=4, poll_timeout=0.05)
+    make_client = service.client_for
+
+    def client_for(dest: Destination) -> SendGridClient:
+        client = make_client(dest)
+        upsert = client.upsert_contacts
+
+        def first_then_outage(body: bytes) -> Any:
+            answer = upsert(body)
+            env.sim.inject("status", method="PUT", status=500, count=100)  # batch 2 never gets through
+            return answer
+
+        client.upsert_contacts = first_then_outage  # type: ignore[method-assign]
+        return client
+
+    service.client_for = client_for  # type: ignore[method-assign]
+    report = service.export(destination(), blob, run_id="r-fp")
+    assert (report.status, report.pending, report.not_sent) == ("failed", 4, 4)
+    env.sim.faults.clear()
+    assert env.sim.wait_for_jobs(10)
+    settled = env.service().finish_pending_runs()
+    assert [r["run_id"] for r in settled] == ["r-fp"]
+    stored = env.service().report("r-fp")
+    assert stored is not None
+    assert (stored["status"], stored["exported"], stored["pending"], stored["not_sent"]) == ("failed", 4, 0, 4)
+    assert stored["balanced"]
