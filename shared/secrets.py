@@ -61,6 +61,22 @@ def _running_in_azure() -> bool:
     return bool(os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("WEBSITE_INSTANCE_ID"))
 
 
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what a bearer token can hold
+
+
+def usable_api_key(value: str, where: str) -> str:
+    """The key without surrounding whitespace (`az keyvault secret set --file` keeps a trailing newline).
+
+    A key with a control or non-ASCII character inside cannot go into an HTTP header, and httpx's error for it
+    quotes the whole header: refuse it here with a message that never contains the value.
+    """
+    key = value.strip()
+    if not _HEADER_SAFE.fullmatch(key):
+        raise SecretUnavailable(f"{where} is not a usable SendGrid API key: it contains spaces, control or "
+                                "non-ASCII characters; store the key alone, as SendGrid showed it")
+    return key
+
+
 def _reject_unresolved_reference(name: str, value: str | None) -> None:
     if value is not None and value.strip().startswith(UNRESOLVED_REFERENCE_PREFIX):
         raise ConfigurationError(
@@ -278,7 +294,7 @@ class ApiKeyProvider:
                     "(set it to https://<vault-name>.vault.azure.net/; for local development only, "
                     "LOCAL_DEV_SENDGRID_API_KEY)"
                 )
-            return self._dev_fallback
+            return usable_api_key(self._dev_fallback, "LOCAL_DEV_SENDGRID_API_KEY")
 
         try:
             secret = self._secret_client().get_secret(secret_name)
@@ -291,7 +307,7 @@ class ApiKeyProvider:
             )
         version = secret.properties.version or "?"
         log.info("read secret %r (version %s) from Key Vault %s", secret_name, version, self._vault_url)
-        return secret.value
+        return usable_api_key(secret.value, f"secret {secret_name!r} in Key Vault {self._vault_url}")
 
     def _explain(self, secret_name: str, exc: Exception) -> SecretUnavailable:
         """Turn an SDK failure into a message that says what to fix; built from fixed text, never the SDK's."""

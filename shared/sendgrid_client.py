@@ -262,6 +262,9 @@ class SendGridClient:
                     self.stats.unconfirmed_resends += 1
                 self._backoff(attempt, endpoint, type(exc).__name__)
                 continue
+            except httpx.HTTPError as exc:  # e.g. LocalProtocolError, whose message quotes the request headers
+                raise SendGridError(f"{endpoint}: the request could not be made ({type(exc).__name__})",
+                                    hint="check the SendGrid base URL and the API key's format") from None
             self._note_rate_headers(response)
             status = response.status_code
             if status < 300:

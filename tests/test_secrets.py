@@ -256,6 +256,21 @@ def test_empty_secret_is_rejected(keyvault: KeyVaultStandIn) -> None:
         provider_for(keyvault).get(SECRET)
 
 
+def test_key_stored_with_a_trailing_newline_is_used_without_it(keyvault: KeyVaultStandIn) -> None:
+    keyvault.set_secret(SECRET, f"{API_KEY}\n")  # what `az keyvault secret set --file key.txt` stores
+    assert provider_for(keyvault).get(SECRET) == API_KEY
+
+
+@pytest.mark.parametrize("value", [f"{API_KEY[:8]} {API_KEY[8:]}", f"{API_KEY}\r\nX-Injected: 1",
+                                   f"{API_KEY}é"])
+def test_key_that_cannot_go_into_a_header_is_refused_without_its_value(keyvault: KeyVaultStandIn,
+                                                                        value: str) -> None:
+    keyvault.set_secret(SECRET, value)
+    with pytest.raises(SecretUnavailable, match="not a usable SendGrid API key") as caught:
+        provider_for(keyvault).get(SECRET)
+    assert_no_leak(str(caught.value), value, API_KEY[8:])
+
+
 def test_invalid_secret_name_is_a_configuration_error(keyvault: KeyVaultStandIn) -> None:
     with pytest.raises(ConfigurationError, match="api_key_secret"):
         provider_for(keyvault).get("../keys/other")

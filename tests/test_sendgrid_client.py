@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -214,6 +215,17 @@ def test_400_keeps_sendgrid_s_fields_and_leaves_addresses_out_of_the_message(sim
     assert "does not exist" in str(exc)  # SendGrid's reason is kept
     assert statuses(sim) == [400]  # a 400 is not retried
     assert sim.contact("ok@example.com") is None  # the whole request was refused
+
+
+def test_key_that_cannot_go_into_a_header_fails_without_quoting_it(sim: Simulator) -> None:
+    # httpx refuses the header with a message that quotes it whole; the client must not pass that on.
+    key = f"{SENDGRID_TEST_KEY}\n"
+    with SendGridClient(key, base_url=sim.base_url) as api, pytest.raises(SendGridError) as caught:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    text = "".join(traceback.format_exception(caught.value))
+    assert "LocalProtocolError" in str(caught.value)
+    assert SENDGRID_TEST_KEY not in text
+    assert statuses(sim) == []
 
 
 # -- 429 -------------------------------------------------------------------------------------------
