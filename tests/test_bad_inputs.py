@@ -45,7 +45,7 @@ FILE_ERRORS: dict[str, tuple[str, int | None]] = {
     "blank_lines_only.csv": ("file is empty", None),
     "wrong_delimiter.csv": ("seems to use ';' as delimiter", None),
     "unterminated_quote.csv": ("unterminated quoted value", 2),
-    "duplicate_header.csv": ("duplicate column name 'Email'", None),
+    "duplicate_header.csv": ("duplicate column name in the header: columns", None),
     "png_renamed.csv": ("PNG image", None),
     "encrypted.csv.gpg": ("encrypted file", None),
     "binary_pgp_renamed.csv": ("encrypted (OpenPGP)", None),

@@ -76,6 +76,16 @@ def test_file_format_settings_are_honoured(tmp_path: Path) -> None:
     assert records == [Record(PART1, 1, {"CustomerId": "c1", "PrimaryEmail": "a@example.com", "FirstName": '"Ann"'})]
 
 
+def test_declared_header_row_that_holds_data_is_refused_without_its_values(tmp_path: Path) -> None:
+    settings = {"$type": "CsvFormatSettings", "columnHeaders": True}
+    source = write(tmp_path, {"ci/dest/model.json": model(entity("Vip", two_partitions(settings))),
+                              PART1: "c1,zeb.quix@canary.example,Zebulon\nc2,b@example.com,Bob\n", PART2: ""})
+    with pytest.raises(SegmentFileError, match=r"missing: \['CustomerId', 'PrimaryEmail', 'FirstName'\]; 3 column"
+                                               r"\(s\) not in model.json, at position\(s\) \[1, 2, 3\]") as caught:
+        read(source)
+    assert "Zebulon" not in str(caught.value) and "zeb.quix" not in str(caught.value)
+
+
 def test_column_headers_false_keeps_a_header_looking_row_as_data(tmp_path: Path) -> None:
     source = write(tmp_path, {"ci/dest/model.json": model(entity("Vip", two_partitions({"columnHeaders": False}))),
                               PART1: "CustomerId,PrimaryEmail,FirstName\n", PART2: ""})

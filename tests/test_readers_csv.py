@@ -111,9 +111,13 @@ def test_unterminated_quote_names_the_row_it_opened_in(tmp_path: Path) -> None:
     assert "line 4" in caught.value.reason
 
 
-def test_duplicate_header_names_the_column(tmp_path: Path) -> None:
-    with pytest.raises(SegmentFileError, match="duplicate column name 'Email'"):
+def test_duplicate_header_names_the_positions_not_the_values(tmp_path: Path) -> None:
+    with pytest.raises(SegmentFileError, match="columns 1 and 3 have the same name"):
         read(tmp_path, "s.csv", "Email,Name,Email\n")
+    # A file without its header row: the "header" is a profile, which must not reach an error message.
+    with pytest.raises(SegmentFileError, match="columns 2 and 3 have the same name") as caught:
+        read(tmp_path, "t.csv", "zeb.quix@canary.example,Zebulon,Zebulon\nother@x.example,A,B\n")
+    assert "Zebulon" not in str(caught.value) and "zeb.quix" not in str(caught.value)
 
 
 @pytest.mark.parametrize("delimiter", [";", "|", "\t", ":"])

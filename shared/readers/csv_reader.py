@@ -173,8 +173,9 @@ class CsvSegmentReader(SegmentReader):
         seen: dict[str, int] = {}
         for position, column in enumerate(header, start=1):
             if column in seen:
-                raise SegmentFileError(where, f"duplicate column name {column!r} in the header "
-                                              f"(columns {seen[column]} and {position})")
+                # Positions, not the name: without its header row, a file's first row is a profile.
+                raise SegmentFileError(where, f"duplicate column name in the header: columns {seen[column]} and "
+                                              f"{position} have the same name (is the header row missing?)")
             seen[column] = position
         if len(header) == 1 and not self._layout.delimiter_was_chosen:
             for other in ALLOWED_DELIMITERS:
@@ -189,10 +190,12 @@ class CsvSegmentReader(SegmentReader):
         if known is None or tuple(header) == known:
             return
         if sorted(header) != sorted(known):
-            extra = [c for c in header if c not in known][:5]
+            # Only model.json's names are shown: a header row that is really data holds a profile.
+            extra = [position for position, c in enumerate(header, start=1) if c not in known]
             missing = [c for c in known if c not in header][:5]
             raise SegmentFileError(self._description, "the header row does not match the model.json attributes "
-                                                      f"(not in model.json: {extra}; missing: {missing})")
+                                                      f"(missing: {missing}; {len(extra)} column(s) not in "
+                                                      f"model.json, at position(s) {extra[:5]})")
 
     # -- rows -----------------------------------------------------------------------------------------
 
