@@ -20,6 +20,9 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import AzureError
 
 from shared.destinations import DestinationsDocument, load_destinations
 from shared.engine import ExportOptions, export_segment
@@ -71,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if destination is None:
             names = ", ".join(d.name for d in destinations.destinations)
             raise ExportError(f"unknown destination {args.destination!r} (configured: {names})")
-        if not destination.has_consent and not args.dry_run:
-            raise ExportError(f"destination {destination.name} has no recorded consent; record it before exporting")
+        if not destination.has_consent and not args.dry_run:  # "refused", as the functions and `sync` say
+            return _print_result({"status": "refused", "error": f"destination {destination.name} has no recorded "
+                                  "consent: record who agreed to the data-privacy terms in its 'consent' before "
+                                  "exporting"}, args.report, 2)
         source, name = source_for(args.segment)
         client = None
         if not args.dry_run or destination.field_mapping.custom_fields:
@@ -88,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if client is not None:
                 client.close()
     except ExportError as exc:
-        text = json.dumps({"status": "failed", "error": str(exc)}, indent=2)
-        if args.report:
-            Path(args.report).write_text(text, encoding="utf-8")
-        print(text)
-        return 2
+        return _print_result({"status": "failed", "error": str(exc)}, args.report, 2)
     try:
         report = result.report.to_dict()
         if args.rejects:
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         result.close()
     if args.dry_run:
         report["preview"] = [json.loads(c) for c in result.preview]
-    text = json.dumps(report, indent=2)
-    if args.report:
-        Path(args.report).write_text(text, encoding="utf-8")
-    print(text)
-    return 0 if result.report.status in ("succeeded", "dry_run") else 1
+    return _print_result(report, args.report, 0 if result.report.status in ("succeeded", "dry_run") else 1)
 
 
 def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -> int:
@@ -125,18 +122,21 @@ def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -
         blob_name = blob or service.latest_segment(destination)
         if blob_name is None:
             raise ExportError(f"no segment file under {destination.segments} in the segments container")
-        report = service.export(destination, blob_name, run_id=new_run_id(destination.name), full=full)
-    except ExportError as exc:
-        text = json.dumps({"status": "failed", "error": str(exc)}, indent=2)
-        if report_path:
-            Path(report_path).write_text(text, encoding="utf-8")
-        print(text)
-        return 2
-    text = json.dumps(service.report(report.run_id) or report.to_dict(), indent=2)
+        report = service.export(destination, blob_name, run_id=new_run_id(destination.name), full=full,
+                                lock_wait=service.trigger_lock_wait)
+    except (ExportError, AzureError) as exc:
+        error = str(exc) if isinstance(exc, ExportError) else f"storage unavailable ({type(exc).__name__})"
+        return _print_result({"status": "failed", "error": error}, report_path, 2)
+    return _print_result(service.report(report.run_id) or report.to_dict(), report_path,
+                         0 if report.status == "succeeded" else 1)
+
+
+def _print_result(data: dict[str, Any], report_path: str | None, code: int) -> int:
+    text = json.dumps(data, indent=2)
     if report_path:
         Path(report_path).write_text(text, encoding="utf-8")
     print(text)
-    return 0 if report.status == "succeeded" else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class Destination(_Strict):
     name: Annotated[str, Field(description="Stable ID used in blob paths, URLs and run state")]
     display_name: str = ""
     list_id: UUID
-    api_key_secret: str = Field(min_length=1, description="Key Vault secret NAME holding the API key")
+    api_key_secret: str = Field(pattern=r"^[0-9A-Za-z-]{1,127}$",  # Key Vault's rule for secret names
+                                description="Key Vault secret NAME holding the API key")
     segments: list[str] = Field(min_length=1, description="Blob path prefixes inside the segments container")
     field_mapping: FieldMapping
     mode: Literal["upsert", "mirror"] = "upsert"

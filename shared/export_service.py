@@ -127,6 +127,10 @@ class ExportService:
     def latest_segment(self, destination: Destination) -> str | None:
         """The newest model.json under the destination's prefixes, else the newest data file."""
         newest: dict[bool, tuple[datetime, str]] = {}
+        if not self.segments.exists():
+            log.warning("the segments container %s does not exist: no segment file to export",
+                        self.segments.container_name)
+            return None
         for prefix in destination.segments:
             for blob in self.segments.list_blobs(name_starts_with=prefix):
                 if not is_segment_entry(blob.name):

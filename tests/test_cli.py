@@ -152,8 +152,8 @@ def test_without_consent_nothing_is_read_or_sent(sim: Simulator, tmp_path: Path,
     config = tmp_path / "destinations.json"
     config.write_text(json.dumps(document), encoding="utf-8")
     code, printed, _ = run(capsys, str(SAMPLE), "--config", str(config), "--destination", "vip-customers")
-    assert code == 2
-    assert "no recorded consent" in printed["error"] and "record it" in printed["error"]
+    assert (code, printed["status"]) == (2, "refused")  # the same status the functions and `sync` give
+    assert "no recorded consent" in printed["error"] and "record who agreed" in printed["error"]
     assert sim.request_log == []
 
 

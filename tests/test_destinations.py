@@ -36,6 +36,8 @@ def test_minimal_destination_gets_the_seed_defaults() -> None:
     ({"name": "Has Spaces"}, "destinations.0.name"),
     ({"max_profiles": 0}, "destinations.0.max_profiles"),
     ({"consent": {"agreed_by": ""}}, "destinations.0.consent"),
+    ({"api_key_secret": "bad name!"}, "destinations.0.api_key_secret"),
+    ({"api_key_secret": ""}, "destinations.0.api_key_secret"),
 ])
 def test_errors_name_the_bad_field(overrides: dict[str, object], path: str) -> None:
     with pytest.raises(ConfigurationError) as error:

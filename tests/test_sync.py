@@ -544,6 +544,8 @@ def test_cli_sync_runs_a_destination_like_the_functions_incremental_and_full(
     assert (full["exported"], full["unchanged_skipped"]) == (12, 0)
     assert sorted(env.sent(1)) == sorted(e for e, _ in rows)
     assert cli_main(["sync", "nope"]) == 2 and "unknown destination" in capsys.readouterr().out
+    monkeypatch.setenv("SEGMENTS_CONTAINER", f"missing-{uuid.uuid4().hex[:8]}")  # e.g. a typo in the setting
+    assert cli_main(["sync", NAME]) == 2 and "no segment file" in capsys.readouterr().out
 
 
 # -- (g) one run per destination at a time --------------------------------------------------------------------
