@@ -12,7 +12,7 @@ import itertools
 import logging
 import re
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from azure.core.exceptions import AzureError
@@ -40,7 +40,7 @@ from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedFiel
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.sources import ByteSource
 from shared.spool import Spool, email_key
-from shared.sync_state import LockLost, Snapshot, SyncState
+from shared.sync_state import LockLost, SetAside, Snapshot, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,13 @@ def _read_into_spool(
     with open_segment(source, name, reader_options(destination)) as reader:
         missing = missing_columns(destination, reader.columns)
         if missing:
-            found = f"columns found: {', '.join(reader.columns or []) or 'none'}"
-            if any("@" in column for column in reader.columns or []):
-                # A file without a header row: its "columns" are a profile, which must not reach a report or log.
-                found = (f"the first row holds an email address, so it is data, not column names "
-                         f"({len(reader.columns or [])} values): is the header row missing?")
+            columns = reader.columns or []
+            found = f"columns found: {', '.join(columns) or 'none'}"
+            if len(missing) == len(set(destination.field_mapping.columns())) or any("@" in c for c in columns):
+                # Likely a file without its header row: its "columns" are a profile, which must not reach a
+                # report or log. A real header has at least one mapped column and no addresses.
+                found = (f"the first row has none of the mapped columns or holds an email address, so it may be "
+                         f"data, not column names ({len(columns)} values): is the header row missing?")
             raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
         email_column = destination.field_mapping.email
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
@@ -252,20 +254,21 @@ def _send(
     accepted: list[tuple[BatchResult, array[int]]] = []
     failure: ExportError | None = None
     resume = sync.resume if sync is not None else {}
+    resume_set_aside = sync.resume_set_aside if sync is not None else {}
     for batch in batches(outgoing(), [destination.list_id_str],
                          max_contacts=options.max_contacts_per_request, max_bytes=options.max_body_bytes):
         if batch.number in resume:
-            outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size(), job_id=resume[batch.number],
-                                  status="accepted", resumed=True)
+            outcome, indices = _resumed(batch, resume[batch.number], resume_set_aside.get(batch.number, ()), spool,
+                                        result)
             report.batches.append(outcome)
-            accepted.append((outcome, array("L", batch.indices)))
+            accepted.append((outcome, indices))
             continue
         if failure is not None:
             report.not_sent += len(batch.contacts)
             report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
             continue
         resends = client.stats.unconfirmed_resends
-        outcome, sent = _send_batch(batch, spool, client, result, field_names)
+        outcome, sent, set_aside = _send_batch(batch, spool, client, result, field_names)
         outcome.resent = client.stats.unconfirmed_resends - resends
         if outcome.resent:
             report.notes.append(f"batch {batch.number}: SendGrid's answer was lost and the batch was sent again "
@@ -280,6 +283,7 @@ def _send(
         del sent, batch
         if sync is not None and outcome.job_id:
             try:
+                sync.set_aside(outcome.number, set_aside)
                 sync.batch_accepted(outcome.number, outcome.job_id)
             except LockLost as exc:  # another run owns the destination now: it must not be interleaved with
                 failure = ExportError(f"{exc}; batch {outcome.number} was accepted by SendGrid, sending stopped")
@@ -298,14 +302,18 @@ def _send(
     _apply_job_results(accepted, jobs, spool, report, outcome_of)
 
     removed_ok: set[int] = set()
+    lock_lost = False
     if failure is None and removals and sync is not None:
-        removed_ok = _remove_from_list(destination, sync, removals, client, report)
+        try:
+            removed_ok = _remove_from_list(destination, sync, removals, client, report)
+        except LockLost:  # the list is the new owner's now: it decides who leaves it
+            lock_lost = True
 
     report.requests_sent = client.stats.requests
     if failure is not None:
         report.finish("failed", f"{failure}; re-run to resume after the last accepted batch")
         return
-    if sync is not None:
+    if sync is not None and not lock_lost:
         mirror = destination.mode == "mirror"
         try:
             sync.write_snapshot(
@@ -313,9 +321,14 @@ def _send(
                 email_of=spool.email_at, confirmed=lambda i: outcome_of[i] == _Outcome.CONFIRMED,
                 keep_absent=lambda position: not (mirror and position in removed_ok))
             sync.clear_checkpoint()
+        except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now
+            lock_lost = True
         except AzureError as exc:  # the contacts are exported; only the bookkeeping for the next run is lost
             report.notes.append(f"run state storage unavailable ({type(exc).__name__}): the sync snapshot was not "
                                 "saved, so the next refresh may send this run's contacts again")
+    if lock_lost:
+        report.finish("failed", _taken_over(destination, len(removals), report.removed_from_list))
+        return
     if report.in_failed_jobs or report.pending:
         report.finish("partial", "some import jobs did not complete; their contacts are sent again next refresh")
     else:
@@ -333,13 +346,33 @@ def _left_the_segment(spool: Spool, snapshot: Snapshot, rejected_keys: array[int
     return gone
 
 
+def _taken_over(destination: Destination, leavers: int, removed: int) -> str:
+    """The error of a run whose destination lock another run took after this run's last accepted batch."""
+    if destination.mode != "mirror" or not leavers:
+        removals = ""
+    elif removed:
+        removals = f"{removed} contact(s) that left the segment were removed from the list, but "
+    else:
+        removals = f"none of the {leavers} contact(s) that left the segment was removed from the list and "
+    return (f"another run took over destination {destination.name} (this run's lock expired and was taken or "
+            f"broken) after this run's batches were sent; {removals}the sync snapshot was not saved (the run "
+            "holding the destination now keeps its state; the next refresh may send this run's contacts again)")
+
+
 def _remove_from_list(destination: Destination, sync: SyncState, positions: set[int], client: SendGridClient,
                       report: RunReport) -> set[int]:
-    """Mirror mode: take contacts that left the segment off the list (they stay in the account)."""
+    """Mirror mode: take contacts that left the segment off the list (they stay in the account).
+
+    Raises LockLost (removing nothing) if another run holds the destination: its segment file may be newer.
+    """
     try:  # a failure here must not lose the report of the contacts already exported
+        sync.ensure_lock()
         emails = sync.snapshot_emails(positions)
         ids = client.search_emails(sorted(emails.values()))
+        sync.ensure_lock()  # again: the lookup takes a while on a big list
         client.remove_from_list(destination.list_id_str, ids.values())
+    except LockLost:
+        raise
     except (ExportError, AzureError) as exc:
         report.notes.append(f"removing {len(positions)} contacts that left the segment failed (the next refresh "
                             f"tries again): {exc}")
@@ -352,33 +385,55 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
 
 def _send_batch(
     batch: Batch, spool: Spool, client: SendGridClient, result: ExportResult, field_names: dict[str, str],
-) -> tuple[BatchResult, Batch | ExportError]:
-    """Send one batch; contacts SendGrid names in a 400 are set aside (rejected) and the rest resent."""
+) -> tuple[BatchResult, Batch | ExportError, list[SetAside]]:
+    """Send one batch; contacts SendGrid names in a 400 are set aside (rejected, and returned for the
+    checkpoint) and the rest resent."""
     outcome = BatchResult(batch.number, len(batch.contacts), batch.body_size())
+    set_aside: list[SetAside] = []
     current = batch
     for _ in range(MAX_SET_ASIDE_ROUNDS):
         if not current.contacts:
             outcome.status = "empty"
-            return _unsent(outcome, current), current
+            return _unsent(outcome, current), current, set_aside
         try:
             outcome.job_id = client.upsert_contacts(current.body())
         except InvalidRequest as exc:
             named = _named_contacts(exc, len(current.contacts), field_names)
             if not named:
-                return _unsent(outcome, current), exc
+                return _unsent(outcome, current), exc, set_aside
             for position, (field_name, message) in named.items():
-                source, row = spool.where(current.indices[position])
-                result.reject(RejectedRow(source, row, field_name, f"SendGrid: {message}"))
+                index = current.indices[position]
+                source, row = spool.where(index)
+                reason = f"SendGrid: {message}"
+                result.reject(RejectedRow(source, row, field_name, reason))
+                set_aside.append((index, field_name, reason))
             outcome.set_aside += len(named)
             current = current.without(set(named))
             continue
         except (TransientFailure, RateLimitExhausted, AuthenticationError, PermissionDenied, NotFound) as exc:
-            return _unsent(outcome, current), exc
+            return _unsent(outcome, current), exc, set_aside
         outcome.status = "accepted"
         outcome.contacts = len(current.contacts)
         outcome.body_bytes = current.body_size()
-        return outcome, current
-    return _unsent(outcome, current), InvalidRequest("SendGrid kept refusing contacts in this batch", status=400)
+        return outcome, current, set_aside
+    return (_unsent(outcome, current), InvalidRequest("SendGrid kept refusing contacts in this batch", status=400),
+            set_aside)
+
+
+def _resumed(batch: Batch, job_id: str, set_aside: Sequence[SetAside], spool: Spool,
+             result: ExportResult) -> tuple[BatchResult, array[int]]:
+    """A batch an interrupted run of this plan had accepted. Rebuilt from the spool it holds again the
+    contacts SendGrid refused then: they are rejected again, never credited to the job that lacks them."""
+    refused = {index: (field_name, reason) for index, field_name, reason in set_aside}
+    dropped = {position for position, index in enumerate(batch.indices) if index in refused}
+    for position in sorted(dropped):
+        index = batch.indices[position]
+        source, row = spool.where(index)
+        result.reject(RejectedRow(source, row, *refused[index]))
+    kept = batch.without(dropped) if dropped else batch
+    outcome = BatchResult(batch.number, len(kept.contacts), kept.body_size(), job_id=job_id, status="accepted",
+                          resumed=True, set_aside=len(dropped))
+    return outcome, array("L", kept.indices)
 
 
 def _unsent(outcome: BatchResult, current: Batch) -> BatchResult:

@@ -10,7 +10,9 @@ and who is running now.
   that left the segment. A different list (or an unknown list) discards it.
 - Checkpoint (`state/<destination>/checkpoint.json`): the batches SendGrid accepted for one plan (same
   file version, same snapshot, same mapping, full or not); a re-run of that plan skips them and polls
-  their jobs.
+  their jobs. With each batch go the contacts SendGrid refused (400) and the batch was resent without
+  (`set_aside`: spool position, field, reason): a resumed run rebuilds the batch with them, so it must drop
+  them again, or their rows would be credited to a job that never imported them.
 - Lock (`state/<destination>/lock`): a blob lease (60 s, renewed while the run lives) so two runs for one
   destination never interleave; a dead run's lease simply expires. A run that finds its lease lost
   (another run took the lock after it expired) records nothing more: `LockLost` before every checkpoint
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -43,6 +45,9 @@ SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v1"
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
+
+# A contact SendGrid refused in an accepted batch: (spool position, reported field, reason).
+SetAside = tuple[int, str, str]
 
 
 class DestinationBusy(Exception):
@@ -107,6 +112,7 @@ class SyncState:
         self.snapshot: Snapshot | None = None
         self.run_key = ""
         self.resume: dict[int, str] = {}
+        self.resume_set_aside: dict[int, list[SetAside]] = {}  # batch number -> contacts its job never had
 
     # -- lock ----------------------------------------------------------------------------------------
 
@@ -191,8 +197,13 @@ class SyncState:
         checkpoint = self._read_json(self._prefix + "checkpoint.json")
         if checkpoint and checkpoint.get("run_key") == self.run_key:
             self.resume = {int(k): str(v) for k, v in checkpoint.get("accepted", {}).items()}
+            # absent from checkpoints written before set-aside contacts were recorded
+            self.resume_set_aside = {int(k): [(int(position), str(field), str(reason))
+                                              for position, field, reason in entries]
+                                     for k, entries in checkpoint.get("set_aside", {}).items()}
         else:
             self.resume = {}
+            self.resume_set_aside = {}
 
     def _load_snapshot(self) -> Snapshot | None:
         try:
@@ -297,16 +308,27 @@ class SyncState:
 
     # -- checkpoint ----------------------------------------------------------------------------------
 
+    def set_aside(self, number: int, contacts: Sequence[SetAside]) -> None:
+        """Contacts SendGrid refused in batch `number`, which its job lacks; saved with its checkpoint."""
+        if contacts:
+            self.resume_set_aside[number] = list(contacts)
+        else:
+            self.resume_set_aside.pop(number, None)
+
     def batch_accepted(self, number: int, job_id: str) -> None:
+        """Checkpoint an accepted batch, with the contacts `set_aside` recorded for it."""
         self.ensure_lock()
         self.resume[number] = job_id
-        body = json.dumps({"run_key": self.run_key, "accepted": {str(k): v for k, v in self.resume.items()}})
+        body = json.dumps({"run_key": self.run_key, "accepted": {str(k): v for k, v in self.resume.items()},
+                           "set_aside": {str(k): [list(entry) for entry in v]
+                                         for k, v in self.resume_set_aside.items()}})
         self._container.get_blob_client(self._prefix + "checkpoint.json").upload_blob(body.encode(), overwrite=True)
 
     def clear_checkpoint(self) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             self._container.delete_blob(self._prefix + "checkpoint.json")
         self.resume = {}
+        self.resume_set_aside = {}
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
         try:

@@ -294,6 +294,17 @@ def test_missing_email_column_refuses_the_file_before_any_row() -> None:
     assert "CustomerId, FirstName" in caught.value.reason  # what the file has, to fix the mapping
 
 
+def test_a_first_row_with_none_of_the_mapped_columns_is_not_quoted(tmp_path: Path) -> None:
+    # The header row is missing and the first profile's email is malformed (no '@' to give it away).
+    (tmp_path / "no_header.csv").write_text("octavia.wrenfeather.canary-mail.example,Octavia\nb@x.example,B\n")
+    with pytest.raises(SegmentFileError) as caught:
+        export_segment(DESTINATION, LocalDirSource(tmp_path), "no_header.csv", None, run_id="run-bad",
+                       options=ExportOptions(dry_run=True))
+    assert "mapped column(s) Email, FirstName not in the file" in caught.value.reason
+    assert "is the header row missing?" in caught.value.reason
+    assert "Octavia" not in str(caught.value) and "wrenfeather" not in str(caught.value)
+
+
 def test_header_only_file_is_an_export_of_no_profiles() -> None:
     report = dry_run("header_only.csv").report
     assert (report.rows_read, report.contacts_valid, report.rejected) == (0, 0, [])
