@@ -34,7 +34,7 @@ class Spool:
         self._file: BinaryIO = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
         self.keys = array("q")  # email_key per contact
         self.fingerprints = array("q")
-        self.sources = array("H")  # index into source_names
+        self.sources = array("I")  # index into source_names (a CDM folder may have many partitions)
         self.rows = array("L")
         self._offsets = array("Q")  # where each contact's line starts in the spool file
         self._end = 0
