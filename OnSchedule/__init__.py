@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import typing
 
 import azure.functions as func
 
@@ -16,7 +17,9 @@ log = logging.getLogger("OnSchedule")
 @bp.function_name("ScheduledRefresh")
 @bp.timer_trigger(arg_name="timer", schedule="%REFRESH_SCHEDULE%", run_on_startup=False, use_monitor=True)
 @bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
-def scheduled_refresh(timer: func.TimerRequest, queued: func.Out[list[str]]) -> None:
+# typing.List, not list: the worker checks an Out[...] type with the binding converter, which knows only
+# typing's generics (azure-functions 1.x); `list[str]` would stop the app from indexing this function.
+def scheduled_refresh(timer: func.TimerRequest, queued: func.Out[typing.List[str]]) -> None:  # noqa: UP006
     """Each destination runs in RunQueuedExport: its own timeout and retries, not one long timer run."""
     if timer.past_due:
         log.warning("scheduled refresh is running late")

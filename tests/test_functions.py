@@ -329,6 +329,23 @@ def test_every_function_is_registered_with_its_trigger() -> None:
     assert queue_out["queueName"] == queue_in["queueName"]
 
 
+def test_every_output_binding_type_is_one_the_worker_accepts() -> None:
+    """The worker refuses to index a function whose Out[...] type its binding converter does not accept
+    (e.g. the built-in `list[str]`); calling the functions directly, as the other tests do, never checks."""
+    checked = []
+    for function in registered_functions():
+        user_function = function.get_user_function()
+        hints = typing.get_type_hints(user_function)
+        types = {b["name"]: b["type"] for b in json.loads(function.get_function_json())["bindings"]}
+        for name, hint in hints.items():
+            if typing.get_origin(hint) is func.Out:
+                converter = func.meta.get_binding_registry().get(types[name])
+                assert converter is not None and converter.check_output_type_annotation(typing.get_args(hint)[0]), \
+                    f"{function.get_function_name()}: {name}: {hint}"
+                checked.append(function.get_function_name())
+    assert sorted(checked) == ["ScheduledRefresh", "StartExport"]
+
+
 @pytest.mark.parametrize("name", ["StartExport", "GetExportRun"])
 def test_http_functions_require_a_function_key(name: str) -> None:
     trigger = next(b for b in bindings(name) if b["type"] == "httpTrigger")
