@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from urllib.parse import urlsplit
 
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
 from shared.errors import ExportError
 from shared.export_service import EXPORT_QUEUE, get_service, is_segment_entry, new_run_id
+from shared.readers import MODEL_JSON
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment")
@@ -67,11 +69,14 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
             return _error(400, "blob must be a path inside the segments container (no '..', URLs or other "
                                "containers)")
-        if not any(blob_name.startswith(prefix) for prefix in destination.segments):
-            return _error(400, "blob is not under this destination's segment prefixes",
-                          prefixes=destination.segments)
         if not is_segment_entry(blob_name):
             return _error(400, "blob is not a segment file (a marker, manifest or unknown file type)")
+        if destination not in service.destinations.served_by(blob_name):
+            # Also under a nested prefix of another destination: the trigger gives such a file to that one.
+            return _error(400, "blob is not this destination's segment file (not under its segment prefixes, "
+                               "or under a longer prefix of another destination)", prefixes=destination.segments)
+        if blob_name.rsplit("/", 1)[-1] != MODEL_JSON and service.is_cdm_partition(destination, blob_name):
+            return _error(400, "blob is a CDM partition: export its model.json instead")
         if not service.segments.get_blob_client(blob_name).exists():
             return _error(404, "no such blob in the segments container")
     else:
@@ -137,8 +142,13 @@ def run_queued_export(message: func.QueueMessage) -> None:
 
 
 def _status_url(req: func.HttpRequest, run_id: str) -> str:
-    base = req.url.split("/api/", 1)[0]
-    return f"{base}/api/runs/{run_id}"
+    """Scheme, host and any path before `/api/` of the request (routes are case-insensitive), never its
+    query string: that may hold the function key (`?code=`)."""
+    url = urlsplit(req.url)
+    path = url.path
+    cut = path.lower().find("/api/")
+    prefix = path[:cut] if cut >= 0 else ""
+    return f"{url.scheme}://{url.netloc}{prefix}/api/runs/{run_id}"
 
 
 def _error(status: int, message: str, **extra: object) -> func.HttpResponse:

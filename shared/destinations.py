@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigurationError
+from shared.readers.cdm_reader import MODEL_JSON
 
 # SendGrid reserved contact fields this app can fill from a column (ContactRequest in the OpenAPI file).
 RESERVED_FIELDS: frozenset[str] = frozenset({
@@ -179,6 +180,15 @@ class DestinationsDocument(_Strict):
             if destination is not owner and table is not None:
                 matches.append((destination, destination.file_format.entity or table))
         return matches
+
+    def served_by(self, blob_name: str) -> list[Destination]:
+        """The destinations a blob is exported to: the owner of a data file (longest prefix), or every
+        destination a CDM model.json serves. Every way in (trigger, HTTP, timer) asks this, so a destination
+        never exports a file a nested prefix gives to another."""
+        if blob_name.rsplit("/", 1)[-1] == MODEL_JSON:
+            return [destination for destination, _ in self.for_model_json(blob_name)]
+        owner = self.for_blob(blob_name)
+        return [owner] if owner is not None else []
 
     def for_blob(self, blob_name: str) -> Destination | None:
         """The destination whose segment prefix matches the blob; the longest prefix wins."""

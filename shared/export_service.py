@@ -23,6 +23,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from shared.destinations import Destination, DestinationsDocument, load_destinations
 from shared.engine import ExportOptions, ExportResult, export_segment
 from shared.errors import ConfigurationError, ExportError
+from shared.readers import MODEL_JSON
 from shared.run_report import RunReport, utc_now
 from shared.run_store import RunStore
 from shared.secrets import ApiKeyProvider
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson",
                  ".ndjson.gz", ".json.gz")
-MODEL_JSON = "model.json"
 EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
 _CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)
@@ -133,9 +133,11 @@ class ExportService:
             return None
         for prefix in destination.segments:
             for blob in self.segments.list_blobs(name_starts_with=prefix):
-                if not is_segment_entry(blob.name):
-                    continue
+                if not is_segment_entry(blob.name) or destination not in self.destinations.served_by(blob.name):
+                    continue  # a marker, or a file a nested prefix gives to another destination
                 is_model = blob.name.rsplit("/", 1)[-1] == MODEL_JSON
+                if not is_model and _CDM_PARTITION_PATH.search(blob.name):
+                    continue  # a Customer Insights partition is read through its model.json, never alone
                 current = newest.get(is_model)
                 if current is None or blob.last_modified > current[0]:
                     newest[is_model] = (blob.last_modified, blob.name)
@@ -158,7 +160,7 @@ class ExportService:
                     return candidate
         return None
 
-    def _is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
+    def is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
         """A data file in a CDM folder is exported through its model.json, never alone.
 
         It is one when a model.json is above it (listed or not: a refresh writes its new timestamped folder
@@ -189,14 +191,10 @@ class ExportService:
         if not is_segment_entry(blob_name):
             return [TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")]
         is_model = blob_name.rsplit("/", 1)[-1] == MODEL_JSON
-        if is_model:
-            targets = [destination for destination, _ in self.destinations.for_model_json(blob_name)]
-        else:
-            owner = self.destinations.for_blob(blob_name)
-            targets = [owner] if owner is not None else []
+        targets = self.destinations.served_by(blob_name)
         if not targets:
             return [TriggerOutcome(blob_name, skipped="no destination is configured for this path")]
-        if not is_model and self._is_cdm_partition(targets[0], blob_name):
+        if not is_model and self.is_cdm_partition(targets[0], blob_name):
             return [TriggerOutcome(blob_name, skipped="CDM partition: exported when its model.json lands")]
         if etag is None:
             etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)

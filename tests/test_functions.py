@@ -751,6 +751,58 @@ def test_http_refuses_blob_paths_outside_the_destination(env: Env, blob: str) ->
     assert env.report_names() == [] and env.sim.request_log == []
 
 
+def test_a_nested_prefix_keeps_its_files_from_the_outer_destination(env: Env) -> None:
+    """`customers/gold/` belongs to `gold`, not to `all-customers` (`customers/`): the trigger, HTTP and the
+    timer all agree, so the outer mirror destination never exports gold's file (and removes its own people)."""
+    env.set_destinations([destination("all-customers", VIP_LIST, "customers/", mode="mirror"),
+                          destination("gold", NEWS_LIST, "customers/gold/")])
+    env.install()
+    general = [person(n, "all") for n in range(1, 4)]
+    gold = [person(n, "gold") for n in range(1, 3)]
+    env.upload("customers/segment.csv", csv_bytes(general))
+    fire_blob_trigger(env.segments.container_name, "customers/segment.csv")
+    env.upload("customers/gold/segment.csv", csv_bytes(gold))  # now the newest file under customers/
+    fire_blob_trigger(env.segments.container_name, "customers/gold/segment.csv")
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(general)
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(gold)
+
+    refused = http("POST", "destinations/all-customers/exports", {"blob": "customers/gold/segment.csv"})
+    assert refused.status == 400 and "another destination" in refused.json()["error"]
+
+    queued = [json.loads(m) for m in fire_timer()]
+    assert sorted((m["destination"], m["blob"]) for m in queued) == [
+        ("all-customers", "customers/segment.csv"), ("gold", "customers/gold/segment.csv")]
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails(general)
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(gold)
+
+
+def test_http_refuses_a_cdm_partition_alone(env: Env) -> None:
+    env.install()
+    part = f"{CDM_PREFIX}VipCustomers/2026/11/01/0600/VipCustomers_1.csv"
+    env.upload(part, csv_bytes([person(1, "c")]))
+    result = http("POST", "destinations/cdm-vip/exports", {"blob": part})
+    assert result.status == 400 and "model.json" in result.json()["error"]
+    assert env.report_names() == [] and env.sim.request_log == []
+
+
+@pytest.mark.parametrize(("url", "status_url"), [
+    ("https://app.azurewebsites.net/API/destinations/vip-customers/exports?code=SECRET-FUNCTION-KEY",
+     "https://app.azurewebsites.net/api/runs/"),
+    ("https://contoso.example/sendgrid/api/destinations/vip-customers/exports",
+     "https://contoso.example/sendgrid/api/runs/"),  # behind a gateway that adds a path
+])
+def test_the_status_url_keeps_host_and_path_prefix_but_never_the_query(env: Env, url: str,
+                                                                      status_url: str) -> None:
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    request = func.HttpRequest("POST", url, body=b"", route_params={"destination": "vip-customers"})
+    response = registered("StartExport").get_user_function()(req=request, queued=CapturedOut())
+    body = json.loads(response.get_body())
+    assert body["status_url"] == status_url + body["run_id"]
+    assert response.headers["Location"] == body["status_url"]
+    assert "SECRET-FUNCTION-KEY" not in response.get_body().decode() + response.headers["Location"]
+
+
 # -- timer ------------------------------------------------------------------------------------------------
 
 def test_timer_finishes_pending_runs_and_refreshes_every_destination(
