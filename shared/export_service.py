@@ -199,8 +199,19 @@ class ExportService:
         if etag is None:
             etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
         # One receipt per destination when a model.json serves several, so each is exported exactly once.
-        return [self._export_once(destination, blob_name, etag, scope=destination.name if len(targets) > 1 else "")
-                for destination in targets]
+        outcomes: list[TriggerOutcome] = []
+        crash: Exception | None = None
+        for destination in targets:
+            try:
+                outcomes.append(self._export_once(destination, blob_name, etag,
+                                                  scope=destination.name if len(targets) > 1 else ""))
+            except Exception as exc:  # the other destinations still export; the host's retry redoes this one
+                log.error("destination %s: export of %s crashed (%s)", destination.name, blob_name,
+                          type(exc).__name__)
+                crash = crash or exc
+        if crash is not None:
+            raise crash
+        return outcomes
 
     def _export_once(self, destination: Destination, blob_name: str, etag: str, *, scope: str) -> TriggerOutcome:
         run_id = new_run_id(destination.name)
@@ -313,49 +324,56 @@ class ExportService:
         """
         updated: list[dict[str, Any]] = []
         for run_id in self.runs.pending_runs():
-            report = self.runs.load_report(run_id)
-            destination = self.destinations.get(str((report or {}).get("destination")))
-            if report is None or destination is None:
-                self.runs.clear_pending(run_id)
-                continue
-            open_jobs = [b["job_id"] for b in report.get("batches", [])
-                         if b.get("status") in ("pending", "accepted") and b.get("job_id")]
             try:
-                with self.client_for(destination) as client:
-                    final = {job_id: job for job_id in open_jobs if (job := client.get_import(job_id)).is_final}
-            except ExportError as exc:
-                # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
-                log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
-                            run_id, exc)
+                settled = self._settle_pending(run_id)
+            except Exception:  # one unreadable report must not stop the refresh of every destination
+                log.exception("run %s: could not settle its pending import jobs, trying again next time", run_id)
                 continue
-
-            def settle(data: dict[str, Any], final: dict[str, ImportJob] = final) -> bool:
-                for batch in data.get("batches", []):
-                    job = final.get(batch.get("job_id") or "")
-                    if job is None or batch.get("status") not in ("pending", "accepted"):
-                        continue
-                    batch.update(status=job.status, created_count=job.created_count,
-                                 updated_count=job.updated_count, errored_count=job.errored_count)
-                    data["pending"] -= batch["contacts"]
-                    if job.status == "completed":
-                        data["exported"] += batch["contacts"]
-                    else:
-                        data["in_failed_jobs"] += batch["contacts"]
-                if data["pending"] <= 0:
-                    # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
-                    if data.get("status") == "partial":
-                        data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
-                    data.setdefault("notes", []).append("pending import jobs finished after the run ended")
-                return True
-
-            settled = self.runs.update_report(run_id, settle)
-            if settled is None:
-                continue
-            if settled["pending"] <= 0:
-                self.runs.clear_pending(run_id)
-            report = settled
-            updated.append(report)
+            if settled is not None:
+                updated.append(settled)
         return updated
+
+    def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
+        """The run's report updated with the jobs that have finished since (None: nothing to update)."""
+        report = self.runs.load_report(run_id)
+        destination = self.destinations.get(str((report or {}).get("destination")))
+        if report is None or destination is None:
+            self.runs.clear_pending(run_id)
+            return None
+        open_jobs = [b["job_id"] for b in report.get("batches", [])
+                     if b.get("status") in ("pending", "accepted") and b.get("job_id")]
+        try:
+            with self.client_for(destination) as client:
+                final = {job_id: job for job_id in open_jobs if (job := client.get_import(job_id)).is_final}
+        except ExportError as exc:
+            # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
+            log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
+                        run_id, exc)
+            return None
+
+        def settle(data: dict[str, Any], final: dict[str, ImportJob] = final) -> bool:
+            for batch in data.get("batches", []):
+                job = final.get(batch.get("job_id") or "")
+                if job is None or batch.get("status") not in ("pending", "accepted"):
+                    continue
+                batch.update(status=job.status, created_count=job.created_count,
+                             updated_count=job.updated_count, errored_count=job.errored_count)
+                data["pending"] -= batch["contacts"]
+                if job.status == "completed":
+                    data["exported"] += batch["contacts"]
+                else:
+                    data["in_failed_jobs"] += batch["contacts"]
+            if data["pending"] <= 0:
+                # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
+                if data.get("status") == "partial":
+                    data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
+                data.setdefault("notes", []).append("pending import jobs finished after the run ended")
+            return True
+
+        settled = self.runs.update_report(run_id, settle)
+        if settled is not None and settled["pending"] <= 0:
+            self.runs.clear_pending(run_id)
+        return settled
 
     def queue_refresh(self) -> list[dict[str, Any]]:
         """Timer: one queued export per destination, from its latest segment file.

@@ -965,3 +965,50 @@ def test_one_customer_insights_export_feeds_one_list_per_table(env: Env) -> None
 
     service = get_service()
     assert service.latest_segment(service.destinations.get("ci-vip")) == model  # type: ignore[arg-type]
+
+
+def test_a_model_json_destination_that_crashes_does_not_hold_up_the_others(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = "CustomerInsights_5678/sendgrid/"
+    env.set_destinations([destination("ci-vip", VIP_LIST, f"{export}VipCustomers/"),
+                          destination("ci-news", NEWS_LIST, f"{export}Newsletter/")])
+    env.install()
+    news = [person(n, "n") for n in range(1, 3)]
+    parts = {table: f"{export}{table}/2026/11/01/0600/{table}_1.csv" for table in ("VipCustomers", "Newsletter")}
+    env.upload(parts["VipCustomers"], csv_bytes([person(1, "v")], header=False))
+    env.upload(parts["Newsletter"], csv_bytes(news, header=False))
+    attributes = [{"name": a, "dataType": "string"} for a in HEADER]
+    entities = [{"$type": "LocalEntity", "name": table, "attributes": attributes,
+                 "partitions": [{"name": f"{table}_1", "location": f"{env.segments.url}/{part}"}]}
+                for table, part in parts.items()]
+    model = env.upload(f"{export}model.json",
+                       json.dumps({"name": "e", "version": "1.0", "entities": entities}).encode())
+    real_export = ExportService.export
+
+    def crash_for_vip(self: ExportService, destination: Any, *args: Any, **kwargs: Any) -> Any:
+        if destination.name == "ci-vip":
+            raise ValueError("a bug in one destination's run")  # not an ExportError
+        return real_export(self, destination, *args, **kwargs)
+
+    monkeypatch.setattr(ExportService, "export", crash_for_vip)
+    with pytest.raises(ValueError):  # the host sees the failure and retries the blob
+        fire_blob_trigger(env.segments.container_name, model)
+    assert set(env.sim.list_contacts(NEWS_LIST)) == emails(news)  # exported although ci-vip came first
+    monkeypatch.setattr(ExportService, "export", real_export)
+    fire_blob_trigger(env.segments.container_name, model)  # the retry: ci-vip now, ci-news not again
+    assert set(env.sim.list_contacts(VIP_LIST)) == {person(1, "v")[1]}
+    assert sorted(r["destination"] for r in env.reports()) == ["ci-news", "ci-vip"]
+
+
+def test_an_unreadable_pending_report_does_not_stop_the_scheduled_refresh(env: Env) -> None:
+    env.set_destinations(DESTINATIONS[:2])
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1, "vip")]))
+    env.upload("news/segment.csv", csv_bytes([person(1, "news")]))
+    env.runs.create_container()
+    run_id = "vip-customers-20261101T060000Z-deadbeef"
+    env.runs.upload_blob(f"pending/{run_id}", b"")
+    env.runs.upload_blob(f"reports/{run_id}.json", b'{"run_id": "vip-cust')  # a torn write
+    queued = [json.loads(m)["destination"] for m in fire_timer()]
+    assert sorted(queued) == ["newsletter", "vip-customers"]
+    assert env.puts() == 2
