@@ -16,7 +16,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
 from shared.errors import ExportError
-from shared.export_service import EXPORT_QUEUE, get_service, is_segment_entry, new_run_id
+from shared.export_service import EXPORT_QUEUE, get_service, is_segment_entry, new_run_id, run_store_from_environment
 from shared.readers import MODEL_JSON
 
 bp = func.Blueprint()
@@ -112,33 +112,51 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("RunQueuedExport")
 @bp.queue_trigger(arg_name="message", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
 def run_queued_export(message: func.QueueMessage) -> None:
-    request = json.loads(message.get_body())
-    service = get_service()
-    destination = service.destinations.get(request["destination"])
+    try:
+        request = json.loads(message.get_body())
+        run_id, destination_name = str(request["run_id"]), str(request["destination"])
+    except (ValueError, KeyError, TypeError):
+        log.error("a queued export message is malformed and was dropped (it is not one this app writes)")
+        return
+    attempt = message.dequeue_count or 1
+    try:
+        service = get_service()
+    except ExportError as exc:  # e.g. a bad DESTINATIONS_JSON after a deployment: retrying will not help
+        _record_failure(run_id, f"the app could not start the export: {exc}; fix the app settings and start "
+                                "the export again")
+        return
+    except Exception as exc:  # storage or credentials: the host retries; the last attempt says why it gave up
+        if attempt >= MAX_DEQUEUE_COUNT:
+            _record_failure(run_id, f"the app could not start the export {attempt} times ({type(exc).__name__}); "
+                                    "start the export again")
+        raise
+    destination = service.destinations.get(destination_name)
     if destination is None:
-        log.error("queued run %s names a destination that no longer exists", request.get("run_id"))
-        service.fail_queued(str(request.get("run_id")),
-                            f"destination {request['destination']!r} is no longer configured; nothing was sent")
+        log.error("queued run %s names a destination that no longer exists", run_id)
+        service.fail_queued(run_id, f"destination {destination_name!r} is no longer configured; nothing was sent")
         return
     try:
-        report = service.export(destination, request["blob"], run_id=request["run_id"],
+        report = service.export(destination, request["blob"], run_id=run_id,
                                 full=bool(request.get("full", False)), lock_wait=service.trigger_lock_wait)
     except ExportError as exc:
-        log.error("queued run %s failed: %s", request.get("run_id"), exc)
+        log.error("queued run %s failed: %s", run_id, exc)
         return
     except Exception as exc:
         # Storage down, a crash in the engine, ...: the host retries the message. On the last attempt the
         # status URL must stop saying `queued` (the message goes to the poison queue and nothing retries it).
-        attempt = message.dequeue_count or 1
         if attempt >= MAX_DEQUEUE_COUNT:
-            try:
-                service.fail_queued(str(request.get("run_id")),
-                                    f"the export failed {attempt} times ({type(exc).__name__}); the request was "
+            _record_failure(run_id, f"the export failed {attempt} times ({type(exc).__name__}); the request was "
                                     f"moved to the {EXPORT_QUEUE}-poison queue: start the export again")
-            except Exception:  # storage may be what failed: the original error is the one to report
-                log.exception("queued run %s: could not record its failure", request.get("run_id"))
         raise
     log.info("%s", report.summary())
+
+
+def _record_failure(run_id: str, error: str) -> None:
+    """Say on the run's status URL why it will not run; built from the storage settings alone."""
+    try:
+        run_store_from_environment().fail_queued(run_id, error)
+    except Exception:  # storage may be what failed: the original error is the one to report
+        log.exception("queued run %s: could not record its failure", run_id)
 
 
 def _status_url(req: func.HttpRequest, run_id: str) -> str:

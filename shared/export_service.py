@@ -24,7 +24,7 @@ from shared.destinations import Destination, DestinationsDocument, load_destinat
 from shared.engine import ExportOptions, ExportResult, export_segment
 from shared.errors import ConfigurationError, ExportError
 from shared.readers import MODEL_JSON
-from shared.run_report import RunReport, utc_now
+from shared.run_report import RunReport
 from shared.run_store import RunStore
 from shared.secrets import ApiKeyProvider
 from shared.sendgrid_client import ImportJob, SendGridClient
@@ -307,14 +307,7 @@ class ExportService:
         self.runs.save_report(run_id, report.to_dict())
 
     def fail_queued(self, run_id: str, error: str) -> None:
-        """A queued run that cannot start: its status URL must say why instead of `queued` for ever."""
-        def fail(report: dict[str, Any]) -> bool:
-            if report.get("status") != "queued":
-                return False  # the run started or finished meanwhile: its own report is the truth
-            report.update(status="failed", error=error, finished_at=utc_now())
-            return True
-
-        self.runs.update_report(run_id, fail)
+        self.runs.fail_queued(run_id, error)
 
     def finish_pending_runs(self) -> list[dict[str, Any]]:
         """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
@@ -415,3 +408,10 @@ def reset_service(service: ExportService | None = None) -> None:
     global _service  # noqa: PLW0603
     with _lock:
         _service = service
+
+
+def run_store_from_environment() -> RunStore:
+    """The runs container from the storage settings alone: a queued run's failure can still be recorded
+    when the destinations document (and so the whole service) cannot be loaded."""
+    settings = AppSettings.from_environment()
+    return RunStore(blob_service_from_settings().get_container_client(settings.runs_container))

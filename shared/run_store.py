@@ -22,6 +22,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 
 from shared.rejects import RejectsFile
+from shared.run_report import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ class RunStore:
                 raise
             return data
         raise ResourceModifiedError(f"report {run_id} kept changing while it was being updated")
+
+    def fail_queued(self, run_id: str, error: str) -> None:
+        """A queued run that cannot start: its status URL must say why instead of `queued` for ever."""
+        def fail(report: dict[str, Any]) -> bool:
+            if report.get("status") != "queued":
+                return False  # the run started or finished meanwhile: its own report is the truth
+            report.update(status="failed", error=error, finished_at=utc_now())
+            return True
+
+        self.update_report(run_id, fail)
 
     def load_report(self, run_id: str) -> dict[str, Any] | None:
         try:

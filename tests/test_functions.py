@@ -680,6 +680,34 @@ def test_a_queued_run_that_keeps_crashing_reports_failed_on_its_last_attempt(
     assert env.puts() == 0
 
 
+def test_a_queued_run_the_app_cannot_start_reports_why(env: Env) -> None:
+    """A deployment with a broken DESTINATIONS_JSON: the worker cannot build the service, and the status URL
+    must not say `queued` for ever; the error names the bad field (never a value)."""
+    env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    started = http("POST", "destinations/vip-customers/exports", {})
+    assert started.status == 202 and started.queued is not None
+    run_id = started.json()["run_id"]
+    env.set_destinations([{"name": "Bad Name"}])  # also drops the built service, as a restart would
+
+    run_queue_message(started.queued)  # a configuration error: not retried, recorded at once
+
+    reset_service(None)
+    env.set_destinations(DESTINATIONS)
+    status = http("GET", f"runs/{run_id}").json()
+    assert status["status"] == "failed" and "could not start the export" in status["error"]
+    assert "destinations.0.name" in status["error"]
+    assert env.puts() == 0
+
+
+def test_a_malformed_queue_message_is_dropped_with_a_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.install()
+    run_queue_message("not json")
+    run_queue_message(json.dumps({"blob": "vip/x.csv"}))
+    assert sum("malformed" in r.getMessage() for r in caplog.records) == 2
+    assert env.puts() == 0
+
+
 def test_http_dry_run_previews_without_sending(env: Env) -> None:
     env.install()
     rows = [person(n) for n in range(1, 4)]
