@@ -215,7 +215,8 @@ class ExportService:
 
     def _export_once(self, destination: Destination, blob_name: str, etag: str, *, scope: str) -> TriggerOutcome:
         run_id = new_run_id(destination.name)
-        claim = self.runs.claim(blob_name, etag, run_id, scope)
+        state = SyncState(self.runs.container, destination.name, config_digest="")  # only to look at its lock
+        claim = self.runs.claim(blob_name, etag, run_id, scope, run_is_alive=state.held_by_a_run)
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
         try:

@@ -27,6 +27,8 @@ from shared.run_report import utc_now
 log = logging.getLogger(__name__)
 
 RECEIPT_STALE_AFTER = timedelta(minutes=45)  # longer than functionTimeout (30 min): a claim older is a dead run
+# A claim older than this whose run shows no sign of life (see `claim`) is a run that was killed.
+RECEIPT_GRACE = timedelta(seconds=60)
 _JSON = ContentSettings(content_type="application/json")
 _CSV = ContentSettings(content_type="text/csv")
 REJECTS_BLOCK_BYTES = 4 * 1024 * 1024  # the rejects file is uploaded in blocks of this size, never whole
@@ -151,8 +153,14 @@ class RunStore:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"receipts/{digest}.json"
 
-    def claim(self, blob_name: str, etag: str, run_id: str, scope: str = "") -> Claim | None:
-        """Claim this blob version (for one destination: `scope`); None when another run already did it."""
+    def claim(self, blob_name: str, etag: str, run_id: str, scope: str = "",
+              run_is_alive: Callable[[], bool] | None = None) -> Claim | None:
+        """Claim this blob version (for one destination: `scope`); None when another run already did it.
+
+        A `running` claim whose worker was killed (timeout, out of memory, recycled instance) never gets to
+        say so: it is taken over once it is older than RECEIPT_GRACE and `run_is_alive` says no run is
+        working on the destination, or after RECEIPT_STALE_AFTER in any case.
+        """
         self._ensure_container()
         path = self.receipt_path(blob_name, etag, scope)
         state = {"blob": blob_name, "etag": etag, "run_id": run_id, "state": "running", "at": _now()}
@@ -165,8 +173,9 @@ class RunStore:
         existing, existing_etag = self._read(path)
         if existing is None:
             return None
-        retry = existing.get("state") == "failed" or (
-            existing.get("state") == "running" and _age(existing.get("at")) > RECEIPT_STALE_AFTER)
+        age = _age(existing.get("at"))
+        retry = existing.get("state") == "failed" or (existing.get("state") == "running" and (
+            age > RECEIPT_STALE_AFTER or (age > RECEIPT_GRACE and run_is_alive is not None and not run_is_alive())))
         if not retry:
             log.info("blob version already %s by run %s; skipping duplicate trigger",
                      existing.get("state"), existing.get("run_id"))

@@ -170,6 +170,14 @@ class SyncState:
                 raise LockLost(f"the lock of destination {self.destination} expired and was taken or broken; "
                                "this run stopped recording state") from None
 
+    def held_by_a_run(self) -> bool:
+        """Whether a live run holds the destination's lock now (a dead run's lease expires within a minute)."""
+        try:
+            properties = self._container.get_blob_client(self._prefix + "lock").get_blob_properties()
+        except ResourceNotFoundError:
+            return False
+        return str(properties.lease.status) == "locked"
+
     def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:

@@ -21,6 +21,7 @@ import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1040,3 +1041,27 @@ def test_an_unreadable_pending_report_does_not_stop_the_scheduled_refresh(env: E
     queued = [json.loads(m)["destination"] for m in fire_timer()]
     assert sorted(queued) == ["newsletter", "vip-customers"]
     assert env.puts() == 2
+
+
+def test_the_claim_of_a_killed_trigger_run_is_taken_over_by_a_retry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed mid-export (timeout, out of memory) leaves its receipt `running`; the host's retry
+    must export the file once that run shows no sign of life, and skip it while the run is alive."""
+    from shared import run_store
+    from shared.sync_state import SyncState
+
+    service = env.install()
+    blob = env.upload("vip/segment.csv", csv_bytes([person(n) for n in range(1, 4)]))
+    etag = str(env.segments.get_blob_client(blob).get_blob_properties().etag)
+    assert service.runs.claim(blob, etag, "vip-customers-killed") is not None  # then the worker died
+    monkeypatch.setattr(run_store, "RECEIPT_GRACE", timedelta(0))  # instead of waiting a minute
+
+    alive = SyncState(service.runs.container, "vip-customers", config_digest="")
+    alive.acquire()  # as the run would, while it lives
+    try:
+        fire_blob_trigger(env.segments.container_name, blob)
+        assert env.puts() == 0  # a duplicate delivery during a live run: skipped
+    finally:
+        alive.release()
+    fire_blob_trigger(env.segments.container_name, blob)  # no run holds the destination: the claim is dead
+    assert env.puts() == 1
+    assert set(env.sim.list_contacts(VIP_LIST)) == emails([person(n) for n in range(1, 4)])
