@@ -30,6 +30,8 @@ FIELD_MAX_LENGTHS: dict[str, int] = {
     "external_id": 254,
     "anonymous_id": 254,
 }
+# Identifiers are never truncated, whatever length_policy says: two people would end up with one ID.
+IDENTIFIER_FIELDS = frozenset({"external_id", "anonymous_id"})
 MAX_ALTERNATE_EMAILS = 5
 # SendGrid documents a 1,000-character limit for Text custom field values.
 CUSTOM_TEXT_MAX_LENGTH = 1000
@@ -124,8 +126,10 @@ class ContactMapper:
                     out.append(key + '""')
                 continue
             if limit is not None and len(value) > limit:
-                if not self._truncate:
-                    return Rejection(name, column, f"{name} is {len(value)} characters, SendGrid allows {limit}")
+                if not self._truncate or name in IDENTIFIER_FIELDS:
+                    never = " (an identifier is never truncated)" if self._truncate else ""
+                    return Rejection(name, column,
+                                     f"{name} is {len(value)} characters, SendGrid allows {limit}{never}")
                 value = value[:limit].rstrip()
                 truncated.append(name)
             out.append(key + _quote(value))

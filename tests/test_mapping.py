@@ -86,6 +86,18 @@ def test_over_long_field_is_rejected_by_default_and_truncated_when_configured() 
     assert truncated.truncated == ["first_name"]
 
 
+def test_an_over_long_identifier_is_rejected_even_when_truncating() -> None:
+    # Cut to 254 characters, two people whose IDs differ only at the end would share one.
+    d = destination(length_policy="truncate",
+                    field_mapping={"email": "Email", "external_id": "Id", "anonymous_id": "Anon"})
+    mapping = ContactMapper(d, {})
+    for column, field in (("Id", "external_id"), ("Anon", "anonymous_id")):
+        rejected = mapping.map({"Email": "a@example.com", column: "7" * 255})
+        reason = f"{field} is 255 characters, SendGrid allows 254 (an identifier is never truncated)"
+        assert rejected == Rejection(field, column, reason)
+    assert contact(mapping.map({"Email": "a@example.com", "Id": "7" * 254}))["external_id"] == "7" * 254
+
+
 @pytest.mark.parametrize(("column", "value", "field", "reason"), [
     ("Score", "forty-two", "custom_fields.score", "not a number"),
     ("Score", "nan", "custom_fields.score", "not a finite number"),

@@ -66,6 +66,17 @@ def test_a_first_row_equal_to_the_attributes_is_a_header_when_settings_are_absen
     assert [(r.row, r.fields["CustomerId"]) for r in records] == [(1, "c1")]
 
 
+def test_settings_without_column_headers_recognise_a_header_row(tmp_path: Path) -> None:
+    # fileFormatSettings present but silent on columnHeaders: as when there are no settings at all.
+    settings = {"$type": "CsvFormatSettings", "delimiter": ","}
+    source = write(tmp_path, {"ci/dest/model.json": model(entity("Vip", two_partitions(settings))),
+                              PART1: "CustomerId,PrimaryEmail,FirstName\nc1,a@example.com,Ann\n",
+                              PART2: "c2,b@example.com,Bob\n"})
+    _, records = read(source)
+    assert [(r.source, r.row, r.fields["CustomerId"], r.error) for r in records] == [
+        (PART1, 1, "c1", None), (PART2, 1, "c2", None)]
+
+
 def test_file_format_settings_are_honoured(tmp_path: Path) -> None:
     settings = {"$type": "CsvFormatSettings", "columnHeaders": True, "delimiter": "|",
                 "quoteStyle": "QuoteStyle.None", "encoding": "UTF-8"}

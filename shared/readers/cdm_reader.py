@@ -153,11 +153,13 @@ def locate(source: ByteSource, model_name: str, location: str) -> str | None:
     return folder + "/".join(segments)
 
 
+_HEADER_MODES: dict[bool | None, HeaderMode] = {None: "auto", True: "first-row", False: "none"}
+
+
 def _layout(settings: Any, attributes: tuple[str, ...], options: ReaderOptions, where: str,
             partition: str) -> CsvLayout:
     if settings is None:
-        modes: dict[bool | None, HeaderMode] = {None: "auto", True: "first-row", False: "none"}
-        header = modes[options.has_header]
+        header = _HEADER_MODES[options.has_header]
         return CsvLayout(delimiter=options.delimiter or ",", quotechar=options.quotechar or '"',
                          escapechar=options.escapechar, header=header, columns=attributes, encoding=options.encoding)
     if not isinstance(settings, dict):
@@ -165,11 +167,11 @@ def _layout(settings: Any, attributes: tuple[str, ...], options: ReaderOptions, 
     kind = settings.get("$type", "CsvFormatSettings")
     if kind != "CsvFormatSettings":
         raise SegmentFileError(where, f"partition {partition!r}: format {kind!r} is not supported (CSV only)")
-    headers = settings.get("columnHeaders", False)
+    headers = settings.get("columnHeaders")  # absent: a first row equal to the attribute names is a header
     delimiter = settings.get("delimiter", ",")
     quote_style = settings.get("quoteStyle", "QuoteStyle.Csv")
     encoding = settings.get("encoding", "UTF-8")
-    if not isinstance(headers, bool):
+    if headers is not None and not isinstance(headers, bool):
         raise SegmentFileError(where, f"partition {partition!r}: columnHeaders must be true or false")
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
         raise SegmentFileError(where, f"partition {partition!r}: delimiter must be one character")
@@ -180,7 +182,8 @@ def _layout(settings: Any, attributes: tuple[str, ...], options: ReaderOptions, 
         raise SegmentFileError(where, f"partition {partition!r}: {problem}")
     return CsvLayout(delimiter=delimiter, quotechar=options.quotechar or '"', escapechar=options.escapechar,
                      quote_none=quote_style == "QuoteStyle.None",
-                     header="first-row" if headers else "none", columns=attributes, encoding=str(encoding))
+                     header=_HEADER_MODES[headers if headers is not None else options.has_header],
+                     columns=attributes, encoding=str(encoding))
 
 
 def resolve_partitions(source: ByteSource, model_name: str, entity: Entity, options: ReaderOptions) -> list[Partition]:
