@@ -77,6 +77,14 @@ def test_settings_without_column_headers_recognise_a_header_row(tmp_path: Path) 
         (PART1, 1, "c1", None), (PART2, 1, "c2", None)]
 
 
+def test_a_malformed_first_row_of_a_partition_is_rejected_not_the_export(tmp_path: Path) -> None:
+    source = write(tmp_path, {"ci/dest/model.json": model(entity("Vip", two_partitions())),
+                              PART1: 'c1,a@example.com,"Ann"e\nc2,b@example.com,Bob\n', PART2: "c3,c@example.com,Cy\n"})
+    _, records = read(source)
+    assert [(r.source, r.row, r.error is not None) for r in records] == [
+        (PART1, 1, True), (PART1, 2, False), (PART2, 1, False)]
+
+
 def test_file_format_settings_are_honoured(tmp_path: Path) -> None:
     settings = {"$type": "CsvFormatSettings", "columnHeaders": True, "delimiter": "|",
                 "quoteStyle": "QuoteStyle.None", "encoding": "UTF-8"}

@@ -221,3 +221,13 @@ def test_a_million_rows_read_close_to_bare_csv_speed(tmp_path: Path) -> None:
     assert count == 200_000
     # Building a dict and a Record per row costs about as much again as parsing; allow headroom for CI noise.
     assert ours < 5 * bare + 0.5, (ours, bare)
+
+
+def test_without_a_header_a_malformed_first_row_is_rejected_not_the_file(tmp_path: Path) -> None:
+    columns, records = read(tmp_path, "s.csv", '\n1,a@x.com,"Ann"e\n2,b@x.com,Bob\n3,"c@x.com",C\n',
+                            ReaderOptions(has_header=False))
+    assert columns == ["1", "2", "3"]
+    assert [(r.row, r.error is not None) for r in records] == [(2, True), (3, False), (4, False)]
+    assert records[0].error is not None and "malformed quoting" in records[0].error
+    assert records[1].fields == {"1": "2", "2": "b@x.com", "3": "Bob"}
+

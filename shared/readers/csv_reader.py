@@ -98,20 +98,32 @@ class CsvSegmentReader(SegmentReader):
     # -- header ---------------------------------------------------------------------------------------
 
     def _first_record(self) -> list[str] | None:
-        """The first non-blank record (blank lines before it are counted as rows when there is no header)."""
-        blank = 0
-        try:
-            for cells in self._reader:
-                if cells:
-                    self._blank_before = blank
-                    return cells
-                blank += 1
-        except csv.Error as exc:
-            raise SegmentFileError(self._description, self._first_row_problem(exc), row=blank + 1) from None
-        except SegmentFileError as exc:
-            raise SegmentFileError(exc.source, exc.reason) from None
-        self._blank_before = blank
-        return None
+        """The first non-blank record (blank lines before it are counted as rows when there is no header).
+
+        Without a header row the first record is data: a malformed one is rejected like any row (held in
+        `_pending`) and the next one is taken, instead of refusing the whole file.
+        """
+        before = 0
+        while True:
+            start_line = self._reader.line_num
+            try:
+                for cells in self._reader:
+                    if cells:
+                        self._blank_before = before
+                        return cells
+                    before += 1
+                    start_line = self._reader.line_num
+            except csv.Error as exc:
+                if self._layout.header == "first-row":
+                    raise SegmentFileError(self._description, self._first_row_problem(exc), row=before + 1) from None
+                before += 1
+                reason = self._row_problem(exc, before, start_line, self._reader.line_num)
+                self._pending.append(make_record(self._name, before, {}, reason))
+                continue
+            except SegmentFileError as exc:
+                raise SegmentFileError(exc.source, exc.reason) from None
+            self._blank_before = before
+            return None
 
     def _first_row_problem(self, exc: csv.Error) -> str:
         text = str(exc)
@@ -134,7 +146,7 @@ class CsvSegmentReader(SegmentReader):
             return layout.columns or ()
         self._row = self._blank_before
         if layout.columns is not None:
-            if layout.header == "auto" and tuple(first) == layout.columns:
+            if layout.header == "auto" and tuple(first) == layout.columns and not self._pending:
                 self._row = 0
                 return layout.columns
             self._hold(first, layout.columns)
