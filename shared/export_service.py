@@ -37,8 +37,7 @@ TRIGGER_LOCK_WAIT = 300.0
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".ndjson",
-                 ".ndjson.gz", ".json.gz")
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
 EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
 _CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)

@@ -382,12 +382,12 @@ def test_rejects_file_leaves_ordinary_values_alone() -> None:
 
 def _accepted_suffixes() -> list[str]:
     plain = [*CSV_SUFFIXES, *JSONL_SUFFIXES]
-    return [*plain, *(f"{suffix}.gz" for suffix in plain), ".json.gz"]
+    return [*plain, *(f"{suffix}.gz" for suffix in plain), ".json.gz", ".gz", ".3fb1e0d1.gz"]
 
 
 @pytest.mark.parametrize("suffix", _accepted_suffixes())
 def test_every_suffix_the_readers_accept_starts_an_export(suffix: str) -> None:
-    assert suffix in DATA_SUFFIXES
+    assert suffix.lower().endswith(DATA_SUFFIXES)
     for name in (f"vip/segment{suffix}", f"vip/SEGMENT{suffix.upper()}"):
         kind_of(name)  # the readers accept it...
         assert is_segment_entry(name)  # ...so the blob trigger and the timer pick it up
@@ -405,6 +405,23 @@ def test_trigger_and_readers_agree_on_what_is_a_segment_file(name: str) -> None:
     except SegmentFileError:
         readable = False
     assert is_segment_entry(name) == readable
+
+
+@pytest.mark.parametrize(("content", "kind"), [
+    (b'{"userId": "u1", "traits": {"email": "A@Example.com", "first_name": "Ann"}}\n', "jsonl"),
+    (b"\xef\xbb\xbfEmail,FirstName\nA@Example.com,Ann\n", "csv"),
+])
+def test_a_gz_named_after_no_format_is_read_by_its_content(tmp_path: Path, content: bytes, kind: str) -> None:
+    # Segment names its gzipped JSON Lines `<received-at>.<id>.gz`; SFTP drops compress without renaming.
+    name = "1700000123456.3fb1e0d1.gz"
+    (tmp_path / name).write_bytes(gzip.compress(content))
+    email = "traits.email" if kind == "jsonl" else "Email"
+    first = "traits.first_name" if kind == "jsonl" else "FirstName"
+    destination = DESTINATION.model_copy(update={"field_mapping": DESTINATION.field_mapping.model_copy(
+        update={"email": email, "first_name": first})})
+    result = export_segment(destination, LocalDirSource(tmp_path), name, None, run_id="run-gz",
+                            options=ExportOptions(dry_run=True))
+    assert [json.loads(body) for body in result.preview] == [{"email": "a@example.com", "first_name": "Ann"}]
 
 
 # -- generated big and hostile files ------------------------------------------------------------------

@@ -210,6 +210,19 @@ class _Plain(io.RawIOBase):
         super().close()
 
 
+def content_head(source: ByteSource, name: str) -> bytes:
+    """The first bytes of the file's content (gunzipped when it is gzip data), for telling formats apart."""
+    description = source.describe(name)
+    raw = source.open(name)
+    try:
+        stream, head = _peek(raw, description)
+        if head.startswith(GZIP_MAGIC):
+            _, head = _peek(gzip.GzipFile(fileobj=stream, mode="rb"), description)  # type: ignore[arg-type]
+        return head
+    finally:
+        raw.close()
+
+
 def open_text(source: ByteSource, name: str, options: ReaderOptions, *, encoding: str | None = None) -> TextStream:
     """Open `name` as text. A '.gz' name must hold gzip data; gzip data under another name is gunzipped too
     (SFTP exports compress without renaming). `encoding` (from model.json) overrides the options'."""

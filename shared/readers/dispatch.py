@@ -6,6 +6,7 @@ from shared.errors import SegmentFileError
 from shared.readers.base import SegmentReader
 from shared.readers.cdm_reader import MODEL_JSON, CdmReader
 from shared.readers.csv_reader import CsvLayout, CsvSegmentReader
+from shared.readers.decoding import content_head
 from shared.readers.jsonl_reader import JsonLinesReader
 from shared.readers.options import ReaderOptions
 from shared.sources import ByteSource
@@ -13,10 +14,12 @@ from shared.sources import ByteSource
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 ENCRYPTED_SUFFIXES = (".gpg", ".pgp", ".enc", ".asc", ".age")
+_LEADING = b"\xef\xbb\xbf\xff\xfe\x00 \t\r\n"  # BOMs, UTF-16 zero bytes and blank space before the first value
 
 
 def kind_of(name: str) -> str:
-    """'cdm', 'jsonl' or 'csv'; SegmentFileError saying why anything else is not a segment file."""
+    """'cdm', 'jsonl', 'csv' or 'sniff' (a .gz named after neither: look at its content); SegmentFileError
+    saying why anything else is not a segment file."""
     leaf = name.rsplit("/", 1)[-1]
     lower = leaf.lower()
     if leaf == MODEL_JSON:
@@ -35,8 +38,10 @@ def kind_of(name: str) -> str:
         return "jsonl"
     if base.endswith(CSV_SUFFIXES):
         return "csv"
+    if lower.endswith(".gz"):
+        return "sniff"  # e.g. Segment's `<received-at>.<id>.gz` (gzipped JSON Lines): decided by the content
     raise SegmentFileError(name, "not a segment file: expected .csv, .tsv, .txt, .jsonl, .ndjson (each optionally "
-                                 ".gz), .json.gz or a CDM model.json")
+                                 ".gz), .json.gz, another .gz holding CSV or JSON Lines, or a CDM model.json")
 
 
 def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = None) -> SegmentReader:
@@ -47,6 +52,8 @@ def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = 
         kind = kind_of(name)
     except SegmentFileError as exc:
         raise SegmentFileError(source.describe(name), exc.reason) from None
+    if kind == "sniff":
+        kind = "jsonl" if content_head(source, name).lstrip(_LEADING).startswith(b"{") else "csv"
     if kind == "cdm":
         return CdmReader(source, name, options)
     if kind == "jsonl":
