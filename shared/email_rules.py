@@ -34,6 +34,8 @@ def normalise_email(raw: str) -> tuple[str | None, str | None]:
         # '--' in the domain ('xn--' A-labels, reserved 'ab--' labels) needs the library's IDNA checks.
         if at <= MAX_LOCAL_PART_LENGTH and email.rsplit(".", 1)[1] not in _SPECIAL_TLDS and "--" not in email[at:]:
             return email, None
+    if email.rfind("@") > MAX_LOCAL_PART_LENGTH:  # email-validator checks this only in its strict mode
+        return None, f"email is not valid: the part before the @-sign is longer than {MAX_LOCAL_PART_LENGTH} characters"
     try:
         result = validate_email(email, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:

@@ -48,6 +48,7 @@ def test_valid_emails_are_trimmed_and_lower_cased(raw: str, expected: str) -> No
     ("x y@example.com", "invalid characters"), ("müller@example.de", "Internationalized"),
     ("a..b@example.com", "two periods"), ("a@" + "b" * 250 + ".com", "longer than 254"),
     ("=cmd|'/c calc'!A1@example.com", "not valid"),
+    ("a" * 65 + "@example.com", "longer than 64"),  # RFC 5321's local-part limit
 ])
 def test_invalid_emails_have_a_reason_without_the_address(raw: str, reason: str) -> None:
     email, problem = normalise_email(raw)
