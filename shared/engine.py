@@ -37,7 +37,7 @@ from shared.errors import (
 from shared.readers import ReaderOptions, open_segment
 from shared.rejects import RejectsFile
 from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
-from shared.sendgrid_client import ImportJob, SendGridClient
+from shared.sendgrid_client import ImportJob, SendGridClient, redact
 from shared.sources import ByteSource
 from shared.spool import Spool, email_key
 from shared.sync_state import LockLost, SetAside, Snapshot, SyncState
@@ -451,7 +451,7 @@ def _named_contacts(exc: InvalidRequest, count: int, field_names: dict[str, str]
         match = _CONTACT_INDEX.search(where)
         if match and int(match.group(1)) < count:
             # SendGrid's message quotes the address: report the rule, not the value.
-            message = re.sub(r"'[^']*'", "<value>", error.get("message") or "refused")
+            message = redact(error.get("message") or "refused")
             named[int(match.group(1))] = (_reported_field(where[match.end():].lstrip("."), field_names), message)
     return named
 

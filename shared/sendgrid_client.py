@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -42,7 +43,9 @@ FINAL_IMPORT_STATUSES = frozenset({"completed", "errored", "failed"})
 SEARCH_EMAILS_MAX = 100
 MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-_EMAILISH = re.compile(r"[^\s'\"<>]+@[^\s'\"<>]+")
+_EMAILISH = re.compile(r"\S*@\S*")  # the whole token: an address may hold quotes (o'brien@...)
+_QUOTED_ID = re.compile(r"[0-9a-fA-F-]{36}|[a-z]\d+_[A-Z]")  # a list UUID, a custom field ID (e1_T)
+_QUOTED = re.compile(r"'.*'|\".*\"")  # greedy: a quoted name may hold quotes too (O'Neil); more hidden is fine
 # Failures that prove SendGrid never received the whole request (no connection, or the body was not written).
 _NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
                   httpx.WriteTimeout)
@@ -262,7 +265,7 @@ class SendGridClient:
                     self.stats.unconfirmed_resends += 1
                 self._backoff(attempt, endpoint, type(exc).__name__)
                 continue
-            except httpx.HTTPError as exc:  # e.g. LocalProtocolError, whose message quotes the request headers
+            except (httpx.HTTPError, UnicodeEncodeError) as exc:  # a malformed key: both quote the header
                 raise SendGridError(f"{endpoint}: the request could not be made ({type(exc).__name__})",
                                     hint="check the SendGrid base URL and the API key's format") from None
             self._note_rate_headers(response)
@@ -329,9 +332,10 @@ class SendGridClient:
 
 def _float(value: str | None) -> float | None:
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None  # "nan" would poison the waits
 
 
 def _template(path: str) -> str:
@@ -340,6 +344,17 @@ def _template(path: str) -> str:
     known = {"v3", "marketing", "contacts", "imports", "lists", "count", "search", "emails",
              "field_definitions", "scopes"}
     return "/".join(p if p in known or not p else "{id}" for p in parts)
+
+
+def redact(message: str) -> str:
+    """SendGrid's messages quote the offending value (an address, a name): keep them out of errors, logs and
+    reports."""
+    return _QUOTED.sub(_unless_an_id, _EMAILISH.sub("<email>", message))
+
+
+def _unless_an_id(match: re.Match[str]) -> str:
+    """A quoted list or field ID says what to fix and is nobody's personal data."""
+    return match.group(0) if _QUOTED_ID.fullmatch(match.group(0)[1:-1]) else "<value>"
 
 
 def _error_for(response: httpx.Response, endpoint: str) -> SendGridError:
@@ -352,7 +367,7 @@ def _error_for(response: httpx.Response, endpoint: str) -> SendGridError:
     except (ValueError, AttributeError):
         errors = []
     # SendGrid quotes offending addresses in its messages: keep them out of exceptions (they reach logs).
-    summary = _EMAILISH.sub("<email>", "; ".join(e["message"] for e in errors[:3])) or response.reason_phrase
+    summary = redact("; ".join(e["message"] for e in errors[:3])) or response.reason_phrase
     if status == 401:
         return AuthenticationError(f"{endpoint}: SendGrid refused the API key (401)", status=status,
                                    hint="the key in Key Vault is wrong, expired or revoked: store a valid key",

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from sendgrid_simulator import Simulator
@@ -226,6 +227,40 @@ def test_key_that_cannot_go_into_a_header_fails_without_quoting_it(sim: Simulato
     assert "LocalProtocolError" in str(caught.value)
     assert SENDGRID_TEST_KEY not in text
     assert statuses(sim) == []
+
+
+@pytest.mark.parametrize("key", [f"{SENDGRID_TEST_KEY[:6]}\u00a0{SENDGRID_TEST_KEY[6:]}", f"{SENDGRID_TEST_KEY}é"])
+def test_non_ascii_key_fails_as_a_sendgrid_error_without_the_key(sim: Simulator, key: str) -> None:
+    with SendGridClient(key, base_url=sim.base_url) as api, pytest.raises(SendGridError) as caught:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    assert key not in repr(caught.value.args) and SENDGRID_TEST_KEY[6:] not in str(caught.value)
+    assert statuses(sim) == []
+
+
+@pytest.mark.parametrize(("message", "hidden"), [
+    ("email 'john.o'brien@example.com' is not valid", ["brien", "john"]),
+    ("first_name 'O'Neil-Zebulon' is too long", ["Neil", "Zebulon"]),
+    ('email "ann@example.com" is not valid', ["ann@"]),
+])
+def test_values_sendgrid_quotes_never_reach_the_error(message: str, hidden: list[str]) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"errors": [{"field": "contacts[0].identifier", "message": message}]})
+
+    with SendGridClient(SENDGRID_TEST_KEY, transport=httpx.MockTransport(answer), retry=FAST) as api, \
+            pytest.raises(InvalidRequest) as caught:
+        api.upsert_contacts(body("a@example.com"))
+    assert "is not valid" in str(caught.value) or "is too long" in str(caught.value)
+    assert not any(part in str(caught.value) for part in hidden)
+
+
+def test_a_non_finite_rate_limit_reset_is_ignored_not_slept() -> None:
+    answers = iter([httpx.Response(429, headers={"X-RateLimit-Reset": "nan"}),
+                    httpx.Response(200, json={"id": SENDGRID_TEST_LIST_ID, "name": "x", "contact_count": 0})])
+    sleep = RecordingSleep()
+    with SendGridClient(SENDGRID_TEST_KEY, transport=httpx.MockTransport(lambda _: next(answers)), retry=FAST,
+                        sleep=sleep) as api:
+        api.get_list(SENDGRID_TEST_LIST_ID)
+    assert len(sleep.delays) == 1 and 0 < sleep.delays[0] < 60  # a bounded fallback wait, not NaN
 
 
 # -- 429 -------------------------------------------------------------------------------------------
