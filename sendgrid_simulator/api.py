@@ -8,7 +8,12 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from sendgrid_simulator.emails import is_valid_email
-from sendgrid_simulator.limits import LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX, MAX_SEARCH_EMAILS
+from sendgrid_simulator.limits import (
+    LIST_PAGE_SIZE_DEFAULT,
+    LIST_PAGE_SIZE_MAX,
+    MAX_SEARCH_EMAIL_LENGTH,
+    MAX_SEARCH_EMAILS,
+)
 from sendgrid_simulator.store import RESERVED_FIELDS, ApiError, ContactList
 
 if TYPE_CHECKING:
@@ -63,7 +68,8 @@ class Api:
         if len(emails) > MAX_SEARCH_EMAILS:
             raise ApiError.one(400, "emails", f"at most {MAX_SEARCH_EMAILS} emails per request")
         invalid = [{"field": f"emails[{i}]", "message": f"email '{e}' is not valid"}
-                   for i, e in enumerate(emails) if e != "" and not is_valid_email(e)]
+                   for i, e in enumerate(emails)
+                   if e != "" and (not isinstance(e, str) or len(e) > MAX_SEARCH_EMAIL_LENGTH or not is_valid_email(e))]
         if invalid:
             raise ApiError(400, invalid)
         result: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 MAX_BODY_BYTES = 6_000_000
 MAX_CONTACTS_PER_REQUEST = 30_000
 MAX_SEARCH_EMAILS = 100
+MAX_SEARCH_EMAIL_LENGTH = 100  # maxLength of an `emails` item in SendGrid's OpenAPI description
 MAX_URL_CHARS = 8_000  # SendGrid has answered 414 past about 8,000 characters
 MAX_ALTERNATE_EMAILS = 5
 MAX_CUSTOM_TEXT_LENGTH = 1_000

@@ -175,6 +175,17 @@ class Simulator:
         key = self.store.find(email)
         return self.store.render(key, self.base_url) if key is not None else None
 
+    def delete_contact(self, email: str) -> bool:
+        """Delete a contact from the account, as someone might in SendGrid's UI while an export runs."""
+        key = self.store.find(email)
+        if key is None:
+            return False
+        with self.store.lock:
+            self.store.contacts.pop(key, None)
+            for contact_list in self.store.lists.values():
+                contact_list.members.discard(key)
+        return True
+
     def lists(self) -> dict[str, str]:
         """name -> list ID."""
         with self.store.lock:

@@ -365,21 +365,25 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
 
     Raises LockLost (removing nothing) if another run holds the destination: its segment file may be newer.
     """
+    removed: list[str] = []  # contact IDs whose removal SendGrid accepted, also when a later chunk fails
     try:  # a failure here must not lose the report of the contacts already exported
         sync.ensure_lock()
         emails = sync.snapshot_emails(positions)
         ids = client.search_emails(sorted(emails.values()))
         sync.ensure_lock()  # again: the lookup takes a while on a big list
-        client.remove_from_list(destination.list_id_str, ids.values())
+        client.remove_from_list(destination.list_id_str, ids.values(), removed)
     except LockLost:
         raise
     except (ExportError, AzureError) as exc:
-        report.notes.append(f"removing {len(positions)} contacts that left the segment failed (the next refresh "
-                            f"tries again): {exc}")
-        return set()
-    report.removed_from_list = len(ids)
+        report.removed_from_list = len(removed)
+        report.notes.append(f"removing {len(positions)} contacts that left the segment failed after {len(removed)} "
+                            f"were removed (the next refresh tries the others again): {exc}")
+        done = set(removed)
+        return {position for position, email in emails.items() if ids.get(email) in done} if removed else set()
+    report.removed_from_list = len(removed)
     if len(ids) < len(emails):
-        report.notes.append(f"{len(emails) - len(ids)} contacts that left the segment were not in SendGrid any more")
+        report.notes.append(f"{len(emails) - len(ids)} contacts that left the segment were not found in SendGrid "
+                            "(deleted there, or addresses over 100 characters, which its search cannot look up)")
     return set(positions)
 
 

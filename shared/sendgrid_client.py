@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FINAL_IMPORT_STATUSES = frozenset({"completed", "errored", "failed"})
 SEARCH_EMAILS_MAX = 100
+SEARCH_EMAIL_MAX_LENGTH = 100  # maxLength of an `emails` item of POST /v3/marketing/contacts/search/emails
 MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _EMAILISH = re.compile(r"\S*@\S*")  # the whole token: an address may hold quotes (o'brien@...)
@@ -197,40 +198,69 @@ class SendGridClient:
         return int(data.get("contact_count") or 0)
 
     def search_emails(self, emails: Sequence[str]) -> dict[str, str]:
-        """email -> contact ID for those that exist (SendGrid answers 404 when none does)."""
+        """email -> contact ID for those that exist (SendGrid answers 404 when none does).
+
+        The search takes addresses of at most 100 characters (upserts take 254) and refuses a whole call for
+        one address it dislikes: such addresses are left out (as not found) instead of failing every removal.
+        """
         found: dict[str, str] = {}
-        for start in range(0, len(emails), SEARCH_EMAILS_MAX):
-            chunk = list(emails[start:start + SEARCH_EMAILS_MAX])
-            try:
-                data = self._request("POST", "/v3/marketing/contacts/search/emails",
-                                     json_body={"emails": chunk}).json()
-            except NotFound:
-                continue
-            for email, entry in (data.get("result") or {}).items():
-                contact = (entry or {}).get("contact")
-                if contact and contact.get("id"):
-                    found[email.lower()] = str(contact["id"])
+        searchable = [email for email in emails if len(email) <= SEARCH_EMAIL_MAX_LENGTH]
+        for start in range(0, len(searchable), SEARCH_EMAILS_MAX):
+            found.update(self._search_chunk(list(searchable[start:start + SEARCH_EMAILS_MAX])))
         return found
 
-    def remove_from_list(self, list_id: str, contact_ids: Iterable[str]) -> list[str]:
-        """Remove list membership (contacts stay in the account); chunked by URL length. Returns job IDs."""
+    def _search_chunk(self, chunk: list[str]) -> dict[str, str]:
+        try:
+            data = self._request("POST", "/v3/marketing/contacts/search/emails", json_body={"emails": chunk}).json()
+        except NotFound:
+            return {}
+        except InvalidRequest:
+            if len(chunk) == 1:
+                return {}  # the one address SendGrid's search refuses
+            middle = len(chunk) // 2  # halve until the refused addresses are alone: ~7 calls per bad address
+            return {**self._search_chunk(chunk[:middle]), **self._search_chunk(chunk[middle:])}
+        found: dict[str, str] = {}
+        for email, entry in (data.get("result") or {}).items():
+            contact = (entry or {}).get("contact")
+            if contact and contact.get("id"):
+                found[email.lower()] = str(contact["id"])
+        return found
+
+    def remove_from_list(self, list_id: str, contact_ids: Iterable[str],
+                         removed: list[str] | None = None) -> list[str]:
+        """Remove list membership (contacts stay in the account); chunked by URL length. Returns job IDs.
+
+        `removed` collects the IDs whose removal SendGrid accepted, also when a later chunk fails. SendGrid
+        answers 404 for a whole chunk when one contact ID is unknown (deleted meanwhile): once the list is
+        known to exist, the chunk is halved until the unknown IDs, which are on no list, are alone.
+        """
+        done = removed if removed is not None else []
         jobs: list[str] = []
         path = f"/v3/marketing/lists/{list_id}/contacts"
         chunk: list[str] = []
         length = len(path) + len("?contact_ids=")
         for contact_id in contact_ids:
             if chunk and length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS:
-                jobs.append(self._delete_chunk(path, chunk))
+                jobs += self._delete_chunk(list_id, path, chunk, done)
                 chunk, length = [], len(path) + len("?contact_ids=")
             chunk.append(contact_id)
             length += len(contact_id) + 3  # ',' is sent as %2C
         if chunk:
-            jobs.append(self._delete_chunk(path, chunk))
+            jobs += self._delete_chunk(list_id, path, chunk, done)
         return jobs
 
-    def _delete_chunk(self, path: str, ids: list[str]) -> str:
-        response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
-        return str((response.json() or {}).get("job_id", ""))
+    def _delete_chunk(self, list_id: str, path: str, ids: list[str], done: list[str]) -> list[str]:
+        try:
+            response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
+        except NotFound:
+            self.get_list(list_id)  # NotFound again: the list itself is gone, which the caller must hear
+            if len(ids) == 1:
+                return []  # a contact deleted from the account meanwhile: it is on no list any more
+            middle = len(ids) // 2
+            return (self._delete_chunk(list_id, path, ids[:middle], done)
+                    + self._delete_chunk(list_id, path, ids[middle:], done))
+        done.extend(ids)
+        return [str((response.json() or {}).get("job_id", ""))]
 
     # -- transport ---------------------------------------------------------------------------------
 

@@ -427,6 +427,34 @@ def test_list_removal_is_chunked_below_sendgrid_s_url_limit(sim: Simulator) -> N
     assert len(sim.contacts()) == 300  # the contacts stay in the account
 
 
+def test_search_leaves_out_addresses_sendgrid_s_search_refuses_and_finds_the_rest(sim: Simulator) -> None:
+    emails = [f"s{i}@example.com" for i in range(150)]
+    long_one = "x" * 90 + "@example.com"  # 102 characters: upserts take it, the search does not
+    with client(sim) as api:
+        api.wait_for_imports([api.upsert_contacts(body(*emails, long_one))], poll_interval=0.01)
+        found = api.search_emails([*emails[:60], long_one, "bad@@example.com", *emails[60:]])
+    assert set(found) == set(emails)  # one refused address no longer costs the whole chunk
+    searches = statuses(sim, "POST /v3/marketing/contacts/search/emails")
+    assert searches.count(400) <= 8  # halving isolates the one refused address in a few calls
+    assert sim.take_violations() == []  # the over-long address was never sent
+
+
+def test_removal_goes_on_when_a_contact_was_deleted_meanwhile(sim: Simulator) -> None:
+    emails = [f"d{i}@example.com" for i in range(300)]
+    with client(sim) as api:
+        api.wait_for_imports([api.upsert_contacts(body(*emails))], poll_interval=0.01)
+        ids = api.search_emails(emails)
+        assert sim.delete_contact(emails[7])  # deleted in SendGrid between the search and the removal
+        removed: list[str] = []
+        api.wait_for_imports(api.remove_from_list(SENDGRID_TEST_LIST_ID, ids.values(), removed),
+                             poll_interval=0.01)
+        assert set(removed) == set(ids.values()) - {ids[emails[7]]}
+        gone = "0f0e0d0c-0b0a-4999-8888-777766665555"
+        with pytest.raises(NotFound, match="check the destination's list_id"):
+            api.remove_from_list(gone, list(ids.values())[:3])  # a missing list is still an error
+    assert sim.list_contacts(SENDGRID_TEST_LIST_ID) == {}
+
+
 def test_every_endpoint_the_client_uses_conforms_to_sendgrid_s_openapi_files(sim: Simulator) -> None:
     require_openapi()  # the fixture validates whenever the team kit's files exist; here they must
     assert sim.validating

@@ -723,3 +723,19 @@ def test_timer_settles_pending_jobs_of_a_failed_run_without_calling_it_succeeded
     assert stored is not None
     assert (stored["status"], stored["exported"], stored["pending"], stored["not_sent"]) == ("failed", 4, 0, 4)
     assert stored["balanced"]
+
+
+def test_mirror_removes_leavers_although_one_cannot_be_searched_and_one_was_deleted(env: Env) -> None:
+    """SendGrid's search takes addresses up to 100 characters (upserts take 254), and its list removal
+    answers 404 for a whole call when one contact was deleted meanwhile: neither may stop the others."""
+    long_one = f"{'x' * 60}@{'d' * 50}.example.com"  # 123 characters, a valid address
+    dest = destination(mode="mirror")
+    rows = [*profiles(12), (long_one, "Long")]
+    assert env.export(env.upload(rows), dest).exported == 13
+    assert env.sim.delete_contact(rows[1][0])  # deleted in SendGrid by hand
+    report = env.export(env.upload(rows[3:12]), dest)  # p000, p001, p002 and the long one leave
+    assert report.status == "succeeded", report.error
+    assert report.removed_from_list == 2  # p000 and p002; p001 is gone from the account already
+    assert not {rows[0][0], rows[2][0]} & set(env.members())
+    assert any("not found in SendGrid" in note for note in report.notes)
+    assert env.sim.take_violations() == []
