@@ -17,7 +17,7 @@ param environmentName string
 })
 param location string
 
-@description('Object ID of the person or pipeline running the deployment (azd passes AZURE_PRINCIPAL_ID). When set, it may write the SendGrid secret into the vault and upload segment files. Leave empty in production pipelines.')
+@description('Object ID of the person or pipeline running the deployment (azd passes AZURE_PRINCIPAL_ID). When set, it may write the SendGrid secret into the vault and upload segment files. azd fills it with whoever is signed in: in a pipeline run `azd env set AZURE_PRINCIPAL_ID \"\"` first so the pipeline identity gets no data access.')
 param principalId string = ''
 
 // Optional resource names (empty = generated from the environment name).

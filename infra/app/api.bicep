@@ -37,7 +37,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
     name: 'FC1'
     tier: 'FlexConsumption'
   }
-  //checkov:skip=CKV_AZURE_225:Zone redundancy on Flex exists only in some regions and keeps 2+ billed always-ready instances; a zonal outage delays exports (Event Grid retries 24 h), it loses none.
+  //checkov:skip=CKV_AZURE_225:Zone redundancy on Flex exists only in some regions and keeps 2+ billed always-ready instances; a zonal outage delays exports (Event Grid retries for 24 h; the scheduled refresh exports each destination's latest file).
   properties: {
     reserved: true
   }
