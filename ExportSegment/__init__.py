@@ -114,7 +114,9 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
 def run_queued_export(message: func.QueueMessage) -> None:
     try:
         request = json.loads(message.get_body())
-        run_id, destination_name = str(request["run_id"]), str(request["destination"])
+        run_id, destination_name, blob_name = request["run_id"], request["destination"], request["blob"]
+        if not all(isinstance(value, str) for value in (run_id, destination_name, blob_name)):
+            raise TypeError("run_id, destination and blob must be strings")
     except (ValueError, KeyError, TypeError):
         log.error("a queued export message is malformed and was dropped (it is not one this app writes)")
         return
@@ -136,7 +138,7 @@ def run_queued_export(message: func.QueueMessage) -> None:
         service.fail_queued(run_id, f"destination {destination_name!r} is no longer configured; nothing was sent")
         return
     try:
-        report = service.export(destination, request["blob"], run_id=run_id,
+        report = service.export(destination, blob_name, run_id=run_id,
                                 full=bool(request.get("full", False)), lock_wait=service.trigger_lock_wait)
     except ExportError as exc:
         log.error("queued run %s failed: %s", run_id, exc)

@@ -124,11 +124,11 @@ def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -
             raise ExportError(f"no segment file under {destination.segments} in the segments container")
         report = service.export(destination, blob_name, run_id=new_run_id(destination.name), full=full,
                                 lock_wait=service.trigger_lock_wait)
+        stored = service.report(report.run_id)
     except (ExportError, AzureError) as exc:
         error = str(exc) if isinstance(exc, ExportError) else f"storage unavailable ({type(exc).__name__})"
         return _print_result({"status": "failed", "error": error}, report_path, 2)
-    return _print_result(service.report(report.run_id) or report.to_dict(), report_path,
-                         0 if report.status == "succeeded" else 1)
+    return _print_result(stored or report.to_dict(), report_path, 0 if report.status == "succeeded" else 1)
 
 
 def _print_result(data: dict[str, Any], report_path: str | None, code: int) -> int:

@@ -366,25 +366,34 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
     Raises LockLost (removing nothing) if another run holds the destination: its segment file may be newer.
     """
     removed: list[str] = []  # contact IDs whose removal SendGrid accepted, also when a later chunk fails
+    unknown: list[str] = []  # contact IDs SendGrid no longer knows (deleted from the account): on no list
+    refused: list[str] = []  # addresses SendGrid's search cannot look up: they stay pending in the snapshot
     try:  # a failure here must not lose the report of the contacts already exported
         sync.ensure_lock()
         emails = sync.snapshot_emails(positions)
-        ids = client.search_emails(sorted(emails.values()))
+        ids = client.search_emails(sorted(set(emails.values())), refused)
         sync.ensure_lock()  # again: the lookup takes a while on a big list
-        client.remove_from_list(destination.list_id_str, ids.values(), removed)
+        client.remove_from_list(destination.list_id_str, ids.values(), removed, unknown)
     except LockLost:
         raise
     except (ExportError, AzureError) as exc:
         report.removed_from_list = len(removed)
         report.notes.append(f"removing {len(positions)} contacts that left the segment failed after {len(removed)} "
                             f"were removed (the next refresh tries the others again): {exc}")
-        done = set(removed)
-        return {position for position, email in emails.items() if ids.get(email) in done} if removed else set()
+        if not removed and not unknown:
+            return set()
+        done = set(removed) | set(unknown)
+        return {position for position, email in emails.items() if ids.get(email) in done}
     report.removed_from_list = len(removed)
-    if len(ids) < len(emails):
-        report.notes.append(f"{len(emails) - len(ids)} contacts that left the segment were not found in SendGrid "
-                            "(deleted there, or addresses over 100 characters, which its search cannot look up)")
-    return set(positions)
+    pending = set(refused)
+    absent = sum(1 for email in set(emails.values()) if email not in ids and email not in pending) + len(unknown)
+    if absent:
+        report.notes.append(f"{absent} contacts that left the segment were not in SendGrid any more")
+    if pending:
+        report.notes.append(f"{len(pending)} contacts that left the segment could not be looked up (SendGrid's "
+                            "search takes addresses of up to 100 characters, and refused these): they stay on the "
+                            "list; remove them in SendGrid by hand. The next refresh tries again")
+    return {position for position, email in emails.items() if email not in pending}
 
 
 def _send_batch(

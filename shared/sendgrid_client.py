@@ -46,7 +46,8 @@ MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _EMAILISH = re.compile(r"\S*@\S*")  # the whole token: an address may hold quotes (o'brien@...)
 _QUOTED_ID = re.compile(r"[0-9a-fA-F-]{36}|[a-z]\d+_[A-Z]")  # a list UUID, a custom field ID (e1_T)
-_QUOTED = re.compile(r"'.*'|\".*\"")  # greedy: a quoted name may hold quotes too (O'Neil); more hidden is fine
+# Greedy and across lines: a quoted name may hold quotes (O'Neil) or a line break; hiding more is fine.
+_QUOTED = re.compile(r"'.*'|\".*\"|[‘“].*[’”]", re.DOTALL)
 # Failures that prove SendGrid never received the whole request (no connection, or the body was not written).
 _NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
                   httpx.WriteTimeout)
@@ -197,70 +198,94 @@ class SendGridClient:
         data = self._request("GET", f"/v3/marketing/lists/{list_id}/contacts/count").json()
         return int(data.get("contact_count") or 0)
 
-    def search_emails(self, emails: Sequence[str]) -> dict[str, str]:
+    def search_emails(self, emails: Sequence[str], refused: list[str] | None = None) -> dict[str, str]:
         """email -> contact ID for those that exist (SendGrid answers 404 when none does).
 
         The search takes addresses of at most 100 characters (upserts take 254) and refuses a whole call for
-        one address it dislikes: such addresses are left out (as not found) instead of failing every removal.
+        an address it calls invalid: such addresses go to `refused` (neither found nor known to be absent)
+        and the rest are searched. A 400 that names no address fails the search, as any other error.
         """
         found: dict[str, str] = {}
-        searchable = [email for email in emails if len(email) <= SEARCH_EMAIL_MAX_LENGTH]
+        left_out = refused if refused is not None else []
+        searchable: list[str] = []
+        for email in emails:
+            (searchable if len(email) <= SEARCH_EMAIL_MAX_LENGTH else left_out).append(email)
         for start in range(0, len(searchable), SEARCH_EMAILS_MAX):
-            found.update(self._search_chunk(list(searchable[start:start + SEARCH_EMAILS_MAX])))
+            found.update(self._search_chunk(list(searchable[start:start + SEARCH_EMAILS_MAX]), left_out))
         return found
 
-    def _search_chunk(self, chunk: list[str]) -> dict[str, str]:
-        try:
-            data = self._request("POST", "/v3/marketing/contacts/search/emails", json_body={"emails": chunk}).json()
-        except NotFound:
-            return {}
-        except InvalidRequest:
-            if len(chunk) == 1:
-                return {}  # the one address SendGrid's search refuses
-            middle = len(chunk) // 2  # halve until the refused addresses are alone: ~7 calls per bad address
-            return {**self._search_chunk(chunk[:middle]), **self._search_chunk(chunk[middle:])}
-        found: dict[str, str] = {}
-        for email, entry in (data.get("result") or {}).items():
-            contact = (entry or {}).get("contact")
-            if contact and contact.get("id"):
-                found[email.lower()] = str(contact["id"])
-        return found
+    def _search_chunk(self, chunk: list[str], refused: list[str]) -> dict[str, str]:
+        for _ in range(2):  # the second try is without the addresses the first 400 named
+            try:
+                data = self._request("POST", "/v3/marketing/contacts/search/emails",
+                                     json_body={"emails": chunk}).json()
+            except NotFound:
+                return {}
+            except InvalidRequest as exc:
+                named = _named_positions(exc, "emails", len(chunk))
+                if not named:
+                    raise
+                refused.extend(chunk[i] for i in sorted(named))
+                chunk = [email for i, email in enumerate(chunk) if i not in named]
+                if not chunk:
+                    return {}
+                continue
+            found: dict[str, str] = {}
+            for email, entry in (data.get("result") or {}).items():
+                contact = (entry or {}).get("contact")
+                if contact and contact.get("id"):
+                    found[email.lower()] = str(contact["id"])
+            return found
+        raise InvalidRequest("POST /v3/marketing/contacts/search/emails: SendGrid kept refusing addresses",
+                             status=400)
 
-    def remove_from_list(self, list_id: str, contact_ids: Iterable[str],
-                         removed: list[str] | None = None) -> list[str]:
+    def remove_from_list(self, list_id: str, contact_ids: Iterable[str], removed: list[str] | None = None,
+                         unknown: list[str] | None = None) -> list[str]:
         """Remove list membership (contacts stay in the account); chunked by URL length. Returns job IDs.
 
         `removed` collects the IDs whose removal SendGrid accepted, also when a later chunk fails. SendGrid
-        answers 404 for a whole chunk when one contact ID is unknown (deleted meanwhile): once the list is
-        known to exist, the chunk is halved until the unknown IDs, which are on no list, are alone.
+        answers 404 for a whole chunk when one contact ID is unknown (deleted from the account meanwhile, so
+        on no list): once the list is known to exist, the IDs the answer names go to `unknown` and the rest
+        are sent again. A 404 that names none of them fails the removal, as any other error.
         """
         done = removed if removed is not None else []
+        gone = unknown if unknown is not None else []
         jobs: list[str] = []
         path = f"/v3/marketing/lists/{list_id}/contacts"
         chunk: list[str] = []
         length = len(path) + len("?contact_ids=")
-        for contact_id in contact_ids:
-            if chunk and length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS:
-                jobs += self._delete_chunk(list_id, path, chunk, done)
+        list_exists = False
+        for contact_id in [*contact_ids, None]:
+            if chunk and (contact_id is None or length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS):
+                job, list_exists = self._delete_chunk(list_id, path, chunk, done, gone, list_exists)
+                jobs += job
                 chunk, length = [], len(path) + len("?contact_ids=")
-            chunk.append(contact_id)
-            length += len(contact_id) + 3  # ',' is sent as %2C
-        if chunk:
-            jobs += self._delete_chunk(list_id, path, chunk, done)
+            if contact_id is not None:
+                chunk.append(contact_id)
+                length += len(contact_id) + 3  # ',' is sent as %2C
         return jobs
 
-    def _delete_chunk(self, list_id: str, path: str, ids: list[str], done: list[str]) -> list[str]:
-        try:
-            response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
-        except NotFound:
-            self.get_list(list_id)  # NotFound again: the list itself is gone, which the caller must hear
-            if len(ids) == 1:
-                return []  # a contact deleted from the account meanwhile: it is on no list any more
-            middle = len(ids) // 2
-            return (self._delete_chunk(list_id, path, ids[:middle], done)
-                    + self._delete_chunk(list_id, path, ids[middle:], done))
-        done.extend(ids)
-        return [str((response.json() or {}).get("job_id", ""))]
+    def _delete_chunk(self, list_id: str, path: str, ids: list[str], done: list[str], gone: list[str],
+                      list_exists: bool) -> tuple[list[str], bool]:
+        for _ in range(2):  # the second try is without the IDs the first 404 named
+            try:
+                response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
+            except NotFound as exc:
+                if not list_exists:
+                    self.get_list(list_id)  # NotFound again: the list itself is gone, which the caller must hear
+                    list_exists = True
+                named = {i for i, contact_id in enumerate(ids)
+                         if any(contact_id in error.get("message", "") for error in exc.errors)}
+                if not named:
+                    raise
+                gone.extend(ids[i] for i in sorted(named))
+                ids = [contact_id for i, contact_id in enumerate(ids) if i not in named]
+                if not ids:
+                    return [], list_exists
+                continue
+            done.extend(ids)
+            return [str((response.json() or {}).get("job_id", ""))], list_exists
+        raise NotFound(f"DELETE {_template(path)}: SendGrid kept answering 404 for contact IDs", status=404)
 
     # -- transport ---------------------------------------------------------------------------------
 
@@ -374,6 +399,14 @@ def _template(path: str) -> str:
     known = {"v3", "marketing", "contacts", "imports", "lists", "count", "search", "emails",
              "field_definitions", "scopes"}
     return "/".join(p if p in known or not p else "{id}" for p in parts)
+
+
+def _named_positions(exc: SendGridError, name: str, count: int) -> set[int]:
+    """Positions SendGrid's errors name, e.g. `emails[3]`, within a request of `count` items."""
+    pattern = re.compile(rf"{name}\[(\d+)\]")
+    positions = {int(m.group(1)) for error in exc.errors for m in pattern.finditer(
+        f"{error.get('field', '')} {error.get('message', '')}")}
+    return {position for position in positions if position < count}
 
 
 def redact(message: str) -> str:

@@ -705,7 +705,8 @@ def test_a_malformed_queue_message_is_dropped_with_a_log_line(env: Env, caplog: 
     env.install()
     run_queue_message("not json")
     run_queue_message(json.dumps({"blob": "vip/x.csv"}))
-    assert sum("malformed" in r.getMessage() for r in caplog.records) == 2
+    run_queue_message(json.dumps({"run_id": "vip-customers-x", "destination": "vip-customers"}))  # no blob
+    assert sum("malformed" in r.getMessage() for r in caplog.records) == 3
     assert env.puts() == 0
 
 
