@@ -216,8 +216,8 @@ def test_a_mirror_run_whose_lock_is_taken_during_the_lookup_removes_nobody(edges
     def steal_during_search(client: SendGridClient) -> None:
         search = client.search_emails
 
-        def searched_then_stolen(emails: Sequence[str]) -> dict[str, str]:
-            found = search(emails)
+        def searched_then_stolen(emails: Sequence[str], refused: list[str] | None = None) -> dict[str, str]:
+            found = search(emails, refused)
             taken.append(edges.steal_lock())
             return found
 
