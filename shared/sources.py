@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.errors import SegmentFileError
@@ -28,6 +28,10 @@ class ByteSource(Protocol):
         ...
 
     def exists(self, name: str) -> bool: ...
+
+    def head(self, name: str, size: int) -> bytes:
+        """The file's first `size` bytes (fewer when it is shorter), read without downloading the rest."""
+        ...
 
     def describe(self, name: str) -> str:
         """How to name the file in errors and reports (never a key or SAS token)."""
@@ -65,6 +69,10 @@ class LocalDirSource:
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
+
+    def head(self, name: str, size: int) -> bytes:
+        with self.open(name) as stream:
+            return stream.read(size)
 
     def describe(self, name: str) -> str:
         return name
@@ -142,6 +150,18 @@ class BlobContainerSource:
 
     def exists(self, name: str) -> bool:
         return bool(self._blob(name).exists())
+
+    def head(self, name: str, size: int) -> bytes:
+        try:
+            return bytes(self._blob(name).download_blob(offset=0, length=size).readall())
+        except ResourceNotFoundError:
+            raise SegmentFileError(self.describe(name), "file not found") from None
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # an empty blob has no byte 0
+                return b""
+            raise SegmentFileError(self.describe(name), _storage_failed(exc)) from None
+        except AzureError as exc:
+            raise SegmentFileError(self.describe(name), _storage_failed(exc)) from None
 
     def etag(self, name: str) -> str:
         try:

@@ -587,6 +587,9 @@ class _StoppingSource:
     def exists(self, name: str) -> bool:
         return self._inner.exists(name)
 
+    def head(self, name: str, size: int) -> bytes:
+        return self._inner.head(name, size)
+
     def describe(self, name: str) -> str:
         return self._inner.describe(name)
 

@@ -122,3 +122,13 @@ def test_source_for_a_public_blob_url_parses_account_container_and_name() -> Non
     assert name == "ci/x.csv"
     assert source.container_url == "https://acct.blob.core.windows.net/segments"
     assert "secret" not in source.describe(name)
+
+
+def test_head_reads_only_the_start_of_a_blob_and_handles_an_empty_one(container: ContainerClient) -> None:
+    source = BlobContainerSource(container)
+    container.upload_blob("big.gz", b"\x1f\x8b" + b"x" * 300_000, overwrite=True)
+    container.upload_blob("empty.gz", b"", overwrite=True)
+    assert source.head("big.gz", 1000) == b"\x1f\x8b" + b"x" * 998
+    assert source.head("empty.gz", 1000) == b""
+    with pytest.raises(SegmentFileError, match="file not found"):
+        source.head("missing.gz", 10)

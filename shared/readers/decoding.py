@@ -21,6 +21,8 @@ from shared.sources import ByteSource
 
 GZIP_MAGIC = b"\x1f\x8b"
 _HEAD = 16
+_SNIFF_BYTES = 1 << 16  # compressed bytes read to tell a .gz's format: its start decompresses to plenty
+_SNIFF_TEXT = 1024  # decompressed bytes looked at (blank lines or a BOM may come before the first value)
 _READ_SIZE = 1 << 16
 
 # Leading bytes of things that are clearly not a text segment file, with a hint for the operator.
@@ -211,16 +213,15 @@ class _Plain(io.RawIOBase):
 
 
 def content_head(source: ByteSource, name: str) -> bytes:
-    """The first bytes of the file's content (gunzipped when it is gzip data), for telling formats apart."""
-    description = source.describe(name)
-    raw = source.open(name)
-    try:
-        stream, head = _peek(raw, description)
-        if head.startswith(GZIP_MAGIC):
-            _, head = _peek(gzip.GzipFile(fileobj=stream, mode="rb"), description)  # type: ignore[arg-type]
-        return head
-    finally:
-        raw.close()
+    """The first bytes of the file's content (gunzipped when it is gzip data), for telling formats apart;
+    one ranged read of the file's start, not a download of the whole file."""
+    head = source.head(name, _SNIFF_BYTES)
+    if not head.startswith(GZIP_MAGIC):
+        return head[:_SNIFF_TEXT]
+    try:  # a gzip stream's start decompresses on its own
+        return zlib.decompressobj(wbits=31).decompress(head, _SNIFF_TEXT)
+    except zlib.error as exc:
+        raise SegmentFileError(source.describe(name), f"corrupt gzip data ({exc})") from None
 
 
 def open_text(source: ByteSource, name: str, options: ReaderOptions, *, encoding: str | None = None) -> TextStream:
