@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -180,6 +181,17 @@ def mirror_setup(edges: Edges) -> tuple[Destination, list[list[str]]]:
     return dest, rows
 
 
+@contextlib.contextmanager
+def stolen_locks() -> Iterator[list[SyncState]]:
+    """Locks a test takes from the run under test, released whatever happens."""
+    taken: list[SyncState] = []
+    try:
+        yield taken
+    finally:
+        for other in taken:
+            other.release()
+
+
 def assert_taken_over(edges: Edges, report: RunReport, snapshot_before: bytes | None) -> None:
     assert report.status == "failed", report.summary()
     assert report.error is not None and "another run took over destination" in report.error
@@ -193,13 +205,9 @@ def test_a_mirror_run_that_lost_its_lock_removes_nobody(edges: Edges) -> None:
     dest, rows = mirror_setup(edges)
     snapshot = edges.blob("snapshot.txt")
     searches, removals = edges.count(SEARCH), edges.count(REMOVE)
-    taken: list[SyncState] = []
-    try:
+    with stolen_locks() as taken:
         report = edges.run(dest, "v2.csv", on_batch=lambda outcome: taken.append(edges.steal_lock()),
                            lease_seconds=15).report
-    finally:
-        for other in taken:
-            other.release()
     assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (1, 18, 0)
     assert (edges.count(SEARCH), edges.count(REMOVE)) == (searches, removals)
     assert set(edges.sim.list_contacts(SENDGRID_TEST_LIST_ID)) == {r[0] for r in rows} | {"new@example.com"}
@@ -211,8 +219,6 @@ def test_a_mirror_run_whose_lock_is_taken_during_the_lookup_removes_nobody(edges
     dest, rows = mirror_setup(edges)
     snapshot = edges.blob("snapshot.txt")
     searches, removals = edges.count(SEARCH), edges.count(REMOVE)
-    taken: list[SyncState] = []
-
     def steal_during_search(client: SendGridClient) -> None:
         search = client.search_emails
 
@@ -223,11 +229,8 @@ def test_a_mirror_run_whose_lock_is_taken_during_the_lookup_removes_nobody(edges
 
         client.search_emails = searched_then_stolen  # type: ignore[method-assign]
 
-    try:
+    with stolen_locks() as taken:
         report = edges.run(dest, "v2.csv", client_hook=steal_during_search, lease_seconds=15).report
-    finally:
-        for other in taken:
-            other.release()
     assert (edges.count(SEARCH), edges.count(REMOVE)) == (searches + 1, removals)
     assert set(edges.sim.list_contacts(SENDGRID_TEST_LIST_ID)) == {r[0] for r in rows} | {"new@example.com"}
     assert_taken_over(edges, report, snapshot)
@@ -236,13 +239,9 @@ def test_a_mirror_run_whose_lock_is_taken_during_the_lookup_removes_nobody(edges
 def test_an_upsert_run_that_lost_its_lock_says_so_instead_of_blaming_storage(edges: Edges) -> None:
     dest = destination(name=NAME)
     write_csv(edges.folder / "u.csv", ["Email", "First"], [[f"u{i}@example.com", "U"] for i in range(5)])
-    taken: list[SyncState] = []
-    try:
+    with stolen_locks() as taken:
         report = edges.run(dest, "u.csv", on_batch=lambda outcome: taken.append(edges.steal_lock()),
                            lease_seconds=15).report
-    finally:
-        for other in taken:
-            other.release()
     assert report.exported == 5
     assert_taken_over(edges, report, None)
     assert "removed" not in (report.error or "")
