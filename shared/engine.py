@@ -379,7 +379,8 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
     except (ExportError, AzureError) as exc:
         report.removed_from_list = len(removed)
         report.notes.append(f"removing {len(positions)} contacts that left the segment failed after {len(removed)} "
-                            f"were removed (the next refresh tries the others again): {exc}")
+                            f"were removed and {len(unknown)} found gone from SendGrid (the next refresh tries the "
+                            f"others again): {exc}")
         if not removed and not unknown:
             return set()
         done = set(removed) | set(unknown)

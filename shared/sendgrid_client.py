@@ -231,10 +231,14 @@ class SendGridClient:
                     return {}
                 continue
             found: dict[str, str] = {}
-            for email, entry in (data.get("result") or {}).items():
-                contact = (entry or {}).get("contact")
-                if contact and contact.get("id"):
+            answered = {str(email).lower(): entry or {} for email, entry in (data.get("result") or {}).items()}
+            for email in chunk:
+                entry = answered.get(email.lower(), {})
+                contact = entry.get("contact") if isinstance(entry, dict) else None
+                if isinstance(contact, dict) and contact.get("id"):
                     found[email.lower()] = str(contact["id"])
+                elif not (isinstance(entry, dict) and "not found" in str(entry.get("error", "")).lower()):
+                    refused.append(email)  # no answer, or another error: not known to be absent
             return found
         raise InvalidRequest("POST /v3/marketing/contacts/search/emails: SendGrid kept refusing addresses",
                              status=400)
@@ -255,7 +259,7 @@ class SendGridClient:
         chunk: list[str] = []
         length = len(path) + len("?contact_ids=")
         list_exists = False
-        for contact_id in [*contact_ids, None]:
+        for contact_id in [*dict.fromkeys(contact_ids), None]:  # two leavers may share a contact (alternates)
             if chunk and (contact_id is None or length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS):
                 job, list_exists = self._delete_chunk(list_id, path, chunk, done, gone, list_exists)
                 jobs += job
@@ -276,7 +280,7 @@ class SendGridClient:
                     list_exists = True
                 named = {i for i, contact_id in enumerate(ids)
                          if any(contact_id in error.get("message", "") for error in exc.errors)}
-                if not named:
+                if not named or (len(named) == len(ids) > 1):  # naming every ID says nothing about any one
                     raise
                 gone.extend(ids[i] for i in sorted(named))
                 ids = [contact_id for i, contact_id in enumerate(ids) if i not in named]

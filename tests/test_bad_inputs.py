@@ -565,3 +565,22 @@ def test_unterminated_quote_in_a_big_file_is_not_swallowed_silently(tmp_path: Pa
         read_all(tmp_path, "stray.csv")
     assert caught.value.row == 1
     assert "unterminated quote" in caught.value.reason
+
+
+def test_a_gz_whose_first_member_is_empty_is_still_told_apart(tmp_path: Path) -> None:
+    # A writer that creates the file, then appends: gzip.open(p, "wb").close(); gzip.open(p, "ab").write(...)
+    name = "1700000123456.appended.gz"
+    body = b'{"traits": {"email": "a@example.com", "first_name": "Ann"}}\n'
+    (tmp_path / name).write_bytes(gzip.compress(b"") + gzip.compress(body))
+    destination = DESTINATION.model_copy(update={"field_mapping": DESTINATION.field_mapping.model_copy(
+        update={"email": "traits.email", "first_name": "traits.first_name"})})
+    result = export_segment(destination, LocalDirSource(tmp_path), name, None, run_id="run-gz",
+                            options=ExportOptions(dry_run=True))
+    assert [json.loads(b) for b in result.preview] == [{"email": "a@example.com", "first_name": "Ann"}]
+
+
+def test_a_corrupt_gz_named_after_no_format_gets_the_reader_s_own_error(tmp_path: Path) -> None:
+    (tmp_path / "x.gz").write_bytes(b"\x1f\x8b\x09" + b"\x00" * 40)  # compression method 9 does not exist
+    with pytest.raises(SegmentFileError, match=r"corrupt gzip data \(Unknown compression method\)"):
+        export_segment(DESTINATION, LocalDirSource(tmp_path), "x.gz", None, run_id="run-gz",
+                       options=ExportOptions(dry_run=True))

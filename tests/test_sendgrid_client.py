@@ -462,6 +462,32 @@ def test_removal_goes_on_when_a_contact_was_deleted_meanwhile(sim: Simulator) ->
     assert statuses(sim, "DELETE /v3/marketing/lists/{id}/contacts").count(404) == 2  # one per call above
 
 
+def test_only_an_explicit_not_found_counts_as_absent_and_shared_contacts_are_removed_once() -> None:
+    """A search entry with another error, or none at all, is not proof the contact is gone (it would leave
+    the list's member behind for good); two leaving addresses of one contact (an alternate email) are one
+    removal."""
+    deletes: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"result": {
+                "a@example.com": {"contact": {"id": "id-a"}}, "alt@example.com": {"contact": {"id": "id-a"}},
+                "gone@example.com": {"error": "contact not found"},
+                "busy@example.com": {"error": "temporarily unavailable"}}})  # and silent@ has no entry
+        deletes.append(request.url.params["contact_ids"])
+        return httpx.Response(202, json={"job_id": "j1"})
+
+    refused: list[str] = []
+    removed: list[str] = []
+    with SendGridClient(SENDGRID_TEST_KEY, transport=httpx.MockTransport(answer), retry=FAST) as api:
+        found = api.search_emails(["a@example.com", "alt@example.com", "gone@example.com", "busy@example.com",
+                                   "silent@example.com"], refused)
+        api.remove_from_list(SENDGRID_TEST_LIST_ID, found.values(), removed)
+    assert found == {"a@example.com": "id-a", "alt@example.com": "id-a"}
+    assert refused == ["busy@example.com", "silent@example.com"]
+    assert deletes == ["id-a"] and removed == ["id-a"]
+
+
 def test_errors_that_name_no_item_fail_the_search_and_the_removal_in_one_request() -> None:
     """A 400 or 404 that names no address or ID is not split item by item (a request explosion that would
     also mistake every leaver for gone): it fails the step, and the leavers stay for the next refresh."""

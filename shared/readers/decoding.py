@@ -218,10 +218,17 @@ def content_head(source: ByteSource, name: str) -> bytes:
     head = source.head(name, _SNIFF_BYTES)
     if not head.startswith(GZIP_MAGIC):
         return head[:_SNIFF_TEXT]
-    try:  # a gzip stream's start decompresses on its own
-        return zlib.decompressobj(wbits=31).decompress(head, _SNIFF_TEXT)
-    except zlib.error as exc:
-        raise SegmentFileError(source.describe(name), f"corrupt gzip data ({exc})") from None
+    text = b""
+    try:  # a gzip stream's start decompresses on its own, member after member (a first one may be empty)
+        while head.startswith(GZIP_MAGIC) and len(text) < _SNIFF_TEXT:
+            member = zlib.decompressobj(wbits=31)
+            text += member.decompress(head, _SNIFF_TEXT - len(text))
+            if not member.eof:
+                break
+            head = member.unused_data
+    except zlib.error:
+        return b""  # corrupt: the reader says so in its own words
+    return text
 
 
 def open_text(source: ByteSource, name: str, options: ReaderOptions, *, encoding: str | None = None) -> TextStream:
