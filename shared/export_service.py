@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.destinations import Destination, DestinationsDocument, load_destinations
@@ -126,20 +127,21 @@ class ExportService:
     def latest_segment(self, destination: Destination) -> str | None:
         """The newest model.json under the destination's prefixes, else the newest data file."""
         newest: dict[bool, tuple[datetime, str]] = {}
-        if not self.segments.exists():
+        try:
+            for prefix in destination.segments:
+                for blob in self.segments.list_blobs(name_starts_with=prefix):
+                    if not is_segment_entry(blob.name) or destination not in self.destinations.served_by(blob.name):
+                        continue  # a marker, or a file a nested prefix gives to another destination
+                    is_model = blob.name.rsplit("/", 1)[-1] == MODEL_JSON
+                    if not is_model and _CDM_PARTITION_PATH.search(blob.name):
+                        continue  # a Customer Insights partition is read through its model.json, never alone
+                    current = newest.get(is_model)
+                    if current is None or blob.last_modified > current[0]:
+                        newest[is_model] = (blob.last_modified, blob.name)
+        except ResourceNotFoundError:
             log.warning("the segments container %s does not exist: no segment file to export",
                         self.segments.container_name)
             return None
-        for prefix in destination.segments:
-            for blob in self.segments.list_blobs(name_starts_with=prefix):
-                if not is_segment_entry(blob.name) or destination not in self.destinations.served_by(blob.name):
-                    continue  # a marker, or a file a nested prefix gives to another destination
-                is_model = blob.name.rsplit("/", 1)[-1] == MODEL_JSON
-                if not is_model and _CDM_PARTITION_PATH.search(blob.name):
-                    continue  # a Customer Insights partition is read through its model.json, never alone
-                current = newest.get(is_model)
-                if current is None or blob.last_modified > current[0]:
-                    newest[is_model] = (blob.last_modified, blob.name)
         if True in newest:
             return newest[True][1]
         above = self._model_json_above(destination)

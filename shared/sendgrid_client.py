@@ -20,7 +20,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,42 +254,35 @@ class SendGridClient:
         """
         done = removed if removed is not None else []
         gone = unknown if unknown is not None else []
-        jobs: list[str] = []
         path = f"/v3/marketing/lists/{list_id}/contacts"
-        chunk: list[str] = []
-        length = len(path) + len("?contact_ids=")
-        list_exists = False
-        for contact_id in [*dict.fromkeys(contact_ids), None]:  # two leavers may share a contact (alternates)
-            if chunk and (contact_id is None or length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS):
-                job, list_exists = self._delete_chunk(list_id, path, chunk, done, gone, list_exists)
-                jobs += job
-                chunk, length = [], len(path) + len("?contact_ids=")
-            if contact_id is not None:
-                chunk.append(contact_id)
-                length += len(contact_id) + 3  # ',' is sent as %2C
+        jobs: list[str] = []
+        list_checked = False
+        # Two leavers may share a contact (an alternate email): each ID goes once.
+        for chunk in _url_chunks(path, list(dict.fromkeys(contact_ids))):
+            ids = chunk
+            for _ in range(2):  # the second try is without the IDs the first 404 named
+                try:
+                    response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)},
+                                             idempotent=True)
+                except NotFound as exc:
+                    if not list_checked:
+                        self.get_list(list_id)  # NotFound again: the list itself is gone, the caller must hear
+                        list_checked = True
+                    named = {i for i, contact_id in enumerate(ids)
+                             if any(contact_id in error.get("message", "") for error in exc.errors)}
+                    if not named or (len(named) == len(ids) > 1):  # naming every ID says nothing about any one
+                        raise
+                    gone.extend(ids[i] for i in sorted(named))
+                    ids = [contact_id for i, contact_id in enumerate(ids) if i not in named]
+                    if not ids:
+                        break
+                    continue
+                done.extend(ids)
+                jobs.append(str((response.json() or {}).get("job_id", "")))
+                break
+            else:
+                raise NotFound(f"DELETE {_template(path)}: SendGrid kept answering 404 for contact IDs", status=404)
         return jobs
-
-    def _delete_chunk(self, list_id: str, path: str, ids: list[str], done: list[str], gone: list[str],
-                      list_exists: bool) -> tuple[list[str], bool]:
-        for _ in range(2):  # the second try is without the IDs the first 404 named
-            try:
-                response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)}, idempotent=True)
-            except NotFound as exc:
-                if not list_exists:
-                    self.get_list(list_id)  # NotFound again: the list itself is gone, which the caller must hear
-                    list_exists = True
-                named = {i for i, contact_id in enumerate(ids)
-                         if any(contact_id in error.get("message", "") for error in exc.errors)}
-                if not named or (len(named) == len(ids) > 1):  # naming every ID says nothing about any one
-                    raise
-                gone.extend(ids[i] for i in sorted(named))
-                ids = [contact_id for i, contact_id in enumerate(ids) if i not in named]
-                if not ids:
-                    return [], list_exists
-                continue
-            done.extend(ids)
-            return [str((response.json() or {}).get("job_id", ""))], list_exists
-        raise NotFound(f"DELETE {_template(path)}: SendGrid kept answering 404 for contact IDs", status=404)
 
     # -- transport ---------------------------------------------------------------------------------
 
@@ -403,6 +396,21 @@ def _template(path: str) -> str:
     known = {"v3", "marketing", "contacts", "imports", "lists", "count", "search", "emails",
              "field_definitions", "scopes"}
     return "/".join(p if p in known or not p else "{id}" for p in parts)
+
+
+def _url_chunks(path: str, ids: list[str]) -> Iterator[list[str]]:
+    """IDs in groups whose `?contact_ids=a,b,...` stays under SendGrid's URL limit (',' is sent as %2C)."""
+    base = len(path) + len("?contact_ids=")
+    chunk: list[str] = []
+    length = base
+    for contact_id in ids:
+        if chunk and length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS:
+            yield chunk
+            chunk, length = [], base
+        chunk.append(contact_id)
+        length += len(contact_id) + 3
+    if chunk:
+        yield chunk
 
 
 def _named_positions(exc: SendGridError, name: str, count: int) -> set[int]:
