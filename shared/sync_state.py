@@ -37,11 +37,14 @@ from typing import Any
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
+from shared.spool import email_key
+
 log = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 5.0
 LEASE_SECONDS = 60  # Blob Storage allows 15-60 s (or infinite, which a dead run would never give back)
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v1"
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v2"  # v2: xxh3 keys and fingerprints (shared.spool)
+V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten as v2 when first loaded
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
@@ -213,7 +216,7 @@ class SyncState:
             self.resume = {}
             self.resume_set_aside = {}
 
-    def _load_snapshot(self) -> Snapshot | None:
+    def _load_snapshot(self, upgraded: bool = False) -> Snapshot | None:
         try:
             stream = self._container.download_blob(self._prefix + "snapshot.txt")
         except ResourceNotFoundError:
@@ -221,6 +224,10 @@ class SyncState:
         keys, fingerprints = array("q"), array("q")
         with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
             header = json.loads(text.readline())
+            if header.get("format") == V1_FORMAT and not upgraded:
+                text.close()
+                self._upgrade_v1()
+                return self._load_snapshot(upgraded=True)
             if header.get("format") != SNAPSHOT_FORMAT:
                 return None
             trusted = header.get("config") == self.config_digest
@@ -298,12 +305,46 @@ class SyncState:
                 if keep_absent(old_position):
                     emit(*pending_old)
                 pending_old, old_position = next(old_lines, None), old_position + 1
-            header = {"format": SNAPSHOT_FORMAT, "config": self.config_digest, "list": self.list_id,
-                      "count": count, "digest": digest.hexdigest()}
-            out.seek(0)
-            body = _Concat(json.dumps(header).encode() + b"\n", out)
-            self._container.get_blob_client(self._prefix + "snapshot.txt").upload_blob(body, overwrite=True)
+            self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": count,
+                                       "digest": digest.hexdigest()})
         return count
+
+    def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:
+        lines.seek(0)
+        body = _Concat(json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n", lines)
+        self._container.get_blob_client(self._prefix + "snapshot.txt").upload_blob(body, overwrite=True)
+
+    def _upgrade_v1(self) -> None:
+        """Rewrite a v1 snapshot (blake2b keys) as v2: keys computed again from its emails, and sorted again.
+
+        Its fingerprints cannot be recomputed (the contacts' JSON is not stored), so they become UNTRUSTED:
+        each contact is sent once more, while mirror mode keeps the membership and still removes those who
+        left. Memory: two arrays (16 bytes an entry); the lines wait in a local file.
+        """
+        self.ensure_lock()
+        stream = self._container.download_blob(self._prefix + "snapshot.txt")
+        with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
+            for chunk in stream.chunks():
+                old.write(chunk)
+            old.seek(0)
+            header = json.loads(old.readline())
+            keys, offsets = array("q"), array("Q")
+            offset = old.tell()
+            for line in old:
+                keys.append(email_key(line.rstrip(b"\n").split(b" ", 2)[2].decode()))
+                offsets.append(offset)
+                offset += len(line)
+            digest = hashlib.sha256()
+            for index in _sorted_by_key(keys, iter(range(len(keys)))):
+                old.seek(offsets[index])
+                email = old.readline().rstrip(b"\n").split(b" ", 2)[2].decode()
+                line = f"{keys[index]} {UNTRUSTED} {email}\n".encode()
+                out.write(line)
+                digest.update(line)
+            self._store_snapshot(out, {"config": header.get("config"), "list": header.get("list"),
+                                       "count": len(keys), "digest": digest.hexdigest()})
+        log.info("destination %s: snapshot upgraded to %s; every contact is sent once more", self.destination,
+                 SNAPSHOT_FORMAT)
 
     def _old_lines(self, fingerprint: int | None) -> Iterator[tuple[int, int, str]]:
         """The stored entries; with `fingerprint`, carried over under that one instead of their own."""

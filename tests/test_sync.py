@@ -741,3 +741,37 @@ def test_mirror_removes_leavers_although_one_cannot_be_searched_and_one_was_dele
     assert long_one in env.members() and long_one in env.snapshot()  # pending, not forgotten
     assert {rows[0][0], rows[1][0], rows[2][0]}.isdisjoint(env.snapshot())
     assert env.sim.take_violations() == []
+
+
+def test_a_snapshot_of_the_first_format_is_upgraded_and_mirror_still_removes_who_left(env: Env) -> None:
+    """Snapshots written before keys became xxh3 hold blake2b keys: rewritten in place on first load, their
+    membership kept (leavers are removed) while every contact is sent once more (its fingerprint is unknown)."""
+    import hashlib
+
+    dest = destination(mode="mirror")
+    rows = profiles(25)
+    env.export(env.upload(rows), dest)
+    header, *lines = (env.state("snapshot.txt") or b"").decode().splitlines()
+    old = json.loads(header)
+
+    def blake(email: str) -> int:
+        return int.from_bytes(hashlib.blake2b(email.encode(), digest_size=8).digest(), "little", signed=True)
+
+    emails = [line.split(" ", 2)[2] for line in lines]
+    v1 = [f"{blake(e)} {int(line.split(' ')[1])} {e}" for e, line in zip(emails, lines, strict=True)]
+    v1.sort(key=lambda line: int(line.split(" ")[0]))
+    old["format"] = "segment-to-sendgrid snapshot v1"
+    env.runs.upload_blob(f"state/{NAME}/snapshot.txt", "\n".join([json.dumps(old), *v1, ""]).encode(),
+                         overwrite=True)
+
+    sent_before = len(env.sim.upsert_batches)
+    report = env.export(env.upload(rows[:22]), dest)
+    assert (report.status, report.exported, report.unchanged_skipped) == ("succeeded", 22, 0), report.error
+    assert sorted(env.sent(sent_before)) == sorted(e for e, _ in rows[:22])
+    assert report.removed_from_list == 3 and env.members() == dict(rows[:22])
+    header, *lines = (env.state("snapshot.txt") or b"").decode().splitlines()
+    assert json.loads(header)["format"] == "segment-to-sendgrid snapshot v2"
+    keys = [int(line.split(" ")[0]) for line in lines]
+    assert keys == sorted(keys) == sorted(email_key(e) for e, _ in rows[:22])
+    again = env.export(env.upload(rows[:22]), dest)
+    assert (again.exported, again.unchanged_skipped) == (0, 22)
