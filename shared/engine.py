@@ -12,13 +12,13 @@ import itertools
 import logging
 import re
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from azure.core.exceptions import AzureError
 
 from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Batch, batches
-from shared.contact_mapping import ContactMapper, MappedContact, missing_columns, resolve_custom_fields
+from shared.contact_mapping import ContactMapper, MappedContact, Rejection, missing_columns, resolve_custom_fields
 from shared.destinations import Destination
 from shared.email_rules import normalise_email
 from shared.errors import (
@@ -145,50 +145,50 @@ def _read_into_spool(
     with open_segment(source, name, reader_options(destination)) as reader:
         missing = missing_columns(destination, reader.columns)
         if missing:
-            columns = reader.columns or []
-            found = f"columns found: {', '.join(columns) or 'none'}"
-            if len(missing) == len(set(destination.field_mapping.columns())) or any("@" in c for c in columns):
+            header = reader.columns or []
+            found = f"columns found: {', '.join(header) or 'none'}"
+            if len(missing) == len(set(destination.field_mapping.columns())) or any("@" in c for c in header):
                 # Likely a file without its header row: its "columns" are a profile, which must not reach a
                 # report or log. A real header has at least one mapped column and no addresses.
                 found = (f"the first row has none of the mapped columns or holds an email address, so it may be "
-                         f"data, not column names ({len(columns)} values): is the header row missing?")
+                         f"data, not column names ({len(header)} values): is the header row missing?")
             raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
-        email_column = destination.field_mapping.email
+        columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
         # has is a misspelled mapping, which would silently drop that field for every contact.
-        unseen = {c for c in destination.field_mapping.columns() if c != email_column} if reader.columns is None \
-            else set()
-        seen: dict[str, None] = {}  # the first column names met, in order, for the error message
-        for record in reader:
+        unseen = set(range(1, len(columns))) if reader.columns is None else set()  # 0: the email column
+        map_values, add, reject = mapper.map_values, spool.add, result.reject
+        preview = options.preview_limit if options.dry_run else 0
+        for origin, row, values, error in reader.project(columns):
             report.rows_read += 1
-            if record.error is not None:
+            if error is not None:
                 result.unreadable_rows += 1
-                result.reject(RejectedRow(record.source, record.row, "row", record.error))
+                reject(RejectedRow(origin, row, "row", error))
                 continue
             if unseen:
-                unseen.difference_update([c for c in unseen if c in record.fields])
-                if len(seen) < _SEEN_COLUMNS_SHOWN:
-                    seen.update(dict.fromkeys(itertools.islice(record.fields, _SEEN_COLUMNS_SHOWN)))
-            mapped = mapper.map(record.fields)
-            if isinstance(mapped, MappedContact):
-                spool.add(record.source, record.row, mapped.email, mapped.body)
+                unseen.difference_update([i for i in unseen if values[i] is not None])
+            mapped = map_values(values)
+            if type(mapped) is MappedContact:
+                add(origin, row, mapped.email, mapped.body)
                 for truncated in mapped.truncated:
-                    report.add_truncated(TruncatedField(record.source, record.row, truncated))
-                if options.dry_run and len(result.preview) < options.preview_limit:
+                    report.add_truncated(TruncatedField(origin, row, truncated))
+                if len(result.preview) < preview:
                     result.preview.append(mapped.body)
             else:
-                column = mapped.column or email_column
-                result.reject(RejectedRow(record.source, record.row, mapped.field, mapped.reason, mapped.column),
-                              record.fields.get(column, ""))
-                email = normalise_email(record.fields.get(email_column) or "")[0] if mapped.field != "email" else None
+                assert isinstance(mapped, Rejection)
+                column = mapped.column or columns[0]
+                reject(RejectedRow(origin, row, mapped.field, mapped.reason, mapped.column),
+                       mapper.value_of(values, column))
+                email = normalise_email(values[0] or "")[0] if mapped.field != "email" else None
                 if email is not None:
                     result.rejected_keys.append(email_key(email))
-        if unseen and seen:
-            raise _never_seen(destination, report.source, unseen, seen)
+        if unseen and reader.keys_seen:
+            raise _never_seen(destination, report.source, {columns[i] for i in unseen}, reader.keys_seen)
     report.contacts_valid = len(spool)
 
 
-def _never_seen(destination: Destination, source: str, unseen: set[str], seen: dict[str, None]) -> ConfigurationError:
+def _never_seen(destination: Destination, source: str, unseen: set[str],
+                seen: Mapping[str, None]) -> ConfigurationError:
     """The error for mapped columns no row of a header-less file had: names only, never values."""
     names = [name for name in seen if "@" not in name]  # a key that is an address is data, not a column name
     hidden = len(seen) - len(names)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from shared.records import Record
+
+# One row as the engine maps it: (source, row, the values of the columns asked for, in their order, None where
+# the row lacks one, empty when the row is unusable; the reason it is unusable, or None).
+ProjectedRow = tuple[str, int, Sequence[str | None], str | None]
+KEYS_SEEN_KEPT = 50  # key names a header-less reader notes, for an error naming a mapped column no row has
 
 # Lone surrogates are what the decoder's error handler ('segment-escape') makes of undecodable bytes.
 SURROGATES = re.compile("[\ud800-\udfff]")
@@ -47,9 +53,29 @@ class SegmentReader(ABC):
     one Record per data row, in file order; `close()` releases the streams (also on `with` exit)."""
 
     columns: list[str] | None = None
+    keys_seen: Mapping[str, None] = MappingProxyType({})  # set by project() on readers without columns
 
     @abstractmethod
     def __iter__(self) -> Iterator[Record]: ...
+
+    def project(self, columns: Sequence[str]) -> Iterator[ProjectedRow]:
+        """The rows with only these columns' values, in this order: what the engine maps.
+
+        Readers that know their columns (CSV, CDM) pick the values by position, with no dict per row. This
+        default takes them from the Records (JSON Lines rows name their own keys) and notes the first key
+        names met in `keys_seen`, for an error about a mapped column that no row has.
+        """
+        wanted = tuple(columns)
+        seen: dict[str, None] = {}
+        self.keys_seen = seen
+        for record in self:
+            if record.error is not None:
+                yield record.source, record.row, (), record.error
+                continue
+            fields = record.fields
+            if len(seen) < KEYS_SEEN_KEPT:
+                seen.update(dict.fromkeys(itertools.islice(fields, KEYS_SEEN_KEPT)))
+            yield record.source, record.row, tuple(map(fields.get, wanted)), None
 
     @abstractmethod
     def close(self) -> None: ...

@@ -14,13 +14,13 @@ path as `source`, and rows are numbered per partition.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import SegmentFileError
-from shared.readers.base import SegmentReader
+from shared.readers.base import ProjectedRow, SegmentReader
 from shared.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
 from shared.readers.decoding import EmptyFileError
 from shared.readers.options import ReaderOptions
@@ -239,6 +239,15 @@ class CdmReader(SegmentReader):
         self._current: CsvSegmentReader | None = None
 
     def __iter__(self) -> Iterator[Record]:
+        for reader in self._open_partitions():
+            yield from reader
+
+    def project(self, columns: Sequence[str]) -> Iterator[ProjectedRow]:
+        for reader in self._open_partitions():
+            yield from reader.project(columns)
+
+    def _open_partitions(self) -> Iterator[CsvSegmentReader]:
+        """Each partition's reader in turn, closed once the caller moves on to the next."""
         for partition in self.partitions:
             try:
                 reader = self._current = CsvSegmentReader(self._source, partition.path, self._options,
@@ -246,7 +255,7 @@ class CdmReader(SegmentReader):
             except EmptyFileError:
                 continue  # a partition of an empty (or small) segment
             try:
-                yield from reader
+                yield reader
             finally:
                 reader.close()
                 self._current = None

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from operator import itemgetter
+from typing import Literal, TypeVar
 
 from shared.errors import SegmentFileError
-from shared.readers.base import SURROGATES, SegmentReader, make_record
+from shared.readers.base import SURROGATES, ProjectedRow, SegmentReader, make_record
 from shared.readers.decoding import EmptyFileError, TextStream, open_text
 from shared.readers.options import ALLOWED_DELIMITERS, ReaderOptions
 from shared.records import Record
@@ -27,6 +28,7 @@ from shared.sources import ByteSource
 HeaderMode = Literal["first-row", "none", "auto"]
 
 _LIMIT_LOCK = threading.Lock()
+_Row = TypeVar("_Row")
 
 
 def _csv_limit_at_least(wanted: int) -> bool:
@@ -228,14 +230,38 @@ class CsvSegmentReader(SegmentReader):
         return None
 
     def __iter__(self) -> Iterator[Record]:
-        yield from self._pending
-        self._pending = []
-        header = self._header
-        width = len(header)
+        yield from self._take_pending()
+        header, name, make = self._header, self._name, make_record
+        yield from self._scan(
+            lambda row, cells: make(name, row, dict(zip(header, cells)), None),  # noqa: B905  (same length)
+            lambda row, reason: make(name, row, {}, reason))
+
+    def project(self, columns: Sequence[str]) -> Iterator[ProjectedRow]:
+        wanted = tuple(columns)
+        for record in self._take_pending():
+            values = tuple(map(record.fields.get, wanted)) if record.error is None else ()
+            yield record.source, record.row, values, record.error
+        index = {column: position for position, column in enumerate(self._header)}
+        positions = [index.get(column) for column in wanted]
+        pick: Callable[[list[str]], Sequence[str | None]]
+        if len(positions) > 1 and None not in positions:
+            pick = itemgetter(*positions)  # one C call gives the tuple of values
+        else:
+            pick = lambda cells: tuple(None if p is None else cells[p] for p in positions)  # noqa: E731
+        name = self._name
+        yield from self._scan(lambda row, cells: (name, row, pick(cells), None),
+                              lambda row, reason: (name, row, (), reason))
+
+    def _take_pending(self) -> list[Record]:
+        """The first data row(s), read while opening a file without a header row."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _scan(self, build: Callable[[int, list[str]], _Row], fail: Callable[[int, str], _Row]) -> Iterator[_Row]:
+        """The rows after the header, as `build(row, cells)`, or `fail(row, reason)` for an unusable one."""
+        width = len(self._header)
         reader = self._reader
         guard = self._stream.guard
-        name = self._name
-        make = make_record
         mismatch = self._mismatch
         if not self._limit_exact:
             guard.suspect = True  # the csv module's limit is looser than ours: check lengths on every row
@@ -247,14 +273,14 @@ class CsvSegmentReader(SegmentReader):
                     row += 1
                     if len(cells) == width:
                         if guard.suspect:
-                            problem = self._problem(cells, header)
+                            problem = self._problem(cells, self._header)
                             if problem is not None:
-                                yield make(name, row, {}, problem)
+                                yield fail(row, problem)
                                 start_line = reader.line_num
                                 continue
-                        yield make(name, row, dict(zip(header, cells)), None)  # noqa: B905  (same length; strict= costs 0.3 s per 1M rows)
+                        yield build(row, cells)
                     elif cells:
-                        yield make(name, row, {}, mismatch % len(cells))
+                        yield fail(row, mismatch % len(cells))
                     start_line = reader.line_num
                 self._row = row
                 return
@@ -262,7 +288,7 @@ class CsvSegmentReader(SegmentReader):
                 row += 1
                 reason = self._row_problem(exc, row, start_line, reader.line_num)
                 start_line = reader.line_num
-                yield make(name, row, {}, reason)
+                yield fail(row, reason)
             except SegmentFileError as exc:
                 raise SegmentFileError(exc.source, exc.reason, row=exc.row or row + 1) from None
 
