@@ -178,6 +178,17 @@ def test_csv_reads_back_what_a_csv_writer_wrote(tmp_path: Path, spec: dict[str, 
         assert reader.columns == spec["header"]
         records = list(reader)
     assert records == _expected(spec, name)
+    _assert_projects_like_its_records(LocalDirSource(tmp_path), name, options, records,
+                                      [*reversed(spec["header"]), "Absent"])
+
+
+def _assert_projects_like_its_records(source: LocalDirSource, name: str, options: ReaderOptions | None,
+                                      records: list[Record], columns: list[str]) -> None:
+    """What the engine maps (`project`: values picked by position) is what the Records hold, row for row."""
+    with open_segment(source, name, options) as reader:
+        projected = list(reader.project(columns))
+    assert projected == [(r.source, r.row, tuple(map(r.fields.get, columns)) if r.error is None else (), r.error)
+                         for r in records]
 
 
 _TOKENS = st.sampled_from([b",", b";", b"\t", b'"', b'""', b"\r", b"\n", b"\r\n", b"\x00", b"\xff", b"\xc3", b"\xa9",
@@ -199,18 +210,21 @@ def hostile_files(draw: st.DrawFn) -> tuple[str, bytes]:
 
 
 @SETTINGS
-@given(file=hostile_files(), limits=st.booleans())
+@given(file=hostile_files(), limits=st.booleans(), header=st.sampled_from([None, False]))
 def test_any_bytes_give_records_or_a_segment_file_error(tmp_path: Path, file: tuple[str, bytes],
-                                                        limits: bool) -> None:
+                                                        limits: bool, header: bool | None) -> None:
     name, data = file
     (tmp_path / name).write_bytes(data)
-    options = ReaderOptions(max_field_chars=40, max_columns=6, max_line_bytes=200) if limits else None
+    options = ReaderOptions(max_field_chars=40, max_columns=6, max_line_bytes=200, has_header=header) if limits \
+        else ReaderOptions(has_header=header)
     try:
         with open_segment(LocalDirSource(tmp_path), name, options) as reader:
             records = list(reader)
+            columns = [*(reader.columns or [])[:3], "Email", "2"]
     except SegmentFileError as exc:
         assert exc.source == name and exc.reason
         return
+    _assert_projects_like_its_records(LocalDirSource(tmp_path), name, options, records, columns)
     rows = [r.row for r in records]
     assert rows == sorted(set(rows)) and all(row >= 1 for row in rows)  # increasing, never reused
     for record in records:
@@ -261,6 +275,8 @@ def test_any_model_json_gives_records_or_a_segment_file_error(tmp_path: Path, mo
         assert exc.source == "cdm/model.json" and exc.reason
         return
     assert all(r.source in ("cdm/p.csv", "cdm/sub/p.csv", "c/p.csv") for r in records)  # never outside the root
+    _assert_projects_like_its_records(LocalDirSource(tmp_path), "cdm/model.json", ReaderOptions(entity=entity),
+                                      records, ["Id", "Email", "Other"])
 
 
 # == email rules =========================================================================================
