@@ -170,9 +170,10 @@ def _read_into_spool(
             mapped = map_values(values)
             if type(mapped) is MappedContact:
                 add(origin, row, mapped.email, mapped.body)
-                for truncated in mapped.truncated:
-                    report.add_truncated(TruncatedField(origin, row, truncated))
-                if len(result.preview) < preview:
+                if mapped.truncated:
+                    for truncated in mapped.truncated:
+                        report.add_truncated(TruncatedField(origin, row, truncated))
+                if preview and len(result.preview) < preview:
                     result.preview.append(mapped.body)
             else:
                 assert isinstance(mapped, Rejection)

@@ -8,6 +8,7 @@ fraction of re-parsing the source file.
 
 from __future__ import annotations
 
+import io
 import itertools
 import tempfile
 from array import array
@@ -17,6 +18,7 @@ from typing import BinaryIO
 from xxhash import xxh3_64_intdigest
 
 _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
+_WRITE_EVERY = 1024  # contacts per write to the spool file
 _SIGNED = 1 << 63  # xxh3 gives 0..2**64-1; arrays of "q" hold signed 64-bit values
 _xxh3 = xxh3_64_intdigest
 
@@ -46,33 +48,48 @@ class Spool:
         self.rows = array("L")
         self._offsets = array("Q")  # where each contact's line starts in the spool file
         self._end = 0
+        self._unwritten: list[bytes] = []  # contacts not yet in the file: one write per _WRITE_EVERY
         self.source_names: list[str] = []
         self._source_index: dict[str, int] = {}
+        self._last_source: str | None = None  # rows come in runs of one source: skip the dict look-up
+        self._last_index = 0
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(self, source: str, row: int, email: str, body: bytes) -> None:
-        index = self._source_index.get(source)
-        if index is None:
-            index = self._source_index[source] = len(self.source_names)
-            self.source_names.append(source)
+        if source is not self._last_source:
+            index = self._source_index.get(source)
+            if index is None:
+                index = self._source_index[source] = len(self.source_names)
+                self.source_names.append(source)
+            self._last_source, self._last_index = source, index
         # email_key() and fingerprint(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED)
         self.fingerprints.append(_xxh3(body) - _SIGNED)
-        self.sources.append(index)
+        self.sources.append(self._last_index)
         self.rows.append(row)
         self._offsets.append(self._end)
-        line = body + b"\n"
-        self._file.write(line)
-        self._end += len(line)
+        self._end += len(body) + 1
+        unwritten = self._unwritten
+        unwritten.append(body)
+        if len(unwritten) >= _WRITE_EVERY:
+            self._write()
+
+    def _write(self) -> None:
+        """Write the contacts added since the last write, and flush, so the file can be read back."""
+        if self._unwritten:
+            self._file.seek(0, io.SEEK_END)  # a read may have moved the position
+            self._file.write(b"\n".join(self._unwritten) + b"\n")
+            self._unwritten.clear()
+        self._file.flush()
 
     def where(self, index: int) -> tuple[str, int]:
         return self.source_names[self.sources[index]], self.rows[index]
 
     def email_at(self, index: int) -> str:
-        """Read one contact's email back from the spool (used for the few that need it)."""
-        self._file.flush()
+        """Read one contact's email back from the spool."""
+        self._write()
         position = self._file.tell()
         self._file.seek(self._offsets[index])
         line = self._file.readline()
@@ -81,7 +98,7 @@ class Spool:
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
         """(index, contact JSON) in file order."""
-        self._file.flush()
+        self._write()
         self._file.seek(0)
         for index, line in enumerate(self._file):
             yield index, line[:-1]
@@ -111,21 +128,27 @@ class Spool:
         million int objects (~40 MB). Splitting the keys by their top byte first keeps that list at 1/256.
         """
         if len(self.keys) <= _SMALL_SPOOL:
-            ordered = sorted(self.keys)
-            return {a for a, b in itertools.pairwise(ordered) if a == b}
+            return _repeated(self.keys)
         buckets = [array("q") for _ in range(256)]
         appends = [bucket.append for bucket in buckets]
         for key in self.keys:
             appends[(key >> 56) & 0xFF](key)
         repeated: set[int] = set()
         for number, bucket in enumerate(buckets):
-            ordered = sorted(bucket)
             buckets[number] = array("q")  # release as we go
-            repeated.update(a for a, b in itertools.pairwise(ordered) if a == b)
+            repeated.update(_repeated(bucket))
         return repeated
 
     def close(self) -> None:
         self._file.close()
+
+
+def _repeated(keys: array[int]) -> set[int]:
+    """Keys that occur more than once; a set answers "none" (the usual case) in a quarter of a sort's time."""
+    if len(set(keys)) == len(keys):
+        return set()
+    ordered = sorted(keys)
+    return {a for a, b in itertools.pairwise(ordered) if a == b}
 
 
 def _email_of(body: bytes) -> bytes:

@@ -78,6 +78,23 @@ def test_invalid_utf8_rejects_only_that_row(tmp_path: Path) -> None:
     assert records[0].fields["B"] == "é"
 
 
+@pytest.mark.parametrize("at", range(8_185, 8_195))
+def test_a_multibyte_sequence_cut_short_is_caught_wherever_a_read_ends(tmp_path: Path, at: int) -> None:
+    # The byte check skips all-ASCII reads: a lead byte ending one read must still be judged with the next
+    # read (all ASCII) or with the end of the file.
+    row = b"p@example.com,"
+    padding = b"x" * (at - len(b"Email,Name\n") - len(row))
+    _, records = read(tmp_path, "s.csv", b"Email,Name\n" + row + padding + b"\xc2abc\nq@example.com,ok\n")
+    assert [(r.row, r.error) for r in records] == [(1, "invalid UTF-8 in column 'Name'"), (2, None)]
+    _, records = read(tmp_path, "s.csv", b"Email,Name\n" + row + padding + b"\xc2")
+    assert [(r.row, r.error) for r in records] == [(1, "invalid UTF-8 in column 'Name'")]
+
+
+def test_invalid_utf8_in_a_headerless_files_only_row_rejects_it(tmp_path: Path) -> None:
+    _, records = read(tmp_path, "s.csv", b"a@example.com,\xc2", ReaderOptions(has_header=False))
+    assert [(r.row, r.error) for r in records] == [(1, "invalid UTF-8 in column '2'")]
+
+
 def test_invalid_utf8_in_the_header_refuses_the_file_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(SegmentFileError, match=r"not valid UTF-8: set file_format\.encoding"):
         read(tmp_path, "s.csv", b"Stra\xdfe,B\n1,2\n")

@@ -44,3 +44,23 @@ def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch
     finally:
         spool.close()
 
+
+
+def test_contacts_read_back_whole_while_writes_are_buffered() -> None:
+    # more contacts than one buffered write, read back between adds and from several sources
+    spool = Spool()
+    try:
+        emails = [f"p{i}@example.com" for i in range(2_500)]
+        for row, email in enumerate(emails[:1_500], start=1):
+            spool.add("a.csv" if row < 700 else "b.csv", row, email, f'{{"email":"{email}"}}'.encode())
+        assert spool.email_at(1_499) == emails[1_499] and spool.email_at(3) == emails[3]
+        assert [body for _, body in spool.contacts()][-1] == f'{{"email":"{emails[1_499]}"}}'.encode()
+        for row, email in enumerate(emails[1_500:], start=1_501):
+            spool.add("a.csv", row, email, f'{{"email":"{email}"}}'.encode())
+        assert [json.loads(body)["email"] for _, body in spool.contacts()] == emails
+        assert [spool.email_at(i) for i in (0, 1_024, 2_499)] == [emails[0], emails[1_024], emails[2_499]]
+        assert [spool.where(i) for i in (0, 699, 1_000, 2_000)] == [("a.csv", 1), ("b.csv", 700), ("b.csv", 1_001),
+                                                                   ("a.csv", 2_001)]
+        assert spool.superseded() == set()
+    finally:
+        spool.close()

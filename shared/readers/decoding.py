@@ -144,7 +144,9 @@ class _Guard(io.RawIOBase):
             raise SegmentFileError(self._description, f"corrupt gzip data ({exc})") from None
 
     def _inspect(self, data: bytes) -> None:
-        if self._ascii_fast and data.isascii():
+        # An all-ASCII read skips the decoder, unless it holds the start of a sequence from the read before
+        # (then this read, or the end of the file, decides whether that sequence was complete).
+        if self._ascii_fast and data and data.isascii() and not self._validator.getstate()[0]:
             self.suspect = b"\x00" in data
             return
         try:
