@@ -540,3 +540,17 @@ def test_no_error_message_contains_the_api_key(sim: Simulator, provoke: Callable
         api.upsert_contacts(body("a@example.com"))
     assert_clean(caught.value)
     assert caught.value.hint  # and it says what to do
+
+
+def test_tls_is_verified_with_the_context_every_client_shares(keyvault: KeyVaultStandIn) -> None:
+    # The process-wide TLS context must still verify: a server whose certificate no trusted CA signed (the
+    # Key Vault stand-in's own test CA) is refused, by the first client and by the next, at once (no retry:
+    # waiting cannot make a certificate trusted) and with what to check.
+    for _ in range(2):
+        with SendGridClient(SENDGRID_TEST_KEY, base_url=keyvault.url, retry=FAST) as client, \
+                pytest.raises(SendGridError) as caught:
+            client.field_definitions()
+        assert not isinstance(caught.value, TransientFailure) and client.stats.requests == 1
+        message = str(caught.value)
+        assert "TLS certificate of 127.0.0.1 was refused (unable to get local issuer certificate)" in message
+        assert "SSL_CERT_FILE" in message and SENDGRID_TEST_KEY not in message
