@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from xxhash import xxh3_64_intdigest
 
 _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _WRITE_EVERY = 1024  # contacts per write to the spool file
+_pread = getattr(os, "pread", None)
 _SIGNED = 1 << 63  # xxh3 gives 0..2**64-1; arrays of "q" hold signed 64-bit values
 _xxh3 = xxh3_64_intdigest
 
@@ -88,12 +90,19 @@ class Spool:
         return self.source_names[self.sources[index]], self.rows[index]
 
     def email_at(self, index: int) -> str:
-        """Read one contact's email back from the spool."""
-        self._write()
-        position = self._file.tell()
-        self._file.seek(self._offsets[index])
-        line = self._file.readline()
-        self._file.seek(position)
+        """Read one contact's email back from the spool: a read at its offset, which leaves the file's
+        position (maybe mid-iteration of `contacts()`) alone."""
+        if self._unwritten:
+            self._write()
+        start = self._offsets[index]
+        end = self._offsets[index + 1] if index + 1 < len(self._offsets) else self._end
+        if _pread is not None:
+            line = _pread(self._file.fileno(), end - start, start)
+        else:  # no os.pread (Windows): seek, read, and go back
+            position = self._file.tell()
+            self._file.seek(start)
+            line = self._file.read(end - start)
+            self._file.seek(position)
         return _email_of(line).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:

@@ -269,10 +269,13 @@ class SyncState:
         A contact of this segment takes its new fingerprint only if `confirmed` (its import job completed,
         or it was unchanged); otherwise its previous entry stays, so the next refresh sends it again.
         Entries of contacts no longer in the segment stay while `keep_absent(position)` says so.
+        A snapshot that would come out as it was (an unchanged refresh) is not uploaded again, and an
+        unchanged contact keeps its stored line, so its email is not read back from the spool.
         """
         self.ensure_lock()
         old = self.snapshot
         carried_fp = None if old is None or old.trusted else UNTRUSTED
+        changed = old is None or not old.trusted
         with tempfile.TemporaryFile() as out:
             digest = hashlib.sha256()
             count = 0
@@ -292,21 +295,31 @@ class SyncState:
                 while pending_old is not None and pending_old[0] < key:
                     if keep_absent(old_position):
                         emit(*pending_old)
+                    else:
+                        changed = True
                     pending_old, old_position = next(old_lines, None), old_position + 1
                 previous = None
                 if pending_old is not None and pending_old[0] == key:
                     previous = pending_old
                     pending_old, old_position = next(old_lines, None), old_position + 1
                 if confirmed(index):
-                    emit(key, segment_fingerprints[index], email_of(index))
+                    fp = segment_fingerprints[index]
+                    if previous is not None and previous[1] == fp:
+                        emit(*previous)  # same key and same contact JSON (which holds the email)
+                    else:
+                        emit(key, fp, email_of(index))
+                        changed = True
                 elif previous is not None:
                     emit(*previous)
             while pending_old is not None:
                 if keep_absent(old_position):
                     emit(*pending_old)
+                else:
+                    changed = True
                 pending_old, old_position = next(old_lines, None), old_position + 1
-            self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": count,
-                                       "digest": digest.hexdigest()})
+            if changed:
+                self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": count,
+                                           "digest": digest.hexdigest()})
         return count
 
     def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:

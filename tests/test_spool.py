@@ -46,8 +46,11 @@ def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch
 
 
 
-def test_contacts_read_back_whole_while_writes_are_buffered() -> None:
+@pytest.mark.parametrize("pread", [True, False], ids=["pread", "seek"])
+def test_contacts_read_back_whole_while_writes_are_buffered(pread: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # more contacts than one buffered write, read back between adds and from several sources
+    if not pread:
+        monkeypatch.setattr(spool_module, "_pread", None)  # as on Windows
     spool = Spool()
     try:
         emails = [f"p{i}@example.com" for i in range(2_500)]
@@ -58,6 +61,10 @@ def test_contacts_read_back_whole_while_writes_are_buffered() -> None:
         for row, email in enumerate(emails[1_500:], start=1_501):
             spool.add("a.csv", row, email, f'{{"email":"{email}"}}'.encode())
         assert [json.loads(body)["email"] for _, body in spool.contacts()] == emails
+        contacts = spool.contacts()
+        assert [next(contacts)[0] for _ in range(3)] == [0, 1, 2]
+        assert spool.email_at(2_000) == emails[2_000]  # mid-iteration: the iteration goes on where it was
+        assert next(contacts)[1] == f'{{"email":"{emails[3]}"}}'.encode()
         assert [spool.email_at(i) for i in (0, 1_024, 2_499)] == [emails[0], emails[1_024], emails[2_499]]
         assert [spool.where(i) for i in (0, 699, 1_000, 2_000)] == [("a.csv", 1), ("b.csv", 700), ("b.csv", 1_001),
                                                                    ("a.csv", 2_001)]

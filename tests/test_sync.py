@@ -185,8 +185,11 @@ def test_a_second_export_of_the_same_file_sends_no_contact(env: Env) -> None:
     assert sorted(env.sent()) == sorted(e for e, _ in rows)
     puts = env.count(PUT)
 
+    snapshot_etag = env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties().etag
     second = env.export(blob)  # the timer's refresh: same file, same version
     assert second.status == "succeeded", second.error
+    # nothing changed, so the snapshot is not written again
+    assert env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties().etag == snapshot_etag
     assert (second.unchanged_skipped, second.exported, second.not_sent, second.requests_sent) == (30, 0, 0, 0)
     assert second.batches == []
     assert env.count(PUT) == puts and len(env.sim.upsert_batches) == 1  # not one PUT, let alone one with contacts
