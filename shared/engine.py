@@ -22,17 +22,12 @@ from shared.contact_mapping import ContactMapper, MappedContact, Rejection, miss
 from shared.destinations import Destination
 from shared.email_rules import normalise_email
 from shared.errors import (
-    AuthenticationError,
     ConfigurationError,
     ExportError,
     InvalidRequest,
-    NotFound,
-    PermissionDenied,
     ProfileCapExceeded,
-    RateLimitExhausted,
     SegmentFileError,
     SendGridError,
-    TransientFailure,
 )
 from shared.readers import ReaderOptions, open_segment
 from shared.rejects import RejectsFile
@@ -425,7 +420,7 @@ def _send_batch(
             outcome.set_aside += len(named)
             current = current.without(set(named))
             continue
-        except (TransientFailure, RateLimitExhausted, AuthenticationError, PermissionDenied, NotFound) as exc:
+        except SendGridError as exc:  # any other answer (or none): this batch and the rest stay unsent, reported
             return _unsent(outcome, current), exc, set_aside
         outcome.status = "accepted"
         outcome.contacts = len(current.contacts)

@@ -14,13 +14,13 @@ answered that it accepted it (202). The rules here:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,11 +105,18 @@ def _certificate_refused(exc: BaseException) -> str | None:
     return None
 
 
-@functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context (CA bundle, SSL_CERT_FILE/SSL_CERT_DIR honoured), built once per process:
-    loading the CA bundle takes ~20 ms of CPU, which every run of a warm worker would pay again."""
-    return httpx.create_ssl_context()
+    """httpx's default TLS context (CA bundle, SSL_CERT_FILE/SSL_CERT_DIR honoured), built once per thread:
+    loading the CA bundle takes ~20 ms of CPU, which every run of a warm worker would pay again. Not one per
+    process: httpcore sets ALPN on the context for each new connection, and OpenSSL does not promise that a
+    context may change while another thread opens a connection with it."""
+    context: ssl.SSLContext | None = getattr(_per_thread, "tls_context", None)
+    if context is None:
+        context = _per_thread.tls_context = httpx.create_ssl_context()
+    return context
+
+
+_per_thread = threading.local()
 
 
 class SendGridClient:
@@ -332,7 +339,7 @@ class SendGridClient:
                 if refused is not None:  # not transient: retrying cannot make the certificate trusted
                     raise SendGridError(
                         f"{endpoint}: the TLS certificate of {self._http.base_url.host} was refused ({refused}); "
-                        "nothing was sent",
+                        "this request was not sent",
                         hint="a TLS-inspecting proxy (add its CA with SSL_CERT_FILE) or a wrong SENDGRID_BASE_URL?",
                     ) from None
                 # A PUT whose body may have reached SendGrid is still retried: upserts are idempotent in

@@ -596,3 +596,23 @@ def test_dry_run_maps_and_rejects_but_sends_nothing(sim: Simulator) -> None:
         "donald.turing.1@example.com", "yukihiro.perlman.2@example.com", "guido.perlman.3@example.com"]
     assert sim.request_counts.get(PUT, 0) == 0
     assert list(sim.request_counts) == ["GET /v3/marketing/field_definitions"]
+
+
+def test_an_unexpected_answer_mid_run_keeps_the_report_of_the_batches_sent(sim: Simulator, tmp_path: Path) -> None:
+    # A 409 (no documented meaning for this endpoint; a proxy's, say) after batch 1 was accepted: the run ends
+    # failed with its report (batch 1 polled and counted, the rest not sent), not with an exception that
+    # loses what was sent.
+    tiered_file(tmp_path, 9)
+
+    def after_first_batch(outcome: BatchResult) -> None:
+        if outcome.number == 1:
+            sim.inject("status", status=409, method="PUT")
+
+    result = export(sim, destination(), LocalDirSource(tmp_path), "tiers.csv", max_contacts_per_request=3,
+                    on_batch_accepted=after_first_batch)
+    report = result.report
+    assert report.status == "failed" and "unexpected HTTP 409" in (report.error or ""), report.error
+    assert put_statuses(sim) == [202, 409]
+    assert [(b.number, b.status) for b in report.batches] == [(1, "completed"), (2, "not_sent"), (3, "not_sent")]
+    assert (report.exported, report.not_sent) == (3, 6)
+    assert_balanced(result)
