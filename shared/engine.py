@@ -30,6 +30,7 @@ from shared.errors import (
     SendGridError,
 )
 from shared.readers import ReaderOptions, open_segment
+from shared.readers.base import KEYS_SEEN_KEPT
 from shared.rejects import RejectsFile
 from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
 from shared.sendgrid_client import ImportJob, SendGridClient, redact
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 _CONTACT_INDEX = re.compile(r"contacts\[(\d+)\]")
 MAX_SET_ASIDE_ROUNDS = 5
-_SEEN_COLUMNS_SHOWN = 50  # column names quoted when a mapped column never appears in a header-less file
 
 
 @dataclass
@@ -188,8 +188,8 @@ def _never_seen(destination: Destination, source: str, unseen: set[str],
     """The error for mapped columns no row of a header-less file had: names only, never values."""
     names = [name for name in seen if "@" not in name]  # a key that is an address is data, not a column name
     hidden = len(seen) - len(names)
-    shown = ", ".join(names[:_SEEN_COLUMNS_SHOWN]) or "none"
-    more = " and more" if len(seen) >= _SEEN_COLUMNS_SHOWN else ""
+    shown = ", ".join(names[:KEYS_SEEN_KEPT]) or "none"
+    more = " and more" if len(seen) >= KEYS_SEEN_KEPT else ""
     hint = f" ({hidden} that look like email addresses not shown)" if hidden else ""
     missing = sorted(unseen, key=destination.field_mapping.columns().index)
     return ConfigurationError(
