@@ -149,6 +149,15 @@ class DestinationsDocument(_Strict):
             if destination.name in seen:
                 raise ValueError(f"destination name {destination.name!r} is used twice")
             seen.add(destination.name)
+        prefixes: dict[str, str] = {}
+        for destination in self.destinations:
+            for prefix in destination.segments:
+                taken_by = prefixes.setdefault(prefix, destination.name)
+                if taken_by != destination.name:
+                    raise ValueError(
+                        f"destinations {taken_by!r} and {destination.name!r} both take segment prefix {prefix!r}: a "
+                        "file is exported to one destination (the longest matching prefix), so one would never "
+                        "run; give each its own folder")
         for destination in self.destinations:
             if destination.mode != "mirror":
                 continue

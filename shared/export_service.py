@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.destinations import Destination, DestinationsDocument, load_destinations
 from shared.engine import ExportOptions, ExportResult, export_segment
-from shared.errors import ConfigurationError, ExportError
+from shared.errors import ConfigurationError, ExportError, NotFound
 from shared.readers import MODEL_JSON
 from shared.run_report import RunReport
 from shared.run_store import RunStore
@@ -38,6 +39,8 @@ TRIGGER_LOCK_WAIT = 300.0
 
 log = logging.getLogger(__name__)
 
+PENDING_BUDGET_SECONDS = 120.0  # the timer settles earlier runs' jobs for at most this long, then queues
+
 DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
 EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
@@ -45,8 +48,10 @@ _CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+
 
 
 def config_digest(destination: Destination) -> str:
-    """What decides the bytes sent for a profile: a change makes the next export a full one."""
-    relevant = destination.model_dump(include={"list_id", "field_mapping", "length_policy", "empty_values"},
+    """What decides the bytes sent for a profile (how the file is read, how it is mapped): a change makes the
+    next export a full one, and never resumes a checkpoint of the old reading."""
+    relevant = destination.model_dump(include={"list_id", "field_mapping", "length_policy", "empty_values",
+                                               "file_format"},
                                       mode="json")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -64,6 +69,10 @@ def is_segment_entry(blob_name: str) -> bool:
     if leaf.startswith(("_", ".")) or leaf.endswith(".crc"):  # manifest-*.json: .json is not a data suffix
         return False
     return leaf.lower().endswith(DATA_SUFFIXES)
+
+
+class SupersededFile(Exception):
+    """A trigger's file is older than one its destination already exported (events arrive out of order)."""
 
 
 @dataclass
@@ -221,7 +230,12 @@ class ExportService:
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
         try:
-            report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait)
+            report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait,
+                                 only_if_newest=True)
+        except SupersededFile as exc:
+            log.info("destination %s: %s skipped: %s", destination.name, blob_name, exc)
+            self.runs.complete(claim, "done", {"run_id": run_id, "status": "superseded"})
+            return TriggerOutcome(blob_name, skipped=f"{exc}; an older file would undo it")
         except BaseException:
             # Storage down, a crash, the host stopping us: the receipt must not say "running" for the host's
             # retries of this blob version to find (they would skip it as done).
@@ -233,13 +247,16 @@ class ExportService:
         return TriggerOutcome(blob_name, report=report)
 
     def export(self, destination: Destination, blob_name: str, *, run_id: str, dry_run: bool = False,
-               full: bool = False, lock_wait: float = 0.0) -> RunReport:
+               full: bool = False, lock_wait: float = 0.0, only_if_newest: bool = False) -> RunReport:
         """Run one export and persist its report (and rejected rows) in the runs container."""
         return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full,
-                                        lock_wait=lock_wait).report
+                                        lock_wait=lock_wait, only_if_newest=only_if_newest).report
 
     def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
-                            dry_run: bool = False, full: bool = False, lock_wait: float = 0.0) -> ExportResult:
+                            dry_run: bool = False, full: bool = False, lock_wait: float = 0.0,
+                            only_if_newest: bool = False) -> ExportResult:
+        """`only_if_newest` (triggers): SupersededFile, before anything is read or sent, when the destination
+        already exported a newer file."""
         source = BlobContainerSource(self.segments)
         if blob_name.rsplit("/", 1)[-1] == MODEL_JSON:
             entity = destination.entity_in(blob_name)
@@ -261,8 +278,11 @@ class ExportService:
                 sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
                                  list_id=destination.list_id_str)
                 sync.acquire(wait=lock_wait)
-                etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
-                sync.load(source_id=f"{blob_name}\n{etag}", full=full)
+                properties = self.segments.get_blob_client(blob_name).get_blob_properties()
+                if only_if_newest and (newer := sync.newer_source(blob_name, properties.last_modified)):
+                    raise SupersededFile(f"{destination.name} already exported a newer segment file ({newer})")
+                sync.record_source(blob_name, properties.last_modified)
+                sync.load(source_id=f"{blob_name}\n{properties.etag}", full=full)
             if not dry_run or destination.field_mapping.custom_fields:
                 client = self.client_for(destination)
             result = export_segment(destination, source, blob_name, client, run_id=run_id, options=options,
@@ -311,14 +331,20 @@ class ExportService:
     def fail_queued(self, run_id: str, error: str) -> None:
         self.runs.fail_queued(run_id, error)
 
-    def finish_pending_runs(self) -> list[dict[str, Any]]:
+    def finish_pending_runs(self, budget: float = PENDING_BUDGET_SECONDS) -> list[dict[str, Any]]:
         """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
 
         Their contacts were not recorded as exported, so the refresh that follows sends them again anyway;
-        this keeps the earlier reports truthful.
+        this keeps the earlier reports truthful. No run is started after `budget` seconds: the timer's
+        queue messages go out only when it returns, so settling must never hold up the refresh itself (the
+        rest waits for the next timer run).
         """
         updated: list[dict[str, Any]] = []
+        deadline = time.monotonic() + budget
         for run_id in self.runs.pending_runs():
+            if time.monotonic() >= deadline:
+                log.warning("pending import jobs of more runs are left for the next scheduled refresh")
+                break
             try:
                 settled = self._settle_pending(run_id)
             except Exception:  # one unreadable report must not stop the refresh of every destination
@@ -327,6 +353,15 @@ class ExportService:
             if settled is not None:
                 updated.append(settled)
         return updated
+
+    @staticmethod
+    def _job(client: SendGridClient, job_id: str) -> ImportJob:
+        """A job SendGrid no longer knows (404: its status is kept for a while only) is final as 'expired':
+        its contacts were never recorded as exported, so later refreshes have sent them again."""
+        try:
+            return client.get_import(job_id)
+        except NotFound:
+            return ImportJob(id=job_id, status="expired")
 
     def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
         """The run's report updated with the jobs that have finished since (None: nothing to update)."""
@@ -339,7 +374,7 @@ class ExportService:
                      if b.get("status") in ("pending", "accepted") and b.get("job_id")]
         try:
             with self.client_for(destination) as client:
-                final = {job_id: job for job_id in open_jobs if (job := client.get_import(job_id)).is_final}
+                final = {job_id: job for job_id in open_jobs if (job := self._job(client, job_id)).is_final}
         except ExportError as exc:
             # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
             log.warning("run %s: could not check its pending import jobs, trying again next time: %s",

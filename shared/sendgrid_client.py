@@ -41,7 +41,7 @@ from shared.errors import (
 
 log = logging.getLogger(__name__)
 
-FINAL_IMPORT_STATUSES = frozenset({"completed", "errored", "failed"})
+FINAL_IMPORT_STATUSES = frozenset({"completed", "errored", "failed", "expired"})  # expired: ours, for a 404
 SEARCH_EMAILS_MAX = 100
 SEARCH_EMAIL_MAX_LENGTH = 100  # maxLength of an `emails` item of POST /v3/marketing/contacts/search/emails
 MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
@@ -168,7 +168,11 @@ class SendGridClient:
     def upsert_contacts(self, body: bytes) -> str:
         """PUT a prepared body (see shared.batching); returns the import job ID."""
         response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False)
-        job_id = str(response.json()["job_id"])
+        job_id = _answer(response).get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise SendGridError("PUT /v3/marketing/contacts: accepted without a job_id, so its outcome cannot be "
+                                "followed", status=response.status_code,
+                                hint="a proxy in front of SendGrid, or a wrong SENDGRID_BASE_URL?")
         # httpx's Response and its (already read) stream refer to each other, so the response and, through
         # its request, this body of up to 6 MB would live until a full cyclic collection: a 1M-contact run
         # would hold several. Replacing the spent stream breaks the cycle; the body is freed right here.
@@ -176,7 +180,7 @@ class SendGridClient:
         return job_id
 
     def get_import(self, job_id: str) -> ImportJob:
-        data = self._request("GET", f"/v3/marketing/contacts/imports/{job_id}").json()
+        data = _answer(self._request("GET", f"/v3/marketing/contacts/imports/{job_id}"))
         results = data.get("results") or {}
         return ImportJob(
             id=str(data.get("id", job_id)),
@@ -213,22 +217,22 @@ class SendGridClient:
         return results
 
     def field_definitions(self) -> dict[str, CustomField]:
-        data = self._request("GET", "/v3/marketing/field_definitions").json()
+        data = _answer(self._request("GET", "/v3/marketing/field_definitions"))
         return {
             str(f["name"]): CustomField(str(f["id"]), f.get("field_type", "Text"))
             for f in data.get("custom_fields") or []
         }
 
     def get_list(self, list_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/v3/marketing/lists/{list_id}").json()
-        return result
+        return _answer(self._request("GET", f"/v3/marketing/lists/{list_id}"))
 
     def list_contact_count(self, list_id: str) -> int:
-        data = self._request("GET", f"/v3/marketing/lists/{list_id}/contacts/count").json()
+        data = _answer(self._request("GET", f"/v3/marketing/lists/{list_id}/contacts/count"))
         return int(data.get("contact_count") or 0)
 
     def search_emails(self, emails: Sequence[str], refused: list[str] | None = None) -> dict[str, str]:
-        """email -> contact ID for those that exist (SendGrid answers 404 when none does).
+        """email -> contact ID for those that exist as a contact's own email (SendGrid answers 404 when none
+        does; an address found only as another contact's alternate email is left out).
 
         The search takes addresses of at most 100 characters (upserts take 254) and refuses a whole call for
         an address it calls invalid: such addresses go to `refused` (neither found nor known to be absent)
@@ -246,8 +250,8 @@ class SendGridClient:
     def _search_chunk(self, chunk: list[str], refused: list[str]) -> dict[str, str]:
         for _ in range(2):  # the second try is without the addresses the first 400 named
             try:
-                data = self._request("POST", "/v3/marketing/contacts/search/emails",
-                                     json_body={"emails": chunk}).json()
+                data = _answer(self._request("POST", "/v3/marketing/contacts/search/emails",
+                                             json_body={"emails": chunk}))
             except NotFound:
                 return {}
             except InvalidRequest as exc:
@@ -265,7 +269,10 @@ class SendGridClient:
                 entry = answered.get(email.lower(), {})
                 contact = entry.get("contact") if isinstance(entry, dict) else None
                 if isinstance(contact, dict) and contact.get("id"):
-                    found[email.lower()] = str(contact["id"])
+                    # The search also matches alternate_emails: a contact found under another primary email
+                    # is someone else (who may still be in the segment), not this address's own contact.
+                    if str(contact.get("email", "")).lower() == email.lower():
+                        found[email.lower()] = str(contact["id"])
                 elif not (isinstance(entry, dict) and "not found" in str(entry.get("error", "")).lower()):
                     refused.append(email)  # no answer, or another error: not known to be absent
             return found
@@ -307,7 +314,7 @@ class SendGridClient:
                         break
                     continue
                 done.extend(ids)
-                jobs.append(str((response.json() or {}).get("job_id", "")))
+                jobs.append(str(_answer(response).get("job_id", "")))
                 break
             else:
                 raise NotFound(f"DELETE {_template(path)}: SendGrid kept answering 404 for contact IDs", status=404)
@@ -466,6 +473,20 @@ def redact(message: str) -> str:
 def _unless_an_id(match: re.Match[str]) -> str:
     """A quoted list or field ID says what to fix and is nobody's personal data."""
     return match.group(0) if _QUOTED_ID.fullmatch(match.group(0)[1:-1]) else "<value>"
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """A success answer's JSON object; SendGridError (never a bare ValueError) when it is not one."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        endpoint = f"{response.request.method} {_template(response.request.url.path)}"
+        raise SendGridError(f"{endpoint}: HTTP {response.status_code} with an answer that is not a JSON object",
+                            status=response.status_code,
+                            hint="a proxy in front of SendGrid, or a wrong SENDGRID_BASE_URL?")
+    return data
 
 
 def _error_for(response: httpx.Response, endpoint: str) -> SendGridError:

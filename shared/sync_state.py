@@ -13,6 +13,8 @@ and who is running now.
   their jobs. With each batch go the contacts SendGrid refused (400) and the batch was resent without
   (`set_aside`: spool position, field, reason): a resumed run rebuilds the batch with them, so it must drop
   them again, or their rows would be credited to a job that never imported them.
+- Current file (`state/<destination>/source.json`): the segment file the last run exported, and when it was
+  written, so a late trigger of an older file is skipped instead of undoing the newer one.
 - Lock (`state/<destination>/lock`): a blob lease (60 s, renewed while the run lives) so two runs for one
   destination never interleave; a dead run's lease simply expires. A run that finds its lease lost
   (another run took the lock after it expired) records nothing more: `LockLost` before every checkpoint
@@ -32,6 +34,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -385,6 +388,29 @@ class SyncState:
                            "set_aside": {str(k): [list(entry) for entry in v]
                                          for k, v in self.resume_set_aside.items()}})
         self._container.get_blob_client(self._prefix + "checkpoint.json").upload_blob(body.encode(), overwrite=True)
+
+    # -- which file is current -----------------------------------------------------------------------
+
+    def newer_source(self, blob_name: str, last_modified: datetime) -> str | None:
+        """The file this destination last exported, if it is newer than `last_modified` (and not this one).
+
+        Event Grid does not deliver in order, and a retried or lock-waiting trigger runs late: an older
+        segment file exported after a newer one would undo it (mirror mode would remove the newcomers).
+        Asked under the lock, so a run of a newer file that is still going counts too.
+        """
+        last = self._read_json(self._prefix + "source.json")
+        if not last or last.get("name") == blob_name:
+            return None
+        try:
+            stamp = datetime.fromisoformat(str(last.get("last_modified")))
+        except ValueError:
+            return None
+        return str(last.get("name")) if stamp > last_modified else None
+
+    def record_source(self, blob_name: str, last_modified: datetime) -> None:
+        self.ensure_lock()
+        body = json.dumps({"name": blob_name, "last_modified": last_modified.isoformat()}).encode()
+        self._container.get_blob_client(self._prefix + "source.json").upload_blob(body, overwrite=True)
 
     def clear_checkpoint(self) -> None:
         with contextlib.suppress(ResourceNotFoundError):

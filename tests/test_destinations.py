@@ -57,6 +57,13 @@ def test_duplicate_destination_names_are_refused() -> None:
         load_destinations(json.dumps({"destinations": [one, one]}))
 
 
+def test_two_destinations_with_one_prefix_are_refused() -> None:
+    one = json.loads(doc())["destinations"][0]
+    two = {**one, "name": "vip-copy", "list_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"}
+    with pytest.raises(ConfigurationError, match="'vip' and 'vip-copy' both take segment prefix 'vip/'"):
+        load_destinations(json.dumps({"destinations": [one, two]}))
+
+
 def test_blob_matching_prefers_the_longest_prefix() -> None:
     a = json.loads(doc(name="all", segments=["ci/"]))["destinations"][0]
     b = json.loads(doc(name="vip", segments=["ci/vip/"]))["destinations"][0]

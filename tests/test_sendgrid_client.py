@@ -464,14 +464,15 @@ def test_removal_goes_on_when_a_contact_was_deleted_meanwhile(sim: Simulator) ->
 
 def test_only_an_explicit_not_found_counts_as_absent_and_shared_contacts_are_removed_once() -> None:
     """A search entry with another error, or none at all, is not proof the contact is gone (it would leave
-    the list's member behind for good); two leaving addresses of one contact (an alternate email) are one
-    removal."""
+    the list's member behind for good); an address found only as another contact's alternate email is not
+    that contact (who may still be in the segment), so a contact is removed only under its own email."""
     deletes: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             return httpx.Response(200, json={"result": {
-                "a@example.com": {"contact": {"id": "id-a"}}, "alt@example.com": {"contact": {"id": "id-a"}},
+                "a@example.com": {"contact": {"id": "id-a", "email": "A@example.com"}},
+                "alt@example.com": {"contact": {"id": "id-a", "email": "a@example.com"}},
                 "gone@example.com": {"error": "contact not found"},
                 "busy@example.com": {"error": "temporarily unavailable"}}})  # and silent@ has no entry
         deletes.append(request.url.params["contact_ids"])
@@ -483,7 +484,7 @@ def test_only_an_explicit_not_found_counts_as_absent_and_shared_contacts_are_rem
         found = api.search_emails(["a@example.com", "alt@example.com", "gone@example.com", "busy@example.com",
                                    "silent@example.com"], refused)
         api.remove_from_list(SENDGRID_TEST_LIST_ID, found.values(), removed)
-    assert found == {"a@example.com": "id-a", "alt@example.com": "id-a"}
+    assert found == {"a@example.com": "id-a"}
     assert refused == ["busy@example.com", "silent@example.com"]
     assert deletes == ["id-a"] and removed == ["id-a"]
 
@@ -554,3 +555,17 @@ def test_tls_is_verified_with_the_context_every_client_shares(keyvault: KeyVault
         message = str(caught.value)
         assert "TLS certificate of 127.0.0.1 was refused (unable to get local issuer certificate)" in message
         assert "SSL_CERT_FILE" in message and SENDGRID_TEST_KEY not in message
+
+
+@pytest.mark.parametrize("answer", [b"<html>proxy page</html>", b"[]", b'{"id": "x"}'], ids=["html", "array", "no-job"])
+def test_a_success_answer_that_is_not_what_sendgrid_sends_is_a_sendgrid_error(answer: bytes) -> None:
+    # A proxy (or a wrong base URL) answering 2xx with something else: a SendGridError the engine reports,
+    # never a bare ValueError/KeyError that would escape the run and lose its report.
+    transport = httpx.MockTransport(lambda request: httpx.Response(202, content=answer))
+    with SendGridClient(SENDGRID_TEST_KEY, transport=transport, retry=FAST) as client:
+        with pytest.raises(SendGridError) as upsert:
+            client.upsert_contacts(b'{"list_ids":[],"contacts":[{"email":"a@example.com"}]}')
+        assert "PUT /v3/marketing/contacts" in str(upsert.value)
+        if answer != b'{"id": "x"}':
+            with pytest.raises(SendGridError, match="not a JSON object"):
+                client.get_import("job-1")

@@ -778,3 +778,69 @@ def test_a_snapshot_of_the_first_format_is_upgraded_and_mirror_still_removes_who
     assert keys == sorted(keys) == sorted(email_key(e) for e, _ in rows[:22])
     again = env.export(env.upload(rows[:22]), dest)
     assert (again.exported, again.unchanged_skipped) == (0, 22)
+
+
+def test_mirror_never_removes_a_member_that_carries_a_leavers_address_as_an_alternate(env: Env) -> None:
+    # SendGrid's search by email also matches alternate_emails: l@ left the segment (and was deleted in
+    # SendGrid meanwhile) while a@, still in it, now carries l@ as an alternate. a@ must stay on the list.
+    dest = destination(mode="mirror", field_mapping={"email": "Email", "first_name": "First",
+                                                     "alternate_emails": "Alt"})
+    rows = [("a@example.com", "A"), ("l@example.com", "L"), *profiles(5)]
+    assert env.export(env.upload(rows, extra={"Alt": [""] * len(rows)}), dest).exported == 7
+    assert env.sim.delete_contact("l@example.com")
+    stay = [("a@example.com", "A"), *profiles(5)]
+    report = env.export(env.upload(stay, extra={"Alt": ["l@example.com"] + [""] * 5}), dest)
+    assert report.status == "succeeded", report.error
+    assert report.removed_from_list == 0
+    assert set(env.members()) == {e for e, _ in stay}
+    assert "l@example.com" not in env.snapshot()  # not found as anyone's own email: gone
+
+
+def test_a_changed_file_format_sends_everything_again_and_never_resumes_the_old_reading(env: Env) -> None:
+    # Read as latin-1 by mistake, the UTF-8 name 'Zoë' became 'ZoÃ«'; once the encoding is fixed the same
+    # file is read differently, so nothing the first reading sent may count as unchanged.
+    rows = [(f"z{i}@example.com", "Zoë") for i in range(4)]
+    blob = env.upload(rows)
+    wrong = destination(file_format={"encoding": "latin-1"})
+    assert env.export(blob, wrong).exported == 4
+    assert set(env.members().values()) == {"ZoÃ«"}
+    fixed = destination(file_format={"encoding": "utf-8"})
+    report = env.export(blob, fixed)
+    assert (report.exported, report.unchanged_skipped) == (4, 0), report.summary()
+    assert not any(b.resumed for b in report.batches)
+    assert set(env.members().values()) == {"Zoë"}
+
+
+def test_a_late_trigger_of_an_older_file_is_skipped_instead_of_undoing_the_newer_one(env: Env) -> None:
+    # Event Grid does not deliver in order: yesterday's file's event may come after today's was exported.
+    dest = destination(mode="mirror")
+    yesterday, today = profiles(20), profiles(23)
+    older = env.upload(yesterday, name="2026-11-01")
+    time.sleep(1.1)  # Last-Modified has whole seconds
+    newer = env.upload(today, name="2026-11-02")
+    service = env.service(dest)
+    [first] = service.handle_new_blob(newer)
+    assert first.report is not None and first.report.status == "succeeded"
+    [late] = service.handle_new_blob(older)
+    assert late.report is None and late.skipped is not None and newer in late.skipped
+    assert env.members() == dict(today)  # the three newcomers are still on the list
+    [again] = service.handle_new_blob(older)  # the host's retry of that event: skipped as done
+    assert again.report is None
+    # asked explicitly (HTTP, CLI), an older file is still exported: that is the operator's call
+    assert env.export(older, dest).status == "succeeded" and env.members() == dict(yesterday)
+
+
+def test_the_timer_settles_a_job_sendgrid_no_longer_knows_and_never_spends_past_its_budget(env: Env) -> None:
+    service = env.service()
+    run_id = "sync-20261101T060000Z-00000001"
+    service.runs.save_report(run_id, {"run_id": run_id, "destination": NAME, "status": "partial", "pending": 2,
+                                      "exported": 0, "in_failed_jobs": 0, "rows_read": 2, "rejected_count": 0,
+                                      "batches": [{"number": 1, "job_id": "job-unknown-to-sendgrid",
+                                                   "status": "pending", "contacts": 2}]})
+    service.runs.mark_pending(run_id)
+    assert service.finish_pending_runs(budget=0) == []  # no time left: left for the next timer run
+    assert list(service.runs.pending_runs()) == [run_id]
+    [settled] = service.finish_pending_runs()  # SendGrid answers 404 for the job: final, not pending for ever
+    assert (settled["pending"], settled["in_failed_jobs"]) == (0, 2)
+    assert settled["batches"][0]["status"] == "expired"
+    assert list(service.runs.pending_runs()) == []
