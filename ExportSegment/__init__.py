@@ -137,6 +137,7 @@ def run_queued_export(message: func.QueueMessage) -> None:
         log.error("queued run %s names a destination that no longer exists", run_id)
         service.fail_queued(run_id, f"destination {destination_name!r} is no longer configured; nothing was sent")
         return
+    service.runs.mark_running(run_id, attempt)
     try:
         report = service.export(destination, blob_name, run_id=run_id,
                                 full=bool(request.get("full", False)), lock_wait=service.trigger_lock_wait)

@@ -184,7 +184,9 @@ class ExportService:
         source = BlobContainerSource(self.segments)
         for depth in range(len(parts) - 1, 0, -1):
             candidate = "/".join(parts[:depth]) + "/" + MODEL_JSON
-            if not any(candidate.startswith(p) or p.startswith(candidate[: len(p)]) for p in destination.segments):
+            # a model.json under the destination's prefix, or one folder above a `<export>/<Table>/` prefix
+            if not any(candidate.startswith(p) or p.startswith(candidate[: len(p)]) for p in destination.segments) \
+                    and destination.table_below(candidate) is None:
                 continue
             if source.exists(candidate):
                 return True  # listed or not yet listed: the model.json trigger exports it (or reports why not)

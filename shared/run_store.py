@@ -88,11 +88,22 @@ class RunStore:
             return data
         raise ResourceModifiedError(f"report {run_id} kept changing while it was being updated")
 
+    def mark_running(self, run_id: str, attempt: int) -> None:
+        """A queued run a worker has started (attempt n of the queue's deliveries): no longer `queued`."""
+        def start(report: dict[str, Any]) -> bool:
+            if report.get("status") not in ("queued", "running"):
+                return False
+            report.update(status="running", attempt=attempt)
+            return True
+
+        self.update_report(run_id, start)
+
     def fail_queued(self, run_id: str, error: str) -> None:
-        """A queued run that cannot start: its status URL must say why instead of `queued` for ever."""
+        """A queued run that cannot start or finish: its status URL must say why instead of `queued` (or
+        `running`) for ever."""
         def fail(report: dict[str, Any]) -> bool:
-            if report.get("status") != "queued":
-                return False  # the run started or finished meanwhile: its own report is the truth
+            if report.get("status") not in ("queued", "running"):
+                return False  # the run finished meanwhile: its own report is the truth
             report.update(status="failed", error=error, finished_at=utc_now())
             return True
 

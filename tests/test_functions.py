@@ -668,7 +668,8 @@ def test_a_queued_run_that_keeps_crashing_reports_failed_on_its_last_attempt(
     monkeypatch.setattr(service, "export", storage_down)
     with pytest.raises(ConnectionResetError):
         run_queue_message(started.queued, dequeue_count=1)
-    assert http("GET", f"runs/{run_id}").json()["status"] == "queued"  # retried by the host: still queued
+    crashed = http("GET", f"runs/{run_id}").json()  # started, crashed, and the host retries the message
+    assert (crashed["status"], crashed["attempt"], crashed["finished_at"]) == ("running", 1, None)
 
     with open(ROOT_DIR / "host.json", encoding="utf-8") as handle:
         last = json.load(handle)["extensions"]["queues"]["maxDequeueCount"]
@@ -1066,3 +1067,23 @@ def test_the_claim_of_a_killed_trigger_run_is_taken_over_by_a_retry(env: Env, mo
     fire_blob_trigger(env.segments.container_name, blob)  # no run holds the destination: the claim is dead
     assert env.puts() == 1
     assert set(env.sim.list_contacts(VIP_LIST)) == emails([person(n) for n in range(1, 4)])
+
+
+def test_a_partition_not_in_the_customer_insights_layout_is_skipped_when_model_json_is_a_folder_up(
+        env: Env) -> None:
+    # The README's layout: the destination's prefix is the table's folder, model.json is one folder up. A
+    # partition whose path is not Customer Insights' own layout (another tool, a renamed folder) must still be
+    # read through model.json, never exported alone as if it were the whole segment.
+    prefix = f"{CDM_PREFIX}VipCustomers/"
+    env.set_destinations([destination("cdm-vip", CDM_LIST, prefix)])
+    service = env.install()
+    part = f"{prefix}snapshot/part-00001.csv"
+    env.upload(part, csv_bytes([person(1, "c")]))
+    env.upload(f"{CDM_PREFIX}model.json", b"{}")
+    configured = service.destinations.get("cdm-vip")
+    assert configured is not None and configured.segments == [prefix]
+    assert service.is_cdm_partition(configured, part)
+    [outcome] = service.handle_new_blob(part)
+    assert outcome.report is None and "model.json" in (outcome.skipped or "")
+    assert http("POST", "destinations/cdm-vip/exports", {"blob": part}).status == 400
+    assert env.sim.request_log == []
