@@ -305,6 +305,9 @@ class ExportService:
                 client.close()
             if sync is not None:
                 sync.release()
+        if dry_run and not destination.has_consent:
+            result.report.notes.append("this destination has no recorded consent: a real run would be refused "
+                                       "until its 'consent' says who agreed to the data-privacy terms")
         log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
         self._persist(result)
         return result

@@ -531,6 +531,12 @@ def test_a_destination_without_consent_does_not_export_and_says_why(env: Env) ->
     assert status["status"] == "refused" and "consent" in status["error"]
     assert env.puts() == 0
 
+    # A preview still works (nothing is sent) but says the real run would be refused.
+    preview = http("POST", "destinations/no-consent/exports", {"dry_run": True})
+    assert preview.status == 200 and preview.json()["status"] == "dry_run"
+    assert any("no recorded consent" in note for note in preview.json()["notes"])
+    assert env.puts() == 0
+
 
 def test_a_rotated_key_is_re_read_from_key_vault_once_after_a_401(env: Env, keyvault: KeyVaultStandIn,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
