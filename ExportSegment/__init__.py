@@ -103,7 +103,7 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("run_id", "")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSZ>-<hex>
         return _error(400, "malformed run ID")
-    report = get_service().report(run_id)
+    report = get_service().report(run_id, last_attempt=MAX_DEQUEUE_COUNT)
     if report is None:
         return _error(404, "no such run")
     return func.HttpResponse(json.dumps(report), status_code=200, mimetype="application/json")

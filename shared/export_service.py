@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -39,6 +39,8 @@ TRIGGER_LOCK_WAIT = 300.0
 
 log = logging.getLogger(__name__)
 
+# A run on the lock's lease renews it every 20 s; a run waiting for the lock (up to 5 min) sees it held.
+KILLED_AFTER = timedelta(minutes=6)
 PENDING_BUDGET_SECONDS = 120.0  # the timer settles earlier runs' jobs for at most this long, then queues
 
 DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
@@ -325,7 +327,23 @@ class ExportService:
         finally:
             result.close()
 
-    def report(self, run_id: str) -> dict[str, Any] | None:
+    def report(self, run_id: str, *, last_attempt: int | None = None) -> dict[str, Any] | None:
+        """A run's report. A queued run still `running` on its `last_attempt` whose destination no run holds
+        any more (its lease expired) was killed (function timeout, out of memory): nothing will retry it,
+        so it is failed now, with what to do, instead of saying `running` for ever."""
+        data = self.runs.load_report(run_id)
+        if not data or data.get("status") != "running" or last_attempt is None or \
+                int(data.get("attempt") or 0) < last_attempt:
+            return data
+        try:
+            since = datetime.fromisoformat(str(data.get("running_since")))
+        except ValueError:
+            return data
+        state = SyncState(self.runs.container, str(data.get("destination")), config_digest="")
+        if datetime.now(UTC) - since < KILLED_AFTER or state.held_by_a_run():
+            return data
+        self.runs.fail_queued(run_id, "the last attempt stopped without finishing (the function timeout, or the "
+                                      "worker ran out of memory) and nothing retries it: start the export again")
         return self.runs.load_report(run_id)
 
     def mark_queued(self, destination: Destination, blob_name: str, run_id: str, dry_run: bool) -> None:

@@ -93,7 +93,7 @@ class RunStore:
         def start(report: dict[str, Any]) -> bool:
             if report.get("status") not in ("queued", "running"):
                 return False
-            report.update(status="running", attempt=attempt)
+            report.update(status="running", attempt=attempt, running_since=utc_now())
             return True
 
         self.update_report(run_id, start)

@@ -1093,3 +1093,32 @@ def test_a_partition_not_in_the_customer_insights_layout_is_skipped_when_model_j
     assert outcome.report is None and "model.json" in (outcome.skipped or "")
     assert http("POST", "destinations/cdm-vip/exports", {"blob": part}).status == 400
     assert env.sim.request_log == []
+
+
+def test_a_queued_run_killed_on_its_last_attempt_stops_saying_running(env: Env) -> None:
+    # The function timeout or an out-of-memory kill gives the worker no chance to write a word, and after the
+    # last attempt the host moves the message to the poison queue without calling us again.
+    from shared.sync_state import SyncState
+
+    service = env.install()
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    started = http("POST", "destinations/vip-customers/exports", {})
+    run_id = started.json()["run_id"]
+    last = export_segment_module.MAX_DEQUEUE_COUNT
+    service.runs.mark_running(run_id, last)  # as RunQueuedExport does, just before the worker is killed
+    assert http("GET", f"runs/{run_id}").json()["status"] == "running"  # too early to tell
+
+    def long_ago(report: dict[str, Any]) -> bool:
+        report["running_since"] = "2026-11-01T06:00:00Z"
+        return True
+
+    service.runs.update_report(run_id, long_ago)
+    alive = SyncState(service.runs.container, "vip-customers", config_digest="")
+    alive.acquire()  # a run that holds the destination's lock is alive: still running
+    try:
+        assert http("GET", f"runs/{run_id}").json()["status"] == "running"
+    finally:
+        alive.release()
+    status = http("GET", f"runs/{run_id}").json()
+    assert status["status"] == "failed" and "start the export again" in status["error"]
+    assert status["finished_at"] is not None
