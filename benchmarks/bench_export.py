@@ -93,8 +93,8 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool, 
         sync = SyncState(container, destination.name, config_digest=config_digest(destination))
         sync.acquire()
         sync.load(source_id=f"{file.name}\n{file.stat().st_mtime_ns}", full=False)
-    # Warm, as a function worker that has run before: httpx's lazy imports and the process-wide TLS context
-    # are set up once per process, not per export (~45 ms of CPU the first time).
+    # Warm, as a function worker that has run before: httpx's lazy imports and the thread's TLS context
+    # are set up once per worker thread, not per export (~45 ms of CPU the first time).
     SendGridClient(KEY, base_url=base_url).close()
     start = time.perf_counter()
     cpu_start = time.process_time()
