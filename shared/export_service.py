@@ -283,9 +283,9 @@ class ExportService:
                                  list_id=destination.list_id_str)
                 sync.acquire(wait=lock_wait)
                 properties = self.segments.get_blob_client(blob_name).get_blob_properties()
-                if only_if_newest and (newer := sync.newer_source(blob_name, properties.last_modified)):
+                newer = sync.take_source(blob_name, properties.last_modified, only_if_newest=only_if_newest)
+                if newer is not None:
                     raise SupersededFile(f"{destination.name} already exported a newer segment file ({newer})")
-                sync.record_source(blob_name, properties.last_modified)
                 sync.load(source_id=f"{blob_name}\n{properties.etag}", full=full)
             if not dry_run or destination.field_mapping.custom_fields:
                 client = self.client_for(destination)

@@ -391,26 +391,28 @@ class SyncState:
 
     # -- which file is current -----------------------------------------------------------------------
 
-    def newer_source(self, blob_name: str, last_modified: datetime) -> str | None:
-        """The file this destination last exported, if it is newer than `last_modified` (and not this one).
+    def take_source(self, blob_name: str, last_modified: datetime, *, only_if_newest: bool) -> str | None:
+        """Record this file as the one the destination exports now; with `only_if_newest`, first return the
+        name of a newer file it already exported instead (and record nothing).
 
         Event Grid does not deliver in order, and a retried or lock-waiting trigger runs late: an older
         segment file exported after a newer one would undo it (mirror mode would remove the newcomers).
         Asked under the lock, so a run of a newer file that is still going counts too.
         """
-        last = self._read_json(self._prefix + "source.json")
-        if not last or last.get("name") == blob_name:
-            return None
-        try:
-            stamp = datetime.fromisoformat(str(last.get("last_modified")))
-        except ValueError:
-            return None
-        return str(last.get("name")) if stamp > last_modified else None
-
-    def record_source(self, blob_name: str, last_modified: datetime) -> None:
+        path = self._prefix + "source.json"
+        current = {"name": blob_name, "last_modified": last_modified.isoformat()}
+        last = self._read_json(path) or {}
+        if last == current:
+            return None  # a refresh of the same file: nothing to record
+        if only_if_newest and last.get("name") != blob_name:
+            try:
+                if datetime.fromisoformat(str(last.get("last_modified"))) > last_modified:
+                    return str(last.get("name"))
+            except ValueError:
+                pass  # none recorded yet, or unreadable: this file is taken
         self.ensure_lock()
-        body = json.dumps({"name": blob_name, "last_modified": last_modified.isoformat()}).encode()
-        self._container.get_blob_client(self._prefix + "source.json").upload_blob(body, overwrite=True)
+        self._container.get_blob_client(path).upload_blob(json.dumps(current).encode(), overwrite=True)
+        return None
 
     def clear_checkpoint(self) -> None:
         with contextlib.suppress(ResourceNotFoundError):
