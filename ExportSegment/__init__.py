@@ -15,9 +15,15 @@ from urllib.parse import urlsplit
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
-from shared.errors import ExportError
-from shared.export_service import EXPORT_QUEUE, get_service, is_segment_entry, new_run_id, run_store_from_environment
-from shared.readers import MODEL_JSON
+from shared.errors import ConfigurationError, ExportError
+from shared.export_service import (
+    EXPORT_QUEUE,
+    ExportService,
+    RequestRejected,
+    get_service,
+    new_run_id,
+    run_store_from_environment,
+)
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment")
@@ -25,7 +31,6 @@ log = logging.getLogger("ExportSegment")
 # host.json extensions.queues.maxDequeueCount: after this many failed attempts the host moves the message to
 # `export-requests-poison`, so the last attempt must leave a final status behind (not `queued` for ever).
 MAX_DEQUEUE_COUNT = 5
-_BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
 
 
 @bp.function_name("ExportOnNewSegmentFile")
@@ -48,7 +53,9 @@ def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
 @bp.route(route="destinations/{destination}/exports", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
 def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpResponse:
-    service = get_service()
+    service = _service()
+    if isinstance(service, func.HttpResponse):
+        return service
     destination = service.destinations.get(req.route_params.get("destination", ""))
     if destination is None:
         return _error(404, "unknown destination", known=[d.name for d in service.destinations.destinations])
@@ -64,25 +71,14 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
     dry_run, full = body.get("dry_run", False), body.get("full", False)
     if not isinstance(dry_run, bool) or not isinstance(full, bool):
         return _error(400, "dry_run and full must be true or false")
-    blob_name = body.get("blob")
-    if blob_name is not None:
-        if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
-            return _error(400, "blob must be a path inside the segments container (no '..', URLs or other "
-                               "containers)")
-        if not is_segment_entry(blob_name):
-            return _error(400, "blob is not a segment file (a marker, manifest or unknown file type)")
-        if destination not in service.destinations.served_by(blob_name):
-            # Also under a nested prefix of another destination: the trigger gives such a file to that one.
-            return _error(400, "blob is not this destination's segment file (not under its segment prefixes, "
-                               "or under a longer prefix of another destination)", prefixes=destination.segments)
-        if blob_name.rsplit("/", 1)[-1] != MODEL_JSON and service.is_cdm_partition(destination, blob_name):
-            return _error(400, "blob is a CDM partition: export its model.json instead")
-        if not service.segments.get_blob_client(blob_name).exists():
-            return _error(404, "no such blob in the segments container")
-    else:
-        blob_name = service.latest_segment(destination)
-        if blob_name is None:
+    blob_name: str | None = None
+    try:
+        if body.get("blob") is not None:
+            blob_name = service.check_named_blob(destination, body["blob"])
+        elif service.latest_segment(destination) is None:
             return _error(404, "no segment file found for this destination")
+    except RequestRejected as exc:
+        return _error(exc.status, exc.message, **exc.details)
     run_id = new_run_id(destination.name)
     if dry_run:
         result = service.export_with_preview(destination, blob_name, run_id=run_id, dry_run=True)
@@ -90,6 +86,8 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         payload["preview"] = [json.loads(contact) for contact in result.preview]
         status = 200 if result.report.status == "dry_run" else 422
         return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json")
+    # Without a blob the message names none: the run reads the segments' current files when it starts, so a
+    # message the queue delivers late never exports older files over newer ones.
     service.mark_queued(destination, blob_name, run_id, dry_run=False)
     queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": full}))
     status_url = _status_url(req, run_id)
@@ -103,10 +101,24 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("run_id", "")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSZ>-<hex>
         return _error(400, "malformed run ID")
-    report = get_service().report(run_id, last_attempt=MAX_DEQUEUE_COUNT)
+    service = _service()
+    if isinstance(service, func.HttpResponse):
+        return service
+    report = service.report(run_id, last_attempt=MAX_DEQUEUE_COUNT)
     if report is None:
         return _error(404, "no such run")
     return func.HttpResponse(json.dumps(report), status_code=200, mimetype="application/json")
+
+
+def _service() -> ExportService | func.HttpResponse:
+    """The service, or the JSON answer saying why the app cannot serve (never a bare 500 from the host)."""
+    try:
+        return get_service()
+    except ConfigurationError as exc:  # names the setting and the field, never a value
+        return _error(500, f"the app's configuration is invalid: {exc}; fix the app settings", setting=exc.field)
+    except Exception as exc:  # storage or Key Vault unreachable while building the clients: worth a retry
+        log.exception("the app could not start serving the request")
+        return _error(503, f"the app could not reach its storage or Key Vault ({type(exc).__name__}); try again")
 
 
 @bp.function_name("RunQueuedExport")
@@ -115,8 +127,9 @@ def run_queued_export(message: func.QueueMessage) -> None:
     try:
         request = json.loads(message.get_body())
         run_id, destination_name, blob_name = request["run_id"], request["destination"], request["blob"]
-        if not all(isinstance(value, str) for value in (run_id, destination_name, blob_name)):
-            raise TypeError("run_id, destination and blob must be strings")
+        if not all(isinstance(value, str) for value in (run_id, destination_name)) or \
+                not isinstance(blob_name, str | None):
+            raise TypeError("run_id and destination must be strings, blob a string or null")
     except (ValueError, KeyError, TypeError):
         log.error("a queued export message is malformed and was dropped (it is not one this app writes)")
         return

@@ -15,6 +15,9 @@ log = logging.getLogger("OnSchedule")
 
 
 @bp.function_name("ScheduledRefresh")
+# A failed timer run is otherwise lost until the next schedule (a storage blip skips a day's refresh).
+@bp.retry(strategy="exponential_backoff", max_retry_count="3", minimum_interval="00:01:00",
+          maximum_interval="00:10:00")
 @bp.timer_trigger(arg_name="timer", schedule="%REFRESH_SCHEDULE%", run_on_startup=False, use_monitor=True)
 @bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
 # typing.List, not list: the worker checks an Out[...] type with the binding converter, which knows only

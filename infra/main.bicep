@@ -17,8 +17,11 @@ param environmentName string
 })
 param location string
 
-@description('Object ID of the person or pipeline running the deployment (azd passes AZURE_PRINCIPAL_ID). When set, it may write the SendGrid secret into the vault and upload segment files. azd fills it with whoever is signed in: in a pipeline run `azd env set AZURE_PRINCIPAL_ID \"\"` first so the pipeline identity gets no data access.')
+@description('Object ID of the person or pipeline running the deployment. azd fills it itself with whoever is signed in (AZURE_PRINCIPAL_ID is resolved without reading .env, so emptying it changes nothing); whether it gets data roles is grantDeployerDataAccess.')
 param principalId string = ''
+
+@description('Give principalId Key Vault Secrets Officer on the vault (to put the SendGrid key in) and Storage Blob Data Contributor on the storage account (to upload segment files). azd value GRANT_DEPLOYER_DATA_ACCESS; set it to false for a pipeline identity or when people get their roles elsewhere.')
+param grantDeployerDataAccess bool = true
 
 // Optional resource names (empty = generated from the environment name).
 param resourceGroupName string = ''
@@ -54,17 +57,33 @@ param segmentsContainerName string = 'segments'
 @description('Container for run reports, rejected rows, receipts and sync state.')
 param runsContainerName string = 'export-runs'
 
-@minValue(1)
+@minValue(40)
 @maxValue(1000)
-@description('Upper limit of Flex Consumption instances (also limits parallel calls to SendGrid).')
+@description('Upper limit of Flex Consumption instances (also limits parallel calls to SendGrid). Flex accepts 40 to 1000. azd value MAXIMUM_INSTANCE_COUNT.')
 param maximumInstanceCount int = 40
 
 @allowed([
   2048
   4096
 ])
-@description('Memory of each Flex Consumption instance in MB.')
+@description('Memory of each Flex Consumption instance in MB. azd value INSTANCE_MEMORY_MB.')
 param instanceMemoryMB int = 2048
+
+// '' is what azd passes for an azd value set to an empty string: it means the default, like the settings above.
+@allowed([
+  ''
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Replication of the storage account (azd value STORAGE_SKU; zonal or not is fixed once the account exists). Standard_ZRS needs a region with availability zones: elsewhere use Standard_LRS. Geo-redundant SKUs copy the personal data in segment files to the paired region. Empty = Standard_ZRS.')
+param storageSkuName string = 'Standard_ZRS'
+
+@minValue(1)
+@maxValue(3650)
+@description('Days after which rejected-row files, reports and segment files are deleted (lifecycle policy). azd value PERSONAL_DATA_RETENTION_DAYS.')
+param personalDataRetentionDays int = 30
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -78,6 +97,7 @@ var destinationsText = !empty(destinationsJson) ? destinationsJson : minimalDest
 var destinationsDocument = !empty(destinationsJsonBase64) ? base64ToString(destinationsJsonBase64) : destinationsText
 var schedule = !empty(refreshSchedule) ? refreshSchedule : '0 0 6 * * *'
 var secretName = !empty(sendGridSecretName) ? sendGridSecretName : 'sendgrid-api-key'
+var storageSku = !empty(storageSkuName) ? storageSkuName : 'Standard_ZRS'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -117,6 +137,8 @@ module storage 'app/storage.bicep' = {
     runsContainerName: runsContainerName
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    skuName: storageSku
+    personalDataRetentionDays: personalDataRetentionDays
   }
 }
 
@@ -140,6 +162,7 @@ module rbac 'app/rbac.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     identityPrincipalId: identity.outputs.principalId
     deployerPrincipalId: principalId
+    grantDeployerDataAccess: grantDeployerDataAccess
   }
 }
 

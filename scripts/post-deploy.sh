@@ -10,7 +10,8 @@
 #
 # Reads the azd environment (outputs of infra/main.bicep): RESOURCE_GROUP, AZURE_FUNCTION_APP_NAME,
 # AZURE_FUNCTION_APP_HOSTNAME, EVENT_GRID_SYSTEM_TOPIC_NAME, SEGMENTS_CONTAINER_NAME, AZURE_KEY_VAULT_NAME,
-# SENDGRID_SECRET_NAME. Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile),
+# SENDGRID_SECRET_NAME, AZURE_SUBSCRIPTION_ID (so `az` works on azd's subscription whatever its own default is).
+# Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile),
 # EVENT_SUBSCRIPTION_NAME (default segments-blob-created), POSTDEPLOY_WAIT_SECONDS (default 300).
 # Needs the Azure CLI (`az login`). Never prints the key or the webhook URL.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -25,7 +26,7 @@ if [ -z "${AZURE_FUNCTION_APP_NAME:-}" ] && command -v azd >/dev/null 2>&1; then
     value="${value%\"}"; value="${value#\"}"
     case "$key" in
       RESOURCE_GROUP|AZURE_FUNCTION_APP_NAME|AZURE_FUNCTION_APP_HOSTNAME|EVENT_GRID_SYSTEM_TOPIC_NAME|\
-      SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME) export "$key=$value" ;;
+      SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME|AZURE_SUBSCRIPTION_ID) export "$key=$value" ;;
     esac
   done < <(azd env get-values)
 fi
@@ -37,10 +38,14 @@ segments_container="${SEGMENTS_CONTAINER_NAME:-segments}"
 function_name="${BLOB_TRIGGER_FUNCTION:-ExportOnNewSegmentFile}"
 subscription_name="${EVENT_SUBSCRIPTION_NAME:-segments-blob-created}"
 wait_seconds="${POSTDEPLOY_WAIT_SECONDS:-300}"
+subscription=()
+[ -z "${AZURE_SUBSCRIPTION_ID:-}" ] || subscription=(--subscription "$AZURE_SUBSCRIPTION_ID")
+# az on the azd environment's subscription.
+azs() { az "$@" ${subscription[@]+"${subscription[@]}"}; }
 
 hostname="${AZURE_FUNCTION_APP_HOSTNAME:-}"
 if [ -z "$hostname" ]; then
-  hostname="$(az functionapp show -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query defaultHostName -o tsv)"
+  hostname="$(azs functionapp show -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query defaultHostName -o tsv)"
 fi
 
 # 1. Wait for the blobs_extension system key: it appears once the host has loaded the Event Grid blob trigger.
@@ -48,11 +53,13 @@ echo "post-deploy: waiting for the blobs_extension key of $AZURE_FUNCTION_APP_NA
 key=""
 deadline=$((SECONDS + wait_seconds))
 while :; do
-  key="$(az functionapp keys list -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
+  key="$(azs functionapp keys list -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
            --query "systemKeys.blobs_extension" -o tsv 2>/dev/null || true)"
   [ -n "$key" ] && [ "$key" != "None" ] && break
   [ "$SECONDS" -lt "$deadline" ] || fail "no blobs_extension key after ${wait_seconds}s: did the deployment succeed and \
-does the app load its functions? (Azure portal > the function app > Functions; Application Insights > traces)"
+does the app load its functions? (Azure portal > the function app > Functions; Application Insights > traces) \
+Right after the first \`azd provision\` the app's role assignments can take a few minutes to apply, so its first \
+start may fail with 403: wait a few minutes, then run \`azd deploy\` again (docs/deploy.md, step 2)."
   sleep 10
 done
 
@@ -62,7 +69,7 @@ endpoint="https://${hostname}/runtime/webhooks/blobs?functionName=Host.Functions
 echo "post-deploy: Event Grid subscription $subscription_name on $EVENT_GRID_SYSTEM_TOPIC_NAME" \
      "-> $function_name (BlobCreated under /$segments_container/)"
 attempt=1
-until az eventgrid system-topic event-subscription create \
+until azs eventgrid system-topic event-subscription create \
         --name "$subscription_name" \
         --resource-group "$RESOURCE_GROUP" \
         --system-topic-name "$EVENT_GRID_SYSTEM_TOPIC_NAME" \
@@ -84,13 +91,14 @@ echo "post-deploy: Event Grid subscription ready. New files under $segments_cont
 
 # 3. Remind about the SendGrid key: the template never writes it. Only names are listed, never values.
 if [ -n "${AZURE_KEY_VAULT_NAME:-}" ] && [ -n "${SENDGRID_SECRET_NAME:-}" ]; then
-  found="$(az keyvault secret list --vault-name "$AZURE_KEY_VAULT_NAME" \
+  found="$(azs keyvault secret list --vault-name "$AZURE_KEY_VAULT_NAME" \
              --query "[?name=='${SENDGRID_SECRET_NAME}'] | length(@)" -o tsv 2>/dev/null || echo unknown)"
   case "$found" in
     1) echo "post-deploy: Key Vault secret '$SENDGRID_SECRET_NAME' is present in $AZURE_KEY_VAULT_NAME." ;;
     0) echo "post-deploy: NOTE: Key Vault $AZURE_KEY_VAULT_NAME has no secret '$SENDGRID_SECRET_NAME' yet;" \
             "exports fail until you add the SendGrid API key (docs/deploy.md, step 3)." ;;
-    *) echo "post-deploy: could not list the secrets of $AZURE_KEY_VAULT_NAME (no access?); make sure the" \
-            "secret '$SENDGRID_SECRET_NAME' exists (docs/deploy.md, step 3)." ;;
+    *) echo "post-deploy: could not list the secrets of $AZURE_KEY_VAULT_NAME (no access? a role assigned by" \
+            "the first azd provision can take a few minutes to apply); make sure the secret" \
+            "'$SENDGRID_SECRET_NAME' exists (docs/deploy.md, step 3)." ;;
   esac
 fi

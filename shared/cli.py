@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     sync = sub.add_parser("sync", help="run a destination's export as the functions do: from the segments "
                                        "container, with its sync state (incremental, mirror, lock, resume)")
     sync.add_argument("destination", help="destination name (from the DESTINATIONS_JSON setting)")
-    sync.add_argument("--blob", help="segment blob inside the segments container (default: the latest)")
+    sync.add_argument("--blob", help="a segment blob to read instead of its segment's current file, this run only "
+                                     "(default: every segment's current file)")
     sync.add_argument("--full", action="store_true", help="re-send every contact, not only new and changed ones")
     sync.add_argument("--report", help="also write the run report to this file")
     args = parser.parse_args(argv)
@@ -119,10 +120,9 @@ def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -
         if destination is None:
             names = ", ".join(d.name for d in service.destinations.destinations)
             raise ExportError(f"unknown destination {name!r} (configured: {names})")
-        blob_name = blob or service.latest_segment(destination)
-        if blob_name is None:
+        if blob is None and service.latest_segment(destination) is None:
             raise ExportError(f"no segment file under {destination.segments} in the segments container")
-        report = service.export(destination, blob_name, run_id=new_run_id(destination.name), full=full,
+        report = service.export(destination, blob, run_id=new_run_id(destination.name), full=full,
                                 lock_wait=service.trigger_lock_wait)
         stored = service.report(report.run_id)
     except (ExportError, AzureError) as exc:

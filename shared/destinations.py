@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -25,6 +26,7 @@ RESERVED_FIELDS: frozenset[str] = frozenset({
 
 DEFAULT_MAX_PROFILES = 100_000
 
+CONSENT_CLOCK_SKEW = timedelta(minutes=5)  # a consent recorded "now" on a machine whose clock runs ahead
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -63,7 +65,28 @@ class Consent(_Strict):
     """The seed connector's "I agree" step: who accepted the data-privacy terms for this destination, when."""
 
     agreed_by: str = Field(min_length=1)
-    agreed_at: str = Field(min_length=1)
+    agreed_at: str = Field(min_length=1, description="ISO-8601 UTC timestamp, e.g. 2026-11-01T09:00:00Z")
+
+    @field_validator("agreed_by")
+    @classmethod
+    def _someone_agreed(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name who agreed to the data-privacy terms (it is blank)")
+        return value
+
+    @field_validator("agreed_at")
+    @classmethod
+    def _a_real_moment(cls, value: str) -> str:
+        """A consent record is evidence: a typo'd or future date would make it worthless in an audit."""
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError("must be an ISO-8601 UTC timestamp such as 2026-11-01T09:00:00Z") from None
+        if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
+            raise ValueError("must be in UTC (end it with Z or +00:00), e.g. 2026-11-01T09:00:00Z")
+        if moment > datetime.now(UTC) + CONSENT_CLOCK_SKEW:
+            raise ValueError("is in the future: record when the terms were really agreed to")
+        return value
 
 
 class FileFormat(_Strict):
@@ -94,6 +117,14 @@ class Destination(_Strict):
         default=10, ge=0,
         description="Mirror safety valve: a run removing at most this many contacts is never refused by "
                     "max_removal_fraction (on a small list one removal is already a large share)")
+    max_email_rejected_fraction: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="Mirror: removals are withheld for a run in which more than this share of rows was rejected "
+                    "on its email (people of unknown identity may be members)")
+    allow_empty_segments: bool = Field(
+        default=False,
+        description="Mirror: let a run whose segments hold no valid contact remove every member (off: such a "
+                    "run removes nobody, since an empty export is more often a broken one)")
     consent: Consent | None = None
     file_format: FileFormat = Field(default_factory=FileFormat)
 
@@ -112,17 +143,35 @@ class Destination(_Strict):
                 raise ValueError(f"segment prefix {prefix!r} must be a path inside the segments container")
             if not prefix.strip("/"):
                 raise ValueError("an empty segment prefix would match every file in the container; name a folder")
+        if len(set(value)) != len(value):
+            raise ValueError("a segment prefix is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _one_entity_needs_one_segment(self) -> Destination:
+        if self.file_format.entity is not None and len(self.segments) > 1:
+            raise ValueError("file_format.entity names one CDM table, but the destination has several segments: "
+                             "each table-folder segment reads the table its folder is named for")
+        return self
+
+    def segment_for(self, blob_name: str) -> str | None:
+        """The longest of this destination's prefixes that holds the blob."""
+        matching = [prefix for prefix in self.segments if blob_name.startswith(prefix)]
+        return max(matching, key=len) if matching else None
 
     def table_below(self, model_json: str) -> str | None:
         """`<Table>` when a prefix is `<folder of model_json>/<Table>/...` (see for_model_json)."""
+        tables = self.tables_below(model_json)
+        return next(iter(tables.values())) if tables else None
+
+    def tables_below(self, model_json: str) -> dict[str, str]:
+        """prefix -> `<Table>` for each prefix `<folder of model_json>/<Table>/...`: the segments a Customer
+        Insights model.json holds (one table each)."""
         if "/" not in model_json:
-            return None  # a model.json at the container root serves only a destination that owns the root
+            return {}  # a model.json at the container root serves only a destination that owns the root
         folder = model_json.rsplit("/", 1)[0] + "/"
-        for prefix in self.segments:
-            if prefix.startswith(folder) and len(prefix) > len(folder):
-                return prefix[len(folder):].split("/", 1)[0]
-        return None
+        return {prefix: prefix[len(folder):].split("/", 1)[0] for prefix in self.segments
+                if prefix.startswith(folder) and len(prefix) > len(folder)}
 
     def entity_in(self, model_json: str) -> str | None:
         """The entity this destination reads from a model.json it is served by."""

@@ -8,6 +8,7 @@ bad rows (they are rejected in the report); it raises only for what stops a run 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import re
@@ -32,11 +33,13 @@ from shared.errors import (
 from shared.readers import ReaderOptions, open_segment
 from shared.readers.base import KEYS_SEEN_KEPT
 from shared.rejects import RejectsFile
-from shared.run_report import BatchResult, RejectedRow, RunReport, TruncatedField
+from shared.run_report import BatchResult, RejectedRow, RunReport, SegmentPart, TruncatedField
+from shared.segment_files import SegmentFile, is_model_json
 from shared.sendgrid_client import ImportJob, SendGridClient, redact
 from shared.sources import ByteSource
 from shared.spool import Spool, email_key
 from shared.sync_state import LockLost, SetAside, Snapshot, SyncState
+from shared.time_budgets import CHANGE_SHARE_OF_LEASE
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,10 @@ class ExportResult:
     rejected_keys: array[int] = field(default_factory=lambda: array("q"))
     # rows the reader could not parse (bad quoting, wrong column count): whose they are is unknown
     unreadable_rows: int = 0
+    # rows rejected on their email: people of unknown identity (mirror mode may not remove on their account)
+    email_rejected: int = 0
+    # what each segment's file gave, in reading order (the order that decides which duplicate wins)
+    reads: list[_SegmentRead] = field(default_factory=list)
 
     def reject(self, rejected: RejectedRow, value: str = "") -> None:
         """Count the row in the report (which lists the first few) and write it, with its value, to `rejects`."""
@@ -78,9 +85,36 @@ class ExportResult:
         self.rejects.close()
 
 
-def reader_options(destination: Destination) -> ReaderOptions:
+@dataclass
+class _SegmentRead:
+    """One segment's share of the spool: its contacts are positions start..end-1 (segments are read in turn)."""
+
+    file: SegmentFile
+    source: str | None
+    start: int = 0
+    end: int = 0
+    rows_read: int = 0
+    rejected: int = 0
+
+
+class Outcome:
+    """Per-contact outcome codes in one byte each (a million contacts cost a megabyte)."""
+
+    NOT_SENT, EXPORTED, UNCHANGED, IN_FAILED_JOB, PENDING, SET_ASIDE, MERGED = range(7)
+    CONFIRMED = (EXPORTED, UNCHANGED)  # in the list as this run read it: the snapshot takes its fingerprint
+
+
+def reader_options(destination: Destination, entity: str | None = None) -> ReaderOptions:
     wanted = destination.file_format.model_dump(exclude_none=True)
+    if entity is not None:
+        wanted["entity"] = entity
     return ReaderOptions(**wanted)
+
+
+def describe_sources(source: ByteSource, files: Sequence[SegmentFile]) -> str:
+    """The report's `source`: the one file, or every segment's file (a segment without one is named so)."""
+    names = [source.describe(f.name) if f.name is not None else f"{f.segment} (no file)" for f in files]
+    return names[0] if len(names) == 1 else ", ".join(names)
 
 
 def export_segment(
@@ -94,13 +128,33 @@ def export_segment(
     on_batch_accepted: Callable[[BatchResult], None] | None = None,
     sync: SyncState | None = None,
 ) -> ExportResult:
-    """Export one segment file (or CDM model.json) to the destination's list.
+    """Export one segment file (or CDM model.json) as the destination's whole segment (the CLI's `export`)."""
+    entity = destination.entity_in(name) if is_model_json(name) else None
+    file = SegmentFile(destination.segment_for(name) or destination.segments[0], name, entity)
+    return export_segments(destination, source, [file], client, run_id=run_id, options=options,
+                           on_batch_accepted=on_batch_accepted, sync=sync)
 
+
+def export_segments(
+    destination: Destination,
+    source: ByteSource,
+    files: Sequence[SegmentFile],
+    client: SendGridClient | None,
+    *,
+    run_id: str,
+    options: ExportOptions | None = None,
+    on_batch_accepted: Callable[[BatchResult], None] | None = None,
+    sync: SyncState | None = None,
+) -> ExportResult:
+    """Export the union of the segments' files to the destination's list.
+
+    Files are read in the order given (the destination's `segments` order) into one spool, so a person in
+    several segments is one contact and the row read last wins, as for duplicates within one file.
     `client` may be None only for a dry run against a destination without custom fields.
     """
     options = options or ExportOptions()
     report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
-                       source=source.describe(name), mode=destination.mode, dry_run=options.dry_run)
+                       source=describe_sources(source, files), mode=destination.mode, dry_run=options.dry_run)
     custom = {}
     if destination.field_mapping.custom_fields:
         if client is None:
@@ -110,20 +164,37 @@ def export_segment(
     result = ExportResult(report, rejects=RejectsFile(options.spool_dir))
     spool = Spool(options.spool_dir)
     try:
-        _read_into_spool(destination, source, name, mapper, spool, result, options)
+        for file in files:
+            read = _SegmentRead(file, source.describe(file.name) if file.name is not None else None,
+                                start=len(spool))
+            result.reads.append(read)
+            if file.name is not None:
+                rows, rejected = report.rows_read, report.rejected_count
+                _read_into_spool(destination, source, file, mapper, spool, result, options)
+                read.rows_read, read.rejected = report.rows_read - rows, report.rejected_count - rejected
+            read.end = len(spool)
+        report.contacts_valid = len(spool)
         superseded = spool.superseded()
         report.duplicates_merged = len(superseded)
+        outcome_of = array("b", bytes(len(spool)))
+        for index in superseded:
+            outcome_of[index] = Outcome.MERGED
         unique = len(spool) - len(superseded)
         if unique > destination.max_profiles:
             raise ProfileCapExceeded(unique, destination.max_profiles)
         if options.dry_run:
             report.not_sent = unique
             report.finish("dry_run")
-            return result
-        assert client is not None
-        field_names = {definition.id: field_name for field_name, definition in custom.items()}
-        _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync, field_names)
-        report.requests_sent = client.stats.requests
+        else:
+            assert client is not None
+            field_names = {definition.id: field_name for field_name, definition in custom.items()}
+            guard = (client.guarded(sync.guard_change, sync.lease_seconds * CHANGE_SHARE_OF_LEASE)
+                     if sync is not None else contextlib.nullcontext())
+            with guard:
+                _send(destination, spool, superseded, client, result, options, on_batch_accepted, sync,
+                      field_names, outcome_of)
+            report.requests_sent = client.stats.requests
+        report.segments = _segment_parts(result.reads, outcome_of)
         return result
     except BaseException:
         result.close()  # the caller gets no result to close: the rejects file goes now
@@ -133,11 +204,26 @@ def export_segment(
 
 
 def _read_into_spool(
-    destination: Destination, source: ByteSource, name: str, mapper: ContactMapper, spool: Spool,
+    destination: Destination, source: ByteSource, file: SegmentFile, mapper: ContactMapper, spool: Spool,
     result: ExportResult, options: ExportOptions,
 ) -> None:
     report = result.report
-    with open_segment(source, name, reader_options(destination)) as reader:
+    assert file.name is not None
+    where = source.describe(file.name)
+    try:
+        _read_file(destination, source, file.name, where, reader_options(destination, file.entity), mapper, spool,
+                   result, options)
+    except UnicodeError as exc:  # a decoder failing as a whole, past the reader's own checks: the file is unreadable
+        raise SegmentFileError(where, f"cannot be decoded ({exc}); check file_format.encoding",
+                               row=report.rows_read + 1) from None
+
+
+def _read_file(
+    destination: Destination, source: ByteSource, name: str, where: str, reading: ReaderOptions,
+    mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,
+) -> None:
+    report = result.report
+    with open_segment(source, name, reading) as reader:
         missing = missing_columns(destination, reader.columns)
         if missing:
             header = reader.columns or []
@@ -147,11 +233,12 @@ def _read_into_spool(
                 # report or log. A real header has at least one mapped column and no addresses.
                 found = (f"the first row has none of the mapped columns or holds an email address, so it may be "
                          f"data, not column names ({len(header)} values): is the header row missing?")
-            raise SegmentFileError(report.source, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
+            raise SegmentFileError(where, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
-        # has is a misspelled mapping, which would silently drop that field for every contact.
-        unseen = set(range(1, len(columns))) if reader.columns is None else set()  # 0: the email column
+        # has is a misspelled mapping, which would silently drop that field for every contact (and, for the
+        # email, reject every row: mirror mode would then see everyone as gone).
+        unseen = set(range(len(columns))) if reader.columns is None else set()
         map_values, add, reject = mapper.map_values, spool.add, result.reject
         preview = options.preview_limit if options.dry_run else 0
         for origin, row, values, error in reader.project(columns):
@@ -175,12 +262,14 @@ def _read_into_spool(
                 column = mapped.column or columns[0]
                 reject(RejectedRow(origin, row, mapped.field, mapped.reason, mapped.column),
                        mapper.value_of(values, column))
-                email = normalise_email(values[0] or "")[0] if mapped.field != "email" else None
+                if mapped.field == "email":
+                    result.email_rejected += 1
+                    continue
+                email = normalise_email(values[0] or "")[0]
                 if email is not None:
                     result.rejected_keys.append(email_key(email))
         if unseen and reader.keys_seen:
-            raise _never_seen(destination, report.source, {columns[i] for i in unseen}, reader.keys_seen)
-    report.contacts_valid = len(spool)
+            raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
 
 
 def _never_seen(destination: Destination, source: str, unseen: set[str],
@@ -199,31 +288,26 @@ def _never_seen(destination: Destination, source: str, unseen: set[str],
         field=f"destinations[{destination.name}].field_mapping")
 
 
-class _Outcome:
-    """Per-contact outcome codes in one byte each (a million contacts cost a megabyte)."""
-
-    NONE, CONFIRMED = 0, 1
-
-
 def _send(
     destination: Destination, spool: Spool, superseded: set[int], client: SendGridClient, result: ExportResult,
     options: ExportOptions, on_batch_accepted: Callable[[BatchResult], None] | None, sync: SyncState | None,
-    field_names: dict[str, str],
+    field_names: dict[str, str], outcome_of: array[int],
 ) -> None:
     report = result.report
     snapshot = sync.snapshot if sync is not None else None
-    outcome_of = array("b", bytes(len(spool)))
 
     removals: set[int] = set()
     if sync is not None and snapshot is not None and destination.mode == "mirror":
         removals = _left_the_segment(spool, snapshot, result.rejected_keys)
-        if removals and result.unreadable_rows:
-            # An unreadable row has no email: its profile may be one that seems to have left. Keep them all;
-            # they stay in the snapshot, so the next run that reads every row removes those really gone.
-            report.notes.append(f"{result.unreadable_rows} row(s) could not be read, so whose profiles they hold "
-                                f"is unknown: the {len(removals)} contact(s) missing from this file were not "
-                                "removed from the list this run (new and changed contacts were sent); the next "
-                                "run without unreadable rows removes those that left the segment")
+        withheld = _why_removals_are_withheld(destination, result, len(spool) - len(superseded)) if removals else None
+        if withheld is not None:
+            # Who left cannot be told apart from who could not be read: keep them all. They stay in the
+            # snapshot, so the next run that reads every segment whole removes those really gone.
+            report.removals_withheld = len(removals)
+            missing_from = "this file" if len(result.reads) == 1 else "the segments' files"
+            report.notes.append(f"{withheld}: the {len(removals)} contact(s) missing from {missing_from} were not "
+                                "removed from the list this run (new and changed contacts were sent); the next run "
+                                "without this doubt removes those that left")
             removals = set()
         limit = destination.max_removal_fraction * len(snapshot)
         if len(removals) > destination.min_removals_checked and len(removals) > limit:
@@ -242,7 +326,7 @@ def _send(
                 continue
             if snapshot is not None and snapshot.fingerprint(spool.keys[index]) == spool.fingerprints[index]:
                 report.unchanged_skipped += 1
-                outcome_of[index] = _Outcome.CONFIRMED
+                outcome_of[index] = Outcome.UNCHANGED
                 continue
             yield index, body
 
@@ -255,7 +339,7 @@ def _send(
                          max_contacts=options.max_contacts_per_request, max_bytes=options.max_body_bytes):
         if batch.number in resume:
             outcome, indices = _resumed(batch, resume[batch.number], resume_set_aside.get(batch.number, ()), spool,
-                                        result)
+                                        result, outcome_of)
             report.batches.append(outcome)
             accepted.append((outcome, indices))
             continue
@@ -264,7 +348,7 @@ def _send(
             report.batches.append(BatchResult(batch.number, len(batch.contacts), batch.body_size()))
             continue
         resends = client.stats.unconfirmed_resends
-        outcome, sent, set_aside = _send_batch(batch, spool, client, result, field_names)
+        outcome, sent, set_aside = _send_batch(batch, spool, client, result, field_names, outcome_of)
         outcome.resent = client.stats.unconfirmed_resends - resends
         if outcome.resent:
             report.notes.append(f"batch {batch.number}: SendGrid's answer was lost and the batch was sent again "
@@ -295,7 +379,7 @@ def _send(
     except SendGridError as exc:  # the batches were accepted; only their outcome is unknown: keep the report
         jobs = {}
         report.notes.append(f"could not poll the import jobs: {exc}; their contacts are reported pending")
-    _apply_job_results(accepted, jobs, spool, report, outcome_of)
+    _apply_job_results(accepted, jobs, spool, report, outcome_of, [read.start for read in result.reads])
 
     removed_ok: set[int] = set()
     lock_lost = False
@@ -314,7 +398,7 @@ def _send(
         try:
             sync.write_snapshot(
                 spool.keys, spool.fingerprints, (i for i in range(len(spool)) if i not in superseded),
-                email_of=spool.email_at, confirmed=lambda i: outcome_of[i] == _Outcome.CONFIRMED,
+                email_of=spool.email_at, confirmed=lambda i: outcome_of[i] in Outcome.CONFIRMED,
                 keep_absent=lambda position: not (mirror and position in removed_ok))
             sync.clear_checkpoint()
         except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now
@@ -329,6 +413,47 @@ def _send(
         report.finish("partial", "some import jobs did not complete; their contacts are sent again next refresh")
     else:
         report.finish("succeeded")
+
+
+def _why_removals_are_withheld(destination: Destination, result: ExportResult, contacts: int) -> str | None:
+    """Why this mirror run may not take anyone off the list, or None: when in doubt, remove nobody.
+
+    Each doubt is a way for a member to look as if they had left: a segment not read at all, rows whose
+    person is unknown (unreadable, or rejected on their email), or an export with no one in it (a header-only
+    or emptied file is more often a broken export than an empty segment).
+    """
+    missing = [read.file.segment for read in result.reads if read.file.name is None]
+    if missing:
+        return (f"segment(s) {', '.join(missing)} have no file yet, so who is in them is unknown")
+    if result.unreadable_rows:
+        return f"{result.unreadable_rows} row(s) could not be read, so whose profiles they hold is unknown"
+    rows = result.report.rows_read
+    if result.email_rejected and result.email_rejected > destination.max_email_rejected_fraction * rows:
+        return (f"{result.email_rejected} of {rows} row(s) were rejected on their email, more than "
+                f"max_email_rejected_fraction {destination.max_email_rejected_fraction:.0%}: whose profiles they "
+                "hold is unknown")
+    if contacts == 0 and not destination.allow_empty_segments:
+        return ("the segments hold no valid contact (an empty or header-only file, or every row rejected); set "
+                "allow_empty_segments to let such a run empty the list")
+    return None
+
+
+def _segment_parts(reads: Sequence[_SegmentRead], outcome_of: array[int]) -> list[SegmentPart]:
+    """Each segment's share of the report, counted from the contacts' outcome codes: it balances on its own."""
+    parts: list[SegmentPart] = []
+    for read in reads:
+        codes = outcome_of[read.start:read.end].tobytes()
+        count = codes.count
+        part = SegmentPart(segment=read.file.segment, source=read.source, entity=read.file.entity,
+                           rows_read=read.rows_read, exported=count(Outcome.EXPORTED),
+                           unchanged_skipped=count(Outcome.UNCHANGED),
+                           rejected_count=read.rejected + count(Outcome.SET_ASIDE),
+                           duplicates_merged=count(Outcome.MERGED), in_failed_jobs=count(Outcome.IN_FAILED_JOB),
+                           pending=count(Outcome.PENDING), not_sent=count(Outcome.NOT_SENT))
+        if read.file.name is None:
+            part.note = "no file yet: nothing was read for this segment"
+        parts.append(part)
+    return parts
 
 
 def _left_the_segment(spool: Spool, snapshot: Snapshot, rejected_keys: array[int]) -> set[int]:
@@ -395,6 +520,7 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
 
 def _send_batch(
     batch: Batch, spool: Spool, client: SendGridClient, result: ExportResult, field_names: dict[str, str],
+    outcome_of: array[int],
 ) -> tuple[BatchResult, Batch | ExportError, list[SetAside]]:
     """Send one batch; contacts SendGrid names in a 400 are set aside (rejected, and returned for the
     checkpoint) and the rest resent."""
@@ -416,12 +542,20 @@ def _send_batch(
                 source, row = spool.where(index)
                 reason = f"SendGrid: {message}"
                 result.reject(RejectedRow(source, row, field_name, reason))
+                outcome_of[index] = Outcome.SET_ASIDE
                 set_aside.append((index, field_name, reason))
             outcome.set_aside += len(named)
             current = current.without(set(named))
             continue
         except SendGridError as exc:  # any other answer (or none): this batch and the rest stay unsent, reported
             return _unsent(outcome, current), exc, set_aside
+        except LockLost as exc:  # checked before the PUT: another run may hold the destination now
+            return _unsent(outcome, current), ExportError(f"{exc}; batch {batch.number} and later were not sent"), \
+                set_aside
+        except AzureError as exc:  # the lease could not be renewed: sending without it could interleave runs
+            return _unsent(outcome, current), ExportError(
+                f"run state storage unavailable ({type(exc).__name__}) while renewing the destination's lock: "
+                f"batch {batch.number} and later were not sent"), set_aside
         outcome.status = "accepted"
         outcome.contacts = len(current.contacts)
         outcome.body_bytes = current.body_size()
@@ -431,7 +565,7 @@ def _send_batch(
 
 
 def _resumed(batch: Batch, job_id: str, set_aside: Sequence[SetAside], spool: Spool,
-             result: ExportResult) -> tuple[BatchResult, array[int]]:
+             result: ExportResult, outcome_of: array[int]) -> tuple[BatchResult, array[int]]:
     """A batch an interrupted run of this plan had accepted. Rebuilt from the spool it holds again the
     contacts SendGrid refused then: they are rejected again, never credited to the job that lacks them."""
     refused = {index: (field_name, reason) for index, field_name, reason in set_aside}
@@ -440,6 +574,7 @@ def _resumed(batch: Batch, job_id: str, set_aside: Sequence[SetAside], spool: Sp
         index = batch.indices[position]
         source, row = spool.where(index)
         result.reject(RejectedRow(source, row, *refused[index]))
+        outcome_of[index] = Outcome.SET_ASIDE
     kept = batch.without(dropped) if dropped else batch
     outcome = BatchResult(batch.number, len(kept.contacts), kept.body_size(), job_id=job_id, status="accepted",
                           resumed=True, set_aside=len(dropped))
@@ -479,24 +614,31 @@ def _reported_field(sendgrid_field: str, field_names: dict[str, str]) -> str:
 
 
 def _apply_job_results(accepted: list[tuple[BatchResult, array[int]]], jobs: dict[str, ImportJob], spool: Spool,
-                       report: RunReport, outcome_of: array[int]) -> None:
+                       report: RunReport, outcome_of: array[int], starts: Sequence[int]) -> None:
     for outcome, indices in accepted:
         if outcome.job_id is None and not indices:
             continue  # every contact was set aside: nothing was sent, the batch stays "empty"
         job = jobs.get(outcome.job_id or "")
         status = job.status if job else "pending"
         outcome.status = status
+        # Each segment's contacts in the batch (its positions ascend): settling a pending job later updates
+        # the segments' parts of the stored report as well as its total.
+        bounds = [bisect.bisect_left(indices, start) for start in starts] + [len(indices)]
+        outcome.by_segment = [high - low for low, high in itertools.pairwise(bounds)]
         if job:
             outcome.created_count = job.created_count
             outcome.updated_count = job.updated_count
             outcome.errored_count = job.errored_count
         if status == "completed":
             report.exported += len(indices)
-            for index in indices:
-                outcome_of[index] = _Outcome.CONFIRMED
+            code = Outcome.EXPORTED
         elif status in ("errored", "failed"):
             report.in_failed_jobs += len(indices)
             for index in indices:
                 report.add_failed_job_row(*spool.where(index))
+            code = Outcome.IN_FAILED_JOB
         else:
             report.pending += len(indices)
+            code = Outcome.PENDING
+        for index in indices:
+            outcome_of[index] = code

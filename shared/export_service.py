@@ -19,21 +19,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.destinations import Destination, DestinationsDocument, load_destinations
-from shared.engine import ExportOptions, ExportResult, export_segment
+from shared.engine import ExportOptions, ExportResult, describe_sources, export_segments
 from shared.errors import ConfigurationError, ExportError, NotFound
-from shared.readers import MODEL_JSON
 from shared.run_report import RunReport
 from shared.run_store import RunStore
 from shared.secrets import ApiKeyProvider
+from shared.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_model_json, is_segment_entry
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.settings import AppSettings, setting
 from shared.sources import BlobContainerSource
 from shared.storage import blob_service_from_settings
 from shared.sync_state import DestinationBusy, SyncState
+
+__all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
 
 TRIGGER_LOCK_WAIT = 300.0
 
@@ -43,10 +45,7 @@ log = logging.getLogger(__name__)
 KILLED_AFTER = timedelta(minutes=6)
 PENDING_BUDGET_SECONDS = 120.0  # the timer settles earlier runs' jobs for at most this long, then queues
 
-DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
 EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
-# Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
-_CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)
 
 
 def config_digest(destination: Destination) -> str:
@@ -63,18 +62,25 @@ def new_run_id(destination: str) -> str:
     return f"{destination}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def is_segment_entry(blob_name: str) -> bool:
-    """Files that start an export: a CDM model.json or a data file (markers, manifests, CRCs do not)."""
-    leaf = blob_name.rsplit("/", 1)[-1]
-    if leaf == MODEL_JSON:
-        return True
-    if leaf.startswith(("_", ".")) or leaf.endswith(".crc"):  # manifest-*.json: .json is not a data suffix
-        return False
-    return leaf.lower().endswith(DATA_SUFFIXES)
-
-
 class SupersededFile(Exception):
-    """A trigger's file is older than one its destination already exported (events arrive out of order)."""
+    """A trigger's file is no longer its segment's current one (events arrive out of order, runs wait)."""
+
+
+class RequestRejected(Exception):
+    """An on-demand request that cannot be taken: its HTTP status, message and details for the caller."""
+
+    def __init__(self, status: int, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+_BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
+
+
+class RunRefused(ExportError):
+    """The run would leave the list wrong, so nothing is sent (its report says `refused`, and why)."""
 
 
 @dataclass
@@ -108,6 +114,7 @@ class ExportService:
         self._client_factory = client_factory
         self.segments: ContainerClient = blob_service.get_container_client(settings.segments_container)
         self.runs = RunStore(blob_service.get_container_client(settings.runs_container))
+        self.catalog = SegmentCatalog(self.segments, destinations)
 
     @classmethod
     def from_environment(cls, *, keys: ApiKeyProvider | None = None,
@@ -135,64 +142,40 @@ class ExportService:
 
     # -- finding files --------------------------------------------------------------------------------
 
-    def latest_segment(self, destination: Destination) -> str | None:
-        """The newest model.json under the destination's prefixes, else the newest data file."""
-        newest: dict[bool, tuple[datetime, str]] = {}
-        try:
-            for prefix in destination.segments:
-                for blob in self.segments.list_blobs(name_starts_with=prefix):
-                    if not is_segment_entry(blob.name) or destination not in self.destinations.served_by(blob.name):
-                        continue  # a marker, or a file a nested prefix gives to another destination
-                    is_model = blob.name.rsplit("/", 1)[-1] == MODEL_JSON
-                    if not is_model and _CDM_PARTITION_PATH.search(blob.name):
-                        continue  # a Customer Insights partition is read through its model.json, never alone
-                    current = newest.get(is_model)
-                    if current is None or blob.last_modified > current[0]:
-                        newest[is_model] = (blob.last_modified, blob.name)
-        except ResourceNotFoundError:
-            log.warning("the segments container %s does not exist: no segment file to export",
-                        self.segments.container_name)
-            return None
-        if True in newest:
-            return newest[True][1]
-        above = self._model_json_above(destination)
-        if above is not None:
-            return above
-        if False in newest:
-            return newest[False][1]
-        return None
+    def current_files(self, destination: Destination) -> list[SegmentFile]:
+        """The file each of the destination's segments is read from now (see shared.segment_files)."""
+        return self.catalog.current_files(destination)
 
-    def _model_json_above(self, destination: Destination) -> str | None:
-        """A Customer Insights model.json in the folder just above a `<export>/<Table>/` prefix."""
-        for prefix in destination.segments:
-            folder = prefix.rstrip("/").rsplit("/", 1)[0] if "/" in prefix.rstrip("/") else ""
-            if folder and destination.table_below(f"{folder}/{MODEL_JSON}") is not None:
-                candidate = f"{folder}/{MODEL_JSON}"
-                if self.segments.get_blob_client(candidate).exists():
-                    return candidate
-        return None
+    def latest_segment(self, destination: Destination) -> str | None:
+        """The newest of the destination's current segment files (None: no segment has one yet)."""
+        dated = [(f.last_modified, f.name) for f in self.current_files(destination)
+                 if f.name is not None and f.last_modified is not None]
+        return max(dated)[1] if dated else None
 
     def is_cdm_partition(self, destination: Destination, blob_name: str) -> bool:
-        """A data file in a CDM folder is exported through its model.json, never alone.
+        return self.catalog.is_cdm_partition(destination, blob_name)
 
-        It is one when a model.json is above it (listed or not: a refresh writes its new timestamped folder
-        before it updates model.json), or when its path has the Customer Insights partition layout
-        `<Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<n>.csv` (the first export may write the partitions before
-        model.json exists).
-        """
-        if _CDM_PARTITION_PATH.search(blob_name):
-            return True
-        parts = blob_name.split("/")
-        source = BlobContainerSource(self.segments)
-        for depth in range(len(parts) - 1, 0, -1):
-            candidate = "/".join(parts[:depth]) + "/" + MODEL_JSON
-            # a model.json under the destination's prefix, or one folder above a `<export>/<Table>/` prefix
-            if not any(candidate.startswith(p) or p.startswith(candidate[: len(p)]) for p in destination.segments) \
-                    and destination.table_below(candidate) is None:
-                continue
-            if source.exists(candidate):
-                return True  # listed or not yet listed: the model.json trigger exports it (or reports why not)
-        return destination.file_format.entity is not None
+    def check_named_blob(self, destination: Destination, blob_name: object) -> str:
+        """A blob an on-demand request names for the destination, or RequestRejected saying what is wrong."""
+        if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
+            raise RequestRejected(400, "blob must be a path inside the segments container (no '..', URLs or other "
+                                       "containers)")
+        if not is_segment_entry(blob_name):
+            raise RequestRejected(400, "blob is not a segment file (a marker, manifest or unknown file type)")
+        if destination not in self.destinations.served_by(blob_name):
+            # Also under a nested prefix of another destination: the trigger gives such a file to that one.
+            raise RequestRejected(400, "blob is not this destination's segment file (not under its segment "
+                                       "prefixes, or under a longer prefix of another destination)",
+                                  prefixes=destination.segments)
+        if not is_model_json(blob_name) and self.is_cdm_partition(destination, blob_name):
+            raise RequestRejected(400, "blob is a CDM partition: export its model.json instead")
+        if not self.segments.get_blob_client(blob_name).exists():
+            raise RequestRejected(404, "no such blob in the segments container")
+        try:
+            self._files_of_run(destination, blob_name)
+        except RunRefused as exc:
+            raise RequestRejected(409, str(exc)) from None
+        return blob_name
 
     # -- running exports ------------------------------------------------------------------------------
 
@@ -204,7 +187,7 @@ class ExportService:
         """
         if not is_segment_entry(blob_name):
             return [TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")]
-        is_model = blob_name.rsplit("/", 1)[-1] == MODEL_JSON
+        is_model = is_model_json(blob_name)
         targets = self.destinations.served_by(blob_name)
         if not targets:
             return [TriggerOutcome(blob_name, skipped="no destination is configured for this path")]
@@ -234,8 +217,8 @@ class ExportService:
         if claim is None:
             return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
         try:
-            report = self.export(destination, blob_name, run_id=run_id, lock_wait=self.trigger_lock_wait,
-                                 only_if_newest=True)
+            report = self.export(destination, None, run_id=run_id, lock_wait=self.trigger_lock_wait,
+                                 triggered_by=blob_name)
         except SupersededFile as exc:
             log.info("destination %s: %s skipped: %s", destination.name, blob_name, exc)
             self.runs.complete(claim, "done", {"run_id": run_id, "status": "superseded"})
@@ -250,26 +233,24 @@ class ExportService:
                            {"run_id": run_id, "status": report.status})
         return TriggerOutcome(blob_name, report=report)
 
-    def export(self, destination: Destination, blob_name: str, *, run_id: str, dry_run: bool = False,
-               full: bool = False, lock_wait: float = 0.0, only_if_newest: bool = False) -> RunReport:
-        """Run one export and persist its report (and rejected rows) in the runs container."""
+    def export(self, destination: Destination, blob_name: str | None = None, *, run_id: str, dry_run: bool = False,
+               full: bool = False, lock_wait: float = 0.0, triggered_by: str | None = None) -> RunReport:
+        """Run the destination once and persist its report (and rejected rows) in the runs container."""
         return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full,
-                                        lock_wait=lock_wait, only_if_newest=only_if_newest).report
+                                        lock_wait=lock_wait, triggered_by=triggered_by).report
 
-    def export_with_preview(self, destination: Destination, blob_name: str, *, run_id: str,
+    def export_with_preview(self, destination: Destination, blob_name: str | None = None, *, run_id: str,
                             dry_run: bool = False, full: bool = False, lock_wait: float = 0.0,
-                            only_if_newest: bool = False) -> ExportResult:
-        """`only_if_newest` (triggers): SupersededFile, before anything is read or sent, when the destination
-        already exported a newer file."""
+                            triggered_by: str | None = None) -> ExportResult:
+        """One run of the destination: the union of its segments' current files, resolved under its lock.
+
+        `blob_name` replaces its segment's current file for this run only (HTTP `blob`, CLI `--blob`); in
+        mirror mode a file older than that segment's current one is refused. `triggered_by` (the blob trigger):
+        SupersededFile, before anything is read or sent, when that file is no longer its segment's current one.
+        """
         source = BlobContainerSource(self.segments)
-        if blob_name.rsplit("/", 1)[-1] == MODEL_JSON:
-            entity = destination.entity_in(blob_name)
-            if entity != destination.file_format.entity:
-                destination = destination.model_copy(
-                    update={"file_format": destination.file_format.model_copy(update={"entity": entity})})
         if not destination.has_consent and not dry_run:
-            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
-                               source=source.describe(blob_name), mode=destination.mode)
+            report = self._blank_report(destination, run_id, blob_name or "(current segment files)")
             report.finish("refused", "no recorded consent for this destination: record who agreed to the "
                                      "data-privacy terms in its 'consent' before exporting")
             self._persist(ExportResult(report))
@@ -277,29 +258,37 @@ class ExportService:
         options = ExportOptions(**{**self.options.__dict__, "dry_run": dry_run})
         client: SendGridClient | None = None
         sync: SyncState | None = None
+        files: list[SegmentFile] = []
         try:
             if not dry_run:
                 sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
                                  list_id=destination.list_id_str)
                 sync.acquire(wait=lock_wait)
-                properties = self.segments.get_blob_client(blob_name).get_blob_properties()
-                newer = sync.take_source(blob_name, properties.last_modified, only_if_newest=only_if_newest)
-                if newer is not None:
-                    raise SupersededFile(f"{destination.name} already exported a newer segment file ({newer})")
-                sync.load(source_id=f"{blob_name}\n{properties.etag}", full=full)
+            files = self._files_of_run(destination, blob_name, prefer=triggered_by)  # under the lock
+            if triggered_by is not None and triggered_by not in {f.name for f in files}:
+                newer = [f.name for f in files if f.segment == destination.segment_for(triggered_by)]
+                raise SupersededFile(f"{destination.name} already has a newer file for this segment "
+                                     f"({', '.join(str(n) for n in newer) or 'another file'})")
+            if sync is not None:
+                sync.load(source_id="\n".join(f.identity for f in files), full=full)
             if not dry_run or destination.field_mapping.custom_fields:
                 client = self.client_for(destination)
-            result = export_segment(destination, source, blob_name, client, run_id=run_id, options=options,
-                                    sync=sync)
+            result = export_segments(destination, source, files, client, run_id=run_id, options=options, sync=sync)
+            if sync is not None and result.report.status in ("succeeded", "partial"):
+                with contextlib.suppress(AzureError):  # informational: what the list now reflects
+                    sync.record_sources(files)
         except DestinationBusy as exc:
-            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
-                               source=source.describe(blob_name), mode=destination.mode)
+            report = self._blank_report(destination, run_id, blob_name or "(current segment files)")
             report.finish("refused", f"{exc}; this file was not exported (a new trigger of it, or the next "
                                      "scheduled refresh of the latest file, will export it)")
             result = ExportResult(report)
+        except RunRefused as exc:
+            report = self._blank_report(destination, run_id, describe_sources(source, files) if files else "")
+            report.finish("refused", str(exc))
+            result = ExportResult(report)
         except ExportError as exc:
-            report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
-                               source=source.describe(blob_name), mode=destination.mode, dry_run=dry_run)
+            report = self._blank_report(destination, run_id, describe_sources(source, files) if files
+                                        else blob_name or "(current segment files)", dry_run=dry_run)
             report.finish("failed", str(exc))
             result = ExportResult(report)
         finally:
@@ -313,6 +302,31 @@ class ExportService:
         log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
         self._persist(result)
         return result
+
+    def _files_of_run(self, destination: Destination, blob_name: str | None, *,
+                      prefer: str | None = None) -> list[SegmentFile]:
+        """Every segment's current file, with `blob_name` (when given) in place of its segment's."""
+        files = self.catalog.current_files(destination, prefer=prefer)
+        if blob_name is None:
+            return files
+        named = {f.segment: f for f in self.catalog.files_for(destination, blob_name)}
+        if destination.mode == "mirror":
+            for current in files:
+                chosen = named.get(current.segment)
+                if chosen is None or current.name in (None, chosen.name) or current.last_modified is None \
+                        or chosen.last_modified is None or chosen.last_modified >= current.last_modified:
+                    continue
+                raise RunRefused(f"{blob_name} is older than the current file of segment {current.segment} "
+                                 f"({current.name}): a mirror run of it would take off the list the people who "
+                                 "joined since and put back those who left. Export the current files (omit the "
+                                 "blob), or re-upload the older file to make it current; nothing was sent")
+        return [named.get(f.segment, f) for f in files]
+
+    @staticmethod
+    def _blank_report(destination: Destination, run_id: str, source: str, *, dry_run: bool = False,
+                      status: str = "running") -> RunReport:
+        return RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
+                         source=source, mode=destination.mode, dry_run=dry_run, status=status)
 
     def _persist(self, result: ExportResult) -> None:
         """Store the report and the rejects file (uploaded from local disk), then delete the local file."""
@@ -346,9 +360,10 @@ class ExportService:
                                       "worker ran out of memory) and nothing retries it: start the export again")
         return self.runs.load_report(run_id)
 
-    def mark_queued(self, destination: Destination, blob_name: str, run_id: str, dry_run: bool) -> None:
-        report = RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
-                           source=blob_name, mode=destination.mode, dry_run=dry_run, status="queued")
+    def mark_queued(self, destination: Destination, blob_name: str | None, run_id: str, dry_run: bool) -> None:
+        """`blob_name` None: the run reads the segments' current files when it starts, not those of now."""
+        report = self._blank_report(destination, run_id, blob_name or "(current segment files when the run starts)",
+                                    dry_run=dry_run, status="queued")
         self.runs.save_report(run_id, report.to_dict())
 
     def fail_queued(self, run_id: str, error: str) -> None:
@@ -411,11 +426,13 @@ class ExportService:
                     continue
                 batch.update(status=job.status, created_count=job.created_count,
                              updated_count=job.updated_count, errored_count=job.errored_count)
+                outcome = "exported" if job.status == "completed" else "in_failed_jobs"
+                parts = data.get("segments") or []
+                for part, contacts in zip(parts, batch.get("by_segment") or [], strict=False):
+                    part["pending"] -= contacts
+                    part[outcome] += contacts
                 data["pending"] -= batch["contacts"]
-                if job.status == "completed":
-                    data["exported"] += batch["contacts"]
-                else:
-                    data["in_failed_jobs"] += batch["contacts"]
+                data[outcome] += batch["contacts"]
             if data["pending"] <= 0:
                 # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
                 if data.get("status") == "partial":
@@ -437,16 +454,16 @@ class ExportService:
         messages: list[dict[str, Any]] = []
         for destination in self.destinations.destinations:
             try:
-                blob_name = self.latest_segment(destination)
-                if blob_name is None:
+                if self.latest_segment(destination) is None:
                     log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
                     continue
                 run_id = new_run_id(destination.name)
-                self.mark_queued(destination, blob_name, run_id, dry_run=False)
+                self.mark_queued(destination, None, run_id, dry_run=False)
             except Exception:  # one destination's trouble must not stop the refresh of the others
                 log.exception("destination %s: could not queue its scheduled refresh", destination.name)
                 continue
-            messages.append({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": False})
+            # No file named: a message the queue delivers late must not export the files of now over newer ones.
+            messages.append({"run_id": run_id, "destination": destination.name, "blob": None, "full": False})
         return messages
 
 

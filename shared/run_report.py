@@ -76,6 +76,30 @@ class BatchResult:
     # Times the PUT was sent again after its answer was lost (connection dropped, read timeout): SendGrid may
     # have accepted the lost attempt too, i.e. imported these contacts twice (harmless: upserts are by email).
     resent: int = 0
+    by_segment: list[int] = field(default_factory=list)  # its contacts per segment, in the report's order
+
+
+@dataclass(slots=True)
+class SegmentPart:
+    """One segment's share of a run: the same accounting as the total, for the rows of its file."""
+
+    segment: str
+    source: str | None  # the file read for it; None: the segment has no file yet
+    entity: str | None = None
+    rows_read: int = 0
+    exported: int = 0
+    unchanged_skipped: int = 0
+    rejected_count: int = 0
+    duplicates_merged: int = 0  # its rows merged into a later row (of its own file or of a later segment)
+    in_failed_jobs: int = 0
+    pending: int = 0
+    not_sent: int = 0
+    note: str | None = None
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == (self.exported + self.unchanged_skipped + self.rejected_count
+                                  + self.duplicates_merged + self.in_failed_jobs + self.pending + self.not_sent)
 
 
 @dataclass
@@ -99,6 +123,7 @@ class RunReport:
     not_sent: int = 0
     pending: int = 0
     removed_from_list: int = 0
+    removals_withheld: int = 0  # mirror: contacts that left but were kept on the list this run (see notes)
     requests_sent: int = 0
     rejected_count: int = 0  # exact; `rejected` lists the first MAX_REPORTED_DETAILS
     rejected_by_field: dict[str, int] = field(default_factory=dict)
@@ -110,6 +135,7 @@ class RunReport:
     failed_job_rows: list[RowRange] = field(default_factory=list)  # resent by the next refresh
     failed_job_rows_omitted: int = 0  # rows of failed jobs past the first MAX_REPORTED_DETAILS ranges
     batches: list[BatchResult] = field(default_factory=list)
+    segments: list[SegmentPart] = field(default_factory=list)  # the destination's segments, in reading order
     notes: list[str] = field(default_factory=list)
 
     def add_rejected(self, rejected: RejectedRow) -> None:
@@ -147,10 +173,16 @@ class RunReport:
 
     @property
     def balanced(self) -> bool:
-        """Every row read is exported, unchanged, rejected, merged, pending, in a failed job or not sent."""
+        """Every row read is exported, unchanged, rejected, merged, pending, in a failed job or not sent; in
+        total, and within each segment (whose parts add up to the total)."""
         outcomes = (self.exported + self.unchanged_skipped + self.rejected_count + self.duplicates_merged
                     + self.in_failed_jobs + self.not_sent + self.pending)
-        return self.rows_read == outcomes
+        if self.rows_read != outcomes:
+            return False
+        if not self.segments:
+            return True
+        return (all(part.balanced for part in self.segments)
+                and sum(part.rows_read for part in self.segments) == self.rows_read)
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.status = status
@@ -181,6 +213,8 @@ class RunReport:
                          f"{self.failed_job_rows_omitted} more rows were in failed import jobs (all of them are "
                          "sent again by the next refresh)")
         data["balanced"] = self.balanced
+        for part, stored in zip(self.segments, data["segments"], strict=True):
+            stored["balanced"] = part.balanced
         data["possible_duplicate_sends"] = self.possible_duplicate_sends
         return data
 

@@ -14,6 +14,7 @@ answered that it accepted it (202). The rules here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -93,6 +94,19 @@ class ClientStats:
     unconfirmed_resends: int = 0
 
 
+def _worst_case(timeout: httpx.Timeout) -> float:
+    """The longest one attempt may take: each phase's limit in turn (httpx's limits are per phase)."""
+    return sum(t for t in (timeout.connect, timeout.write, timeout.read, timeout.pool) if t is not None)
+
+
+def _within(timeout: httpx.Timeout, budget: float) -> httpx.Timeout:
+    """`timeout` with every phase cut to its share of `budget` (connect 10%, write 40%, read 40%, pool 10%)."""
+    def cut(value: float | None, share: float) -> float:
+        return min(value, budget * share) if value is not None else budget * share
+    return httpx.Timeout(connect=cut(timeout.connect, 0.1), write=cut(timeout.write, 0.4),
+                         read=cut(timeout.read, 0.4), pool=cut(timeout.pool, 0.1))
+
+
 def _certificate_refused(exc: BaseException) -> str | None:
     """OpenSSL's reason, when the connection failed because the server's certificate was not trusted."""
     cause: BaseException | None = exc
@@ -141,6 +155,9 @@ class SendGridClient:
         self._clock = clock
         self._rate_limit_spent = 0.0
         self._not_before = 0.0
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._change_guard: Callable[[float], None] | None = None
+        self._change_timeout = self._timeout
         self.stats = ClientStats()
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -163,11 +180,27 @@ class SendGridClient:
     def close(self) -> None:
         self._http.close()
 
+    @contextlib.contextmanager
+    def guarded(self, guard: Callable[[float], None], budget: float) -> Iterator[None]:
+        """Call `guard(worst case in seconds)` before every attempt of a request that changes SendGrid (PUT
+        contacts, DELETE list membership), and give each such attempt at most `budget` seconds in all.
+
+        A destination's run passes its lease check here (SyncState.guard_change): no change may reach SendGrid
+        from a run whose lease could have run out, or could run out while the request is on its way.
+        """
+        self._change_guard = guard
+        self._change_timeout = _within(self._timeout, budget)
+        try:
+            yield
+        finally:
+            self._change_guard = None
+            self._change_timeout = self._timeout
+
     # -- endpoints ---------------------------------------------------------------------------------
 
     def upsert_contacts(self, body: bytes) -> str:
         """PUT a prepared body (see shared.batching); returns the import job ID."""
-        response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False)
+        response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False, changes=True)
         job_id = _answer(response).get("job_id")
         if not isinstance(job_id, str) or not job_id:
             raise SendGridError("PUT /v3/marketing/contacts: accepted without a job_id, so its outcome cannot be "
@@ -299,7 +332,7 @@ class SendGridClient:
             for _ in range(2):  # the second try is without the IDs the first 404 named
                 try:
                     response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)},
-                                             idempotent=True)
+                                             idempotent=True, changes=True)
                 except NotFound as exc:
                     if not list_checked:
                         self.get_list(list_id)  # NotFound again: the list itself is gone, the caller must hear
@@ -324,7 +357,7 @@ class SendGridClient:
 
     def _request(
         self, method: str, path: str, *, content: bytes | None = None, json_body: Any = None,
-        params: dict[str, str] | None = None, idempotent: bool = True,
+        params: dict[str, str] | None = None, idempotent: bool = True, changes: bool = False,
     ) -> httpx.Response:
         body = content if content is not None else (
             json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None)
@@ -339,8 +372,13 @@ class SendGridClient:
             headers = {"Authorization": f"Bearer {self._api_key}"}
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            timeout = self._timeout
+            if changes and self._change_guard is not None:
+                timeout = self._change_timeout
+                self._change_guard(_worst_case(timeout))  # raises (LockLost) when this run may not change SendGrid
             try:
-                response = self._http.request(method, path, content=body, params=params, headers=headers)
+                response = self._http.request(method, path, content=body, params=params, headers=headers,
+                                              timeout=timeout)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 refused = _certificate_refused(exc)
                 if refused is not None:  # not transient: retrying cannot make the certificate trusted

@@ -13,8 +13,8 @@ and who is running now.
   their jobs. With each batch go the contacts SendGrid refused (400) and the batch was resent without
   (`set_aside`: spool position, field, reason): a resumed run rebuilds the batch with them, so it must drop
   them again, or their rows would be credited to a job that never imported them.
-- Current file (`state/<destination>/source.json`): the segment file the last run exported, and when it was
-  written, so a late trigger of an older file is skipped instead of undoing the newer one.
+- Current files (`state/<destination>/source.json`): the file of each segment the last successful run
+  exported (name, entity, ETag, Last-Modified): what the list reflects, for operators.
 - Lock (`state/<destination>/lock`): a blob lease (60 s, renewed while the run lives) so two runs for one
   destination never interleave; a dead run's lease simply expires. A run that finds its lease lost
   (another run took the lock after it expired) records nothing more: `LockLost` before every checkpoint
@@ -34,13 +34,13 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from shared.spool import email_key
+from shared.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS, LEASE_MARGIN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,17 @@ class DestinationBusy(Exception):
 
 class LockLost(AzureError):
     """This run's lease on the destination lock is gone: it expired and another run may hold it now."""
+
+
+class LeaseTooShort(LockLost):
+    """The lease is held, but renewing it took so long that a request that changes SendGrid could outlive it."""
+
+
+def _clock() -> float:
+    """Seconds that keep counting while the process is paused or the machine sleeps (CLOCK_BOOTTIME on
+    Linux): a lease runs out on storage's clock whatever happens to ours."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 class Snapshot:
@@ -113,6 +124,7 @@ class SyncState:
         self._lease: BlobLeaseClient | None = None
         self._lease_guard = threading.Lock()  # the renewer thread and the run both renew
         self._lost = False
+        self._renewed_at = 0.0  # when the last successful acquire or renewal was sent (_clock)
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
         self.snapshot: Snapshot | None = None
@@ -136,7 +148,9 @@ class SyncState:
         deadline = time.monotonic() + wait
         while True:
             try:
-                self._lease = lock.acquire_lease(lease_duration=self.lease_seconds)
+                started = _clock()
+                self._lease = lock.acquire_lease(lease_duration=self.lease_seconds, **LEASE_CALL_OPTIONS)
+                self._renewed_at = started
                 break
             except HttpResponseError as exc:
                 if exc.status_code != 409:
@@ -161,20 +175,54 @@ class SyncState:
                 log.warning("could not renew the lock of destination %s", self.destination)
 
     def ensure_lock(self) -> None:
-        """Renew the lease now; LockLost if it is gone (no-op when this state was never locked)."""
+        """Renew the lease now; LockLost if it is gone (no-op when this state was never locked).
+
+        Each renewal call is short (LEASE_CALL_OPTIONS: no SDK retry, seconds-long timeouts) and tried twice,
+        so a slow renewal cannot outlive the lease it renews.
+        """
         with self._lease_guard:
             if self._lease is None:
                 return
             if self._lost:
                 raise LockLost(f"the lock of destination {self.destination} was lost")
-            try:
-                self._lease.renew()
-            except HttpResponseError as exc:
-                if exc.status_code != 409:  # 409: broken, or another lease holds it now
-                    raise
-                self._lost = True
-                raise LockLost(f"the lock of destination {self.destination} expired and was taken or broken; "
-                               "this run stopped recording state") from None
+            for attempt in range(1, LEASE_CALL_ATTEMPTS + 1):
+                started = _clock()
+                try:
+                    self._lease.renew(**LEASE_CALL_OPTIONS)
+                except HttpResponseError as exc:
+                    if exc.status_code == 409:  # broken, or another lease holds it now
+                        self._lost = True
+                        raise LockLost(f"the lock of destination {self.destination} expired and was taken or "
+                                       "broken; this run stopped recording state") from None
+                    if attempt == LEASE_CALL_ATTEMPTS or exc.status_code is None or exc.status_code < 500:
+                        raise
+                    continue
+                except AzureError:
+                    if attempt == LEASE_CALL_ATTEMPTS:
+                        raise
+                    continue
+                self._renewed_at = started
+                return
+
+    def lease_left(self) -> float:
+        """Seconds the lease surely has left (counted from when its last renewal was sent)."""
+        return self.lease_seconds - (_clock() - self._renewed_at)
+
+    def guard_change(self, worst_case: float) -> None:
+        """Before each request that changes SendGrid: renew the lease, and refuse a request that could still be
+        running when the lease runs out (another run may then hold the destination and send a newer segment).
+
+        A run paused past its lease (GC, SIGSTOP, a slow network) finds here, before it sends anything more,
+        that another run took over: LockLost. No-op when this state holds no lock (dry runs, the CLI export).
+        """
+        if self._lease is None:
+            return
+        self.ensure_lock()
+        left = self.lease_left()
+        if left < worst_case + LEASE_MARGIN_SECONDS:
+            raise LeaseTooShort(f"the lease of destination {self.destination} has {left:.1f}s left after renewing, "
+                                f"less than a request to SendGrid may take ({worst_case:.1f}s): storage answers too "
+                                "slowly to send safely; nothing more was sent")
 
     def held_by_a_run(self) -> bool:
         """Whether a live run holds the destination's lock now (a dead run's lease expires within a minute)."""
@@ -190,7 +238,7 @@ class SyncState:
             self._renewer.join(timeout=5)
         if self._lease is not None:
             with contextlib.suppress(AzureError):  # storage may be down: the lease then simply expires
-                self._lease.release()
+                self._lease.release(**LEASE_CALL_OPTIONS)
             self._lease = None
 
     # -- snapshot ------------------------------------------------------------------------------------
@@ -391,28 +439,17 @@ class SyncState:
 
     # -- which file is current -----------------------------------------------------------------------
 
-    def take_source(self, blob_name: str, last_modified: datetime, *, only_if_newest: bool) -> str | None:
-        """Record this file as the one the destination exports now; with `only_if_newest`, first return the
-        name of a newer file it already exported instead (and record nothing).
-
-        Event Grid does not deliver in order, and a retried or lock-waiting trigger runs late: an older
-        segment file exported after a newer one would undo it (mirror mode would remove the newcomers).
-        Asked under the lock, so a run of a newer file that is still going counts too.
-        """
+    def record_sources(self, files: Sequence[Any]) -> None:
+        """Record the segment files the list now reflects (`state/<destination>/source.json`), for operators;
+        written only when it changes, and only by a run that exported them."""
         path = self._prefix + "source.json"
-        current = {"name": blob_name, "last_modified": last_modified.isoformat()}
-        last = self._read_json(path) or {}
-        if last == current:
-            return None  # a refresh of the same file: nothing to record
-        if only_if_newest and last.get("name") != blob_name:
-            try:
-                if datetime.fromisoformat(str(last.get("last_modified"))) > last_modified:
-                    return str(last.get("name"))
-            except ValueError:
-                pass  # none recorded yet, or unreadable: this file is taken
+        current = {"segments": [{"segment": f.segment, "name": f.name, "entity": f.entity, "etag": f.etag,
+                                 "last_modified": f.last_modified.isoformat() if f.last_modified else None}
+                                for f in files]}
+        if self._read_json(path) == current:
+            return
         self.ensure_lock()
         self._container.get_blob_client(path).upload_blob(json.dumps(current).encode(), overwrite=True)
-        return None
 
     def clear_checkpoint(self) -> None:
         with contextlib.suppress(ResourceNotFoundError):

@@ -1,16 +1,21 @@
-"""The infrastructure (infra/*.bicep, azure.yaml, scripts/post-deploy.sh) against what the code reads.
+"""The infrastructure (infra/*.bicep, azure.yaml, the azd hooks, .funcignore, docs/deploy.md) against what the
+code reads and what Flex Consumption and azd accept.
 
 1. Every app setting `shared.settings.APP_SETTINGS` marks required-in-Azure is set by the template, and the
    template sets no setting the code does not declare (bar an explicit allow-list of platform settings).
-2. Settings that must not be set on Flex Consumption, or ever in Azure, are absent; no keys or connection
-   strings anywhere; the security properties the deployment promises are in the template.
-3. checkov (if installed) reports 0 failed checks and no parsing errors, and parses every .bicep file.
+2. Settings that must not be set on Flex Consumption, or ever in Azure, are absent; no siteConfig property Flex
+   rejects; no keys or connection strings anywhere; the security properties the deployment promises are in the
+   template.
+3. What a first `azd up` needs: the azd values (deployer switch, instance minimum, storage SKU, retention), the
+   host's table storage, the preprovision hook, the .funcignore patterns, and docs/deploy.md matching it all.
+4. checkov (if installed) reports 0 failed checks and no parsing errors, and parses every .bicep file.
 
 The Bicep is read as text (no Bicep CLI here): comments are stripped, blocks are matched by braces.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -18,6 +23,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +39,9 @@ MAIN = INFRA / "main.bicep"
 PLATFORM_SETTINGS = frozenset({
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    # The host writes its diagnostic events to Table storage through the AzureWebJobsStorage connection
+    # (Microsoft's Flex sample sets it, with Storage Table Data Contributor); no code of ours reads it.
+    "AzureWebJobsStorage__tableServiceUri",
 })
 
 # Never set: development-only, or not allowed / meaningless on Flex Consumption, or a connection string.
@@ -52,10 +61,33 @@ ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
 }
+# siteConfig properties Flex Consumption sites refuse with ARM error 51021: "The following list of N site
+# configuration properties (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is invalid. Please remove or
+# rename them before retrying." Older regional stamps ignored them; the check is meant to reach every region.
+# Runtime and scale live in functionAppConfig on Flex. Name (case-insensitive) -> where the rejection is reported.
+FLEX_REJECTED_SITE_CONFIG = {
+    "ftpsState": "Microsoft Q&A 2277522 (the 5-property 51021 message); microsoft/azure-pipelines-tasks#21032",
+    "use32BitWorkerProcess": "Microsoft Q&A 2277522; microsoft/azure-pipelines-tasks#21032",
+    "preWarmedInstanceCount": "Microsoft Q&A 2277522",
+    "netFrameworkVersion": "Microsoft Q&A 2277522; microsoft/azure-pipelines-tasks#21032",
+    # Contested in Azure/terraform-azurerm-avm-res-web-site#360 (the azurerm provider sends it), but ARM's own
+    # 51021 message names it, and this app has no use for it.
+    "functionsRuntimeScaleMonitoringEnabled": "Microsoft Q&A 2277522; microsoft/azure-pipelines-tasks#21032",
+    "linuxFxVersion": "Azure/terraform-azurerm-avm-res-web-site#283 and #345 (verbatim 51021)",
+    "functionAppScaleLimit": "Azure/azure-functions-host#10643 (verbatim 51021)",
+}
+# The siteConfig properties the templates may set: each known to pass on Flex. A new one must be checked first.
+FLEX_SITE_CONFIG_ACCEPTED = frozenset({
+    "minTlsVersion",  # Microsoft's Flex quickstarts set it
+    "alwaysOn",  # Microsoft's azure-functions-flex-consumption-samples set it to false
+    "http20Enabled",  # named in no 51021 rejection list
+})
+
 BROAD_ROLES = {
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
     "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
@@ -188,6 +220,54 @@ def _param_default(code: str, name: str) -> str | None:
     return match.group(1).replace("\\'", "'") if match else None
 
 
+_STRING = r"'(?:[^'\\]|\\.)*'"
+_DECORATOR = rf"@\w+\((?:{_STRING}|[^()'])*\)\s*"
+
+
+def _param(code: str, name: str) -> tuple[str, str, str | None]:
+    """(decorators as text, type, default as text or None) of `param name`; fails when it is not declared."""
+    match = re.search(rf"((?:{_DECORATOR})*)^param\s+{name}\s+(\w+)(?:[ \t]*=[ \t]*(.+))?$", code,
+                      flags=re.MULTILINE)
+    assert match, f"param {name} is not declared"
+    return match.group(1), match.group(2), match.group(3).strip() if match.group(3) else None
+
+
+def _allowed(decorators: str) -> set[str]:
+    match = re.search(r"@allowed\(\s*\[(.*?)\]\s*\)", decorators, flags=re.DOTALL)
+    assert match, f"no @allowed in {decorators!r}"
+    return set(re.findall(r"'([^']*)'", match.group(1)))
+
+
+def _module_params(code: str, module: str) -> dict[str, str]:
+    """name -> value text of the `params` of `module <module> '...' = {`."""
+    match = re.search(rf"\bmodule\s+{module}\s+'[^']+'[^=]*=[^{{]*\{{", code)
+    assert match, f"module {module} missing"
+    body = _block(code, match.end() - 1)
+    params = re.search(r"\bparams:\s*\{", body)
+    assert params, f"module {module} has no params"
+    block = _block(body, params.end() - 1)
+    return {key: value.strip() for key, value in re.findall(r"^\s*(\w+):\s*(.+)$", block, flags=re.MULTILINE)
+            if key in _top_level_keys(block)}
+
+
+def _conditions(code: str, type_prefix: str) -> dict[str, str | None]:
+    """symbolic name -> the `if (...)` condition (None: unconditional) of each resource of that type."""
+    pattern = re.compile(r"\bresource\s+(\w+)\s+'" + re.escape(type_prefix)
+                         + r"[^']*'\s*=\s*(?:if\s*\((.*?)\)\s*)?\{")
+    return {m.group(1): m.group(2) for m in pattern.finditer(code)}
+
+
+def _azd_values() -> dict[str, str]:
+    """main.bicep parameter -> the azd environment value main.parameters.json substitutes into it."""
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    values = {}
+    for name, entry in parameters.items():
+        match = re.fullmatch(r"\$\{([A-Z][A-Z0-9_]*)\}", str(entry["value"]))
+        assert match, f"{name}: only plain azd substitutions, got {entry['value']!r}"
+        values[name] = match.group(1)
+    return values
+
+
 # ---------------------------------------------------------------------------------------------- helpers' own
 
 
@@ -255,6 +335,25 @@ def test_forbidden_settings_are_absent() -> None:
         assert name not in code, f"{name} appears in infra/ (outside comments)"
 
 
+def test_no_site_config_property_flex_rejects() -> None:
+    """None of FLEX_REJECTED_SITE_CONFIG anywhere (siteConfig, a 'web' config resource, ...), outside comments."""
+    rejected = {name.lower(): name for name in FLEX_REJECTED_SITE_CONFIG}
+    for path in _bicep_files():
+        keys = re.findall(r"^\s*'?([A-Za-z_]\w*)'?\s*:", _code(path), flags=re.MULTILINE)
+        found = sorted({rejected[key.lower()] for key in keys if key.lower() in rejected})
+        assert not found, (f"{path.name} sets {found}, which Flex Consumption rejects (ARM 51021): "
+                           f"{[FLEX_REJECTED_SITE_CONFIG[name] for name in found]}")
+    site_configs = 0
+    for path in _bicep_files():
+        code = _code(path)
+        for match in re.finditer(r"\bsiteConfig:\s*\{", code):
+            site_configs += 1
+            unknown = sorted(set(_top_level_keys(_block(code, match.end() - 1))) - FLEX_SITE_CONFIG_ACCEPTED)
+            assert not unknown, f"{path.name}: siteConfig {unknown} not known to pass on Flex: check, then list it"
+        assert not re.search(r"\bname:\s*'web'", code), f"{path.name}: a 'web' config resource is siteConfig too"
+    assert site_configs == 1, "expected the Function App's one siteConfig block"
+
+
 def test_no_keys_or_connection_strings_in_templates() -> None:
     code = _all_code().lower()
     for needle in ("listkeys(", "listaccountsas(", "accountkey=", "defaultendpointsprotocol", "instrumentationkey=",
@@ -276,9 +375,13 @@ def test_security_properties() -> None:
     monitoring = _code(INFRA / "app" / "monitoring.bicep")
     assert "DisableLocalAuth: true" in monitoring
     api = _code(INFRA / "app" / "api.bicep")
-    for prop in ("httpsOnly: true", "minTlsVersion: '1.2'", "ftpsState: 'Disabled'", "name: 'FC1'",
+    for prop in ("httpsOnly: true", "minTlsVersion: '1.2'", "name: 'FC1'",
                  "tier: 'FlexConsumption'", "type: 'UserAssignedIdentity'", "'azd-service-name': 'api'"):
         assert prop in api, f"function app: {prop} missing"
+    # FTP off: Flex refuses siteConfig.ftpsState, so the 'ftp' publishing-credentials policy is what keeps it off.
+    for policy in ("ftp", "scm"):
+        assert re.search(rf"'basicPublishingCredentialsPolicies'\s*=\s*\{{\s*name:\s*'{policy}'\s*"
+                         r"properties:\s*\{\s*allow:\s*false\s*\}", api), f"basic-auth {policy} publishing must be off"
     assert re.search(r"runtime:\s*\{\s*name:\s*'python'\s*version:\s*'3\.11'\s*\}", api)
     assert re.search(r"type:\s*'blobContainer'", api)
 
@@ -298,6 +401,7 @@ def test_role_assignments_are_least_privilege() -> None:
     assert granted["identityPrincipalId"] == {
         ("Storage Blob Data Owner", "storage"),
         ("Storage Queue Data Contributor", "storage"),
+        ("Storage Table Data Contributor", "storage"),
         ("Monitoring Metrics Publisher", "applicationInsights"),
         ("Key Vault Secrets User", "keyVault"),
     }
@@ -349,6 +453,202 @@ def test_queue_and_containers_match_the_code() -> None:
     assert _param_default(main, "runsContainerName") == "export-runs"
 
 
+# ---------------------------------------------------------------------------------------------- 3. first azd up
+
+
+def test_host_table_storage_setting_and_role() -> None:
+    """Microsoft's Flex sample gives the host table storage: the setting here, the role in test_role_assignments."""
+    api = _code(INFRA / "app" / "api.bicep")
+    assert re.search(r"AzureWebJobsStorage__tableServiceUri:\s*storage\.properties\.primaryEndpoints\.table\b", api)
+    assert "AzureWebJobsStorage__tableServiceUri" in PLATFORM_SETTINGS
+
+
+def test_deployer_data_access_is_an_explicit_switch() -> None:
+    """azd fills principalId itself (emptying AZURE_PRINCIPAL_ID changes nothing): a bool decides the roles."""
+    main = _code(MAIN)
+    _, kind, default = _param(main, "grantDeployerDataAccess")
+    assert (kind, default) == ("bool", "true")
+    assert _azd_values()["grantDeployerDataAccess"] == "GRANT_DEPLOYER_DATA_ACCESS"
+    params = _module_params(main, "rbac")
+    assert params["grantDeployerDataAccess"] == "grantDeployerDataAccess"
+    assert params["deployerPrincipalId"] == "principalId"
+    rbac = _code(INFRA / "app" / "rbac.bicep")
+    assert _param(rbac, "grantDeployerDataAccess")[1:] == ("bool", "true")
+    variables = dict(re.findall(r"^var\s+(\w+)\s*=\s*(.+)$", rbac, flags=re.MULTILINE))
+    for name, condition in _conditions(rbac, "Microsoft.Authorization/roleAssignments@").items():
+        if name.startswith("app"):
+            assert condition is None, f"{name}: the app's own roles are unconditional"
+            continue
+        assert name.startswith("deployer") and condition, f"{name}: a deployer role must be conditional"
+        expression = variables.get(condition.strip(), condition)
+        assert "grantDeployerDataAccess" in expression and "!empty(deployerPrincipalId)" in expression, (
+            f"{name}: granted unless grantDeployerDataAccess is false and only when there is a principal")
+    description = re.search(r"@description\('((?:[^'\\]|\\.)*)'\)\s*param\s+principalId\b", main)
+    assert description and "GRANT_DEPLOYER_DATA_ACCESS" not in description.group(1) and (
+        "grantDeployerDataAccess" in description.group(1)), "principalId's description must name the switch"
+    assert 'AZURE_PRINCIPAL_ID \\"\\"' not in main, "emptying AZURE_PRINCIPAL_ID does not stop the roles"
+
+
+def test_maximum_instance_count_starts_at_flex_minimum() -> None:
+    """Flex's lowest maximumInstanceCount is 40 (highest 1000), in main.bicep and in the module."""
+    for path in (MAIN, INFRA / "app" / "api.bicep"):
+        decorators, kind, default = _param(_code(path), "maximumInstanceCount")
+        assert kind == "int" and "@minValue(40)" in decorators and "@maxValue(1000)" in decorators, path.name
+        assert default is not None and 40 <= int(default) <= 1000
+    assert _module_params(_code(MAIN), "api")["maximumInstanceCount"] == "maximumInstanceCount"
+    assert _azd_values()["maximumInstanceCount"] == "MAXIMUM_INSTANCE_COUNT"
+    assert _azd_values()["instanceMemoryMB"] == "INSTANCE_MEMORY_MB"
+
+
+def test_storage_sku_and_retention_are_azd_values() -> None:
+    main = _code(MAIN)
+    decorators, kind, default = _param(main, "storageSkuName")
+    assert (kind, default) == ("string", "'Standard_ZRS'")
+    allowed = _allowed(decorators)
+    assert {"", "Standard_LRS", "Standard_ZRS"} <= allowed, "LRS for regions without zones; '' = azd's empty value"
+    storage = _code(INFRA / "app" / "storage.bicep")
+    storage_decorators, _, storage_default = _param(storage, "skuName")
+    assert allowed - {""} <= _allowed(storage_decorators) and storage_default == "'Standard_ZRS'"
+    assert re.search(r"^var\s+storageSku\s*=\s*!empty\(storageSkuName\)\s*\?\s*storageSkuName\s*:\s*'Standard_ZRS'",
+                     main, flags=re.MULTILINE), "an empty azd value must mean the default"
+    params = _module_params(main, "storage")
+    assert params["skuName"] == "storageSku"
+    assert params["personalDataRetentionDays"] == "personalDataRetentionDays"
+    _, kind, default = _param(main, "personalDataRetentionDays")
+    assert (kind, default) == ("int", "30") and _param(storage, "personalDataRetentionDays")[2] == "30"
+    assert storage.count("daysAfterModificationGreaterThan: personalDataRetentionDays") == 2
+    values = _azd_values()
+    assert values["storageSkuName"] == "STORAGE_SKU"
+    assert values["personalDataRetentionDays"] == "PERSONAL_DATA_RETENTION_DAYS"
+
+
+# Virtual environments and caches: with a .funcignore, azd drops its own Python exclusions (folders holding
+# pyvenv.cfg, __pycache__; azure-dev pkg/project/project_utils.go), and .funcignore cannot test for pyvenv.cfg.
+FUNCIGNORE_REQUIRED = (".venv/", ".venv*/", "venv/", "env/", "*venv*/", "__pycache__/", "*.pyc")
+
+
+def _funcignore() -> list[str]:
+    lines = (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for pattern in patterns:
+        assert not pattern.startswith("!") and "/" not in pattern.rstrip("/"), (
+            f".funcignore {pattern!r}: negations and anchored paths need a real gitignore matcher in this test")
+    return patterns
+
+
+def _funcignored(patterns: list[str], path: str) -> bool:
+    """gitignore semantics for slash-free patterns: one matches a name at any depth ('x/' only directories),
+    and everything below an ignored directory is ignored. `path` ends with '/' for a directory."""
+    parts = path.rstrip("/").split("/")
+    for depth, part in enumerate(parts):
+        is_dir = depth < len(parts) - 1 or path.endswith("/")
+        for pattern in patterns:
+            if pattern.endswith("/") and not is_dir:
+                continue
+            if fnmatch.fnmatchcase(part, pattern.rstrip("/")):
+                return True
+    return False
+
+
+def test_funcignore_excludes_any_virtualenv_and_keeps_the_app() -> None:
+    patterns = _funcignore()
+    missing = [pattern for pattern in FUNCIGNORE_REQUIRED if pattern not in patterns]
+    assert not missing, f".funcignore lacks {missing}"
+    for path in (".venv/", ".venv-3.12/", "venv/", "env/", "myvenv/", "venv311/", "sub/dir/.venv/",
+                 "shared/__pycache__/", "shared/__pycache__/engine.cpython-311.pyc", "function_app.pyc",
+                 "local.settings.json", "tests/", "node_modules/", ".azure/"):
+        assert _funcignored(patterns, path), f".funcignore would package {path}"
+    app = ["function_app.py", "host.json", "requirements.txt"] + [
+        path.relative_to(ROOT).as_posix()
+        for folder in ("shared", "ExportSegment", "OnSchedule")
+        for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts]
+    assert len(app) > 10
+    dropped = [path for path in app if _funcignored(patterns, path)]
+    assert not dropped, f".funcignore would leave the app's own files out of the package: {dropped}"
+
+
+def test_preprovision_hook_in_azure_yaml() -> None:
+    text = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+    hook = re.search(r"^  preprovision:\n((?:    .*\n)+)", text, flags=re.MULTILINE)
+    assert hook, "azure.yaml: preprovision hook missing"
+    assert hook.group(1).count("run: ./scripts/pre-provision.sh") == 2, "posix and windows"
+    script = ROOT / "scripts" / "pre-provision.sh"
+    assert script.stat().st_mode & stat.S_IXUSR, "scripts/pre-provision.sh must be executable"
+    source = script.read_text(encoding="utf-8")
+    assert "Microsoft.App" in source and "Microsoft.EventGrid" in source
+
+
+def _run_preprovision(tmp_path: Path, az_body: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))
+    calls = tmp_path / "calls.log"
+    fake_az = tmp_path / "az"
+    fake_az.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{calls}"\n{az_body}', encoding="utf-8")
+    fake_az.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "AZURE_SUBSCRIPTION_ID": "sub-123"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "pre-provision.sh")], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_preprovision_registers_only_missing_providers(tmp_path: Path) -> None:
+    result, calls = _run_preprovision(tmp_path, (
+        'case "$*" in\n'
+        '  "account show"*) echo sub-123 ;;\n'
+        '  "provider show --namespace Microsoft.App"*) echo NotRegistered ;;\n'
+        '  "provider show"*) echo Registered ;;\n'
+        "esac\n"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    registered = [line for line in calls if line.startswith("provider register")]
+    assert registered == ["provider register --namespace Microsoft.App --subscription sub-123 --wait --output none"]
+    assert any(line.startswith("provider show --namespace Microsoft.EventGrid") for line in calls)
+    assert all("--subscription sub-123" in line for line in calls), "az must use the azd environment's subscription"
+
+
+def test_preprovision_explains_what_to_do_when_it_cannot(tmp_path: Path) -> None:
+    result, _ = _run_preprovision(tmp_path, (
+        'case "$*" in\n'
+        '  "account show"*) echo sub-123 ;;\n'
+        '  "provider show"*) echo NotRegistered ;;\n'
+        '  "provider register"*) exit 1 ;;\n'
+        "esac\n"))
+    assert result.returncode != 0
+    assert "az provider register --namespace Microsoft.App" in result.stderr
+    result, calls = _run_preprovision(tmp_path, "exit 1\n")
+    assert result.returncode != 0 and "az login" in result.stderr
+    assert not any(line.startswith("provider register") for line in calls)
+
+
+def _doc_sections(text: str) -> dict[int, str]:
+    """'## N. title' sections of docs/deploy.md, by N (in file order)."""
+    found = list(re.finditer(r"^## (\d+)\. .*$", text, flags=re.MULTILINE))
+    return {int(m.group(1)): text[m.start():found[i + 1].start() if i + 1 < len(found) else len(text)]
+            for i, m in enumerate(found)}
+
+
+def test_deploy_docs_walk_a_first_deployment_and_match_the_templates() -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    sections = _doc_sections(text)
+    assert list(sections) == sorted(sections) and list(sections)[:5] == [1, 2, 3, 4, 5]
+    # In order: providers, azd up, the key, a destination, the first file.
+    for number, needles in {1: ("az provider register --namespace Microsoft.App",
+                                "az provider register --namespace Microsoft.EventGrid"),
+                            2: ("azd up", "GRANT_DEPLOYER_DATA_ACCESS false", "azd deploy"),
+                            3: ("az keyvault secret set", "Restricted Access", "Full Access to Marketing"),
+                            4: ("DESTINATIONS_JSON_BASE64", "azd provision"),
+                            5: ("az storage blob upload",)}.items():
+        for needle in needles:
+            assert needle in sections[number], f"docs/deploy.md step {number} should say {needle!r}"
+    undocumented = sorted(value for value in _azd_values().values()
+                          if value != "AZURE_ENV_NAME" and f"`{value}`" not in text)
+    assert not undocumented, f"azd values main.parameters.json reads but docs/deploy.md does not list: {undocumented}"
+    granted = {ROLES[role_id] for role_id in re.findall(r"'([0-9a-f-]{36})'", _code(INFRA / "app" / "rbac.bicep"))}
+    assert granted and all(role in text for role in granted), f"docs/deploy.md must name every role: {granted}"
+    for sku in _allowed(_param(_code(MAIN), "storageSkuName")[0]) - {""}:
+        assert f"`{sku}`" in text, f"docs/deploy.md should say when to pick {sku}"
+    for stale in ("FTPS off", "contacts and lists", 'AZURE_PRINCIPAL_ID ""` first'):
+        assert stale not in text, f"docs/deploy.md still says {stale!r}"
+
+
 # ---------------------------------------------------------------------------------------------- azd wiring
 
 
@@ -382,7 +682,7 @@ def test_postdeploy_targets_the_event_grid_blob_trigger() -> None:
     assert used and used <= outputs, f"post-deploy.sh reads values main.bicep does not output: {used - outputs}"
 
 
-# ---------------------------------------------------------------------------------------------- 3. checkov
+# ---------------------------------------------------------------------------------------------- 4. checkov
 
 
 def _checkov() -> str | None:
@@ -467,6 +767,7 @@ def test_postdeploy_script_with_a_stand_in_az(tmp_path: Path) -> None:
         "SEGMENTS_CONTAINER_NAME": "segments",
         "AZURE_KEY_VAULT_NAME": "kv-test",
         "SENDGRID_SECRET_NAME": "sendgrid-api-key",
+        "AZURE_SUBSCRIPTION_ID": "sub-123",
     }
     result = subprocess.run(["bash", str(ROOT / "scripts" / "post-deploy.sh")], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
@@ -479,3 +780,5 @@ def test_postdeploy_script_with_a_stand_in_az(tmp_path: Path) -> None:
     assert "--system-topic-name evgt-test" in create
     assert "--included-event-types Microsoft.Storage.BlobCreated" in create
     assert "--subject-begins-with /blobServices/default/containers/segments/blobs/" in create
+    assert all("--subscription sub-123" in line for line in calls.read_text().splitlines()), (
+        "every az call must target the azd environment's subscription")

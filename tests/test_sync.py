@@ -826,8 +826,13 @@ def test_a_late_trigger_of_an_older_file_is_skipped_instead_of_undoing_the_newer
     assert env.members() == dict(today)  # the three newcomers are still on the list
     [again] = service.handle_new_blob(older)  # the host's retry of that event: skipped as done
     assert again.report is None
-    # asked explicitly (HTTP, CLI), an older file is still exported: that is the operator's call
-    assert env.export(older, dest).status == "succeeded" and env.members() == dict(yesterday)
+    # asked explicitly (HTTP, CLI), an older file is refused in mirror mode: it would undo the newer one
+    refused = env.export(older, dest)
+    assert refused.status == "refused" and "older than the current file" in (refused.error or "")
+    assert env.members() == dict(today) and refused.balanced
+    # in upsert mode it is the operator's call: its people are sent, nobody is removed
+    upsert = destination(mode="upsert")
+    assert env.export(older, upsert).status == "succeeded" and env.members() == dict(today)
 
 
 def test_the_timer_settles_a_job_sendgrid_no_longer_knows_and_never_spends_past_its_budget(env: Env) -> None:

@@ -2,6 +2,10 @@
 // App settings are the ones declared in shared/settings.py (tests/test_infra_settings.py compares them).
 // On Flex the runtime comes from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION,
 // WEBSITE_RUN_FROM_PACKAGE, content-share settings and WEBSITE_TIME_ZONE are not (and must not be) set.
+// siteConfig holds only what Flex accepts: Flex sites refuse ftpsState, use32BitWorkerProcess,
+// preWarmedInstanceCount, netFrameworkVersion, functionsRuntimeScaleMonitoringEnabled, linuxFxVersion and
+// functionAppScaleLimit with ARM error 51021 (runtime and scale live in functionAppConfig instead); the list and
+// its sources are in tests/test_infra_settings.py.
 param name string
 param planName string
 param location string
@@ -17,6 +21,8 @@ param runsContainerName string
 param destinationsJson string
 param refreshSchedule string
 param sendGridBaseUrl string
+@minValue(40)
+@maxValue(1000)
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
@@ -58,6 +64,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       '${identityId}': {}
     }
   }
+  //checkov:skip=CKV_AZURE_78:Flex Consumption rejects siteConfig.ftpsState (ARM error 51021); FTP stays off through the basicPublishingCredentialsPolicies 'ftp' below (allow: false), and azd deploys with an Entra ID token.
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
@@ -65,7 +72,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     publicNetworkAccess: 'Enabled'
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
@@ -98,6 +104,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       AzureWebJobsStorage__clientId: identityClientId
       AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
       AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
+      // The host writes its diagnostic events to Table storage (as in Microsoft's Flex sample); our code does not.
+      AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
       // Telemetry through Entra ID (local auth is off on Application Insights).
       APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
@@ -112,7 +120,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     }
   }
 
-  // No basic-auth (publishing profile) deployments: azd deploys with an Entra ID token.
+  // No basic-auth (publishing profile) deployments: azd deploys with an Entra ID token. 'ftp' off is also what
+  // keeps FTP off, since Flex does not accept siteConfig.ftpsState.
   resource ftpCredentials 'basicPublishingCredentialsPolicies' = {
     name: 'ftp'
     properties: {

@@ -17,7 +17,7 @@ param exportQueueName string = 'export-requests'
   'Standard_GRS'
   'Standard_GZRS'
 ])
-@description('Replication. Segment files hold personal data: pick a geo-redundant SKU only if a copy in the paired region is acceptable.')
+@description('Replication (main.bicep storageSkuName, azd value STORAGE_SKU). ZRS needs a region with availability zones, else LRS. Segment files hold personal data: pick a geo-redundant SKU only if a copy in the paired region is acceptable.')
 param skuName string = 'Standard_ZRS'
 
 @minValue(1)
@@ -27,7 +27,7 @@ param softDeleteDays int = 7
 
 @minValue(1)
 @maxValue(3650)
-@description('Days the personal data the app keeps for operators lives: rejected-row files (with their values) and reports in the runs container, and segment files the CDP dropped. The sync state (state/) is kept: incremental sync needs it.')
+@description('(main.bicep personalDataRetentionDays, azd value PERSONAL_DATA_RETENTION_DAYS.) Days the personal data the app keeps for operators lives: rejected-row files (with their values) and reports in the runs container, and segment files the CDP dropped. The sync state (state/) is kept: incremental sync needs it.')
 param personalDataRetentionDays int = 30
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -40,7 +40,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
   //checkov:skip=CKV_AZURE_35:Default action Allow is needed: Flex apps without VNet integration and the CDP writing segments have no fixed IPs; access is Entra ID only (shared keys off).
   //checkov:skip=CKV_AZURE_59:Public endpoint is needed for the same reason; anonymous access and shared keys are disabled, every request needs an Entra ID token and RBAC.
-  //checkov:skip=CKV_AZURE_206:Replication is a parameter (default ZRS); geo-replication of personal data is a data-residency decision left to the owner.
+  //checkov:skip=CKV_AZURE_206:Replication is a parameter (azd value STORAGE_SKU, default ZRS; LRS where the region has no availability zones); geo-replication of personal data is a data-residency decision left to the owner.
   properties: {
     accessTier: 'Hot'
     allowBlobPublicAccess: false

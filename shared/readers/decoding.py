@@ -71,19 +71,34 @@ def refuse_foreign(description: str, head: bytes) -> None:
                                             "decrypt it before it is dropped into storage")
 
 
-def _choose_encoding(head: bytes, wanted: str | None) -> str:
+def _utf16_order(head: bytes) -> str | None:
+    """UTF-16 without a byte-order mark: every other byte of ASCII text is NUL."""
+    if len(head) >= 4 and head[1] == head[3] == 0 and head[0] and head[2]:
+        return "utf-16-le"
+    if len(head) >= 4 and head[0] == head[2] == 0 and head[1] and head[3]:
+        return "utf-16-be"
+    return None
+
+
+def _choose_encoding(head: bytes, wanted: str | None, description: str) -> str:
     for bom, codec in _BOMS:
         if head.startswith(bom):
             return codec
     if wanted is None:
-        # UTF-16 without a byte-order mark: every other byte of ASCII text is NUL.
-        if len(head) >= 4 and head[1] == head[3] == 0 and head[0] and head[2]:
-            return "utf-16-le"
-        if len(head) >= 4 and head[0] == head[2] == 0 and head[1] and head[3]:
-            return "utf-16-be"
-        return "utf-8"
-    if codecs.lookup(wanted).name == "utf-8":
+        return _utf16_order(head) or "utf-8"
+    try:
+        name = codecs.lookup(wanted).name
+    except LookupError:
+        raise SegmentFileError(description, f"unknown encoding {wanted!r} (file_format.encoding)") from None
+    if name == "utf-8":
         return "utf-8-sig"  # tolerate a BOM the configuration did not mention
+    if name in ("utf-16", "utf-32"):  # Python's codecs refuse these without a byte-order mark
+        order = _utf16_order(head) if name == "utf-16" else None
+        if order is None:
+            raise SegmentFileError(description, f"file_format.encoding is {wanted!r} but the file starts with no "
+                                                "byte-order mark, so its byte order is unknown: set "
+                                                f"{name}-le or {name}-be", row=1)
+        return order
     return wanted
 
 
@@ -107,6 +122,7 @@ class _Guard(io.RawIOBase):
         self._limit = options.max_decompressed_bytes if compressed else None
         self._max_line = options.max_line_bytes
         self._ascii_fast = _ascii_compatible(encoding)
+        self._encoding = encoding
         self._validator: Any = codecs.getincrementaldecoder(encoding)("strict")
         self.total = 0
         self._since_newline = 0
@@ -153,6 +169,8 @@ class _Guard(io.RawIOBase):
             text = self._validator.decode(data, final=not data)
         except UnicodeDecodeError:
             self.suspect = True
+        except UnicodeError as exc:  # not a byte the decoder can set aside: the whole stream is unreadable
+            raise SegmentFileError(self._description, f"cannot be decoded as {self._encoding}: {exc}") from None
         else:
             self.suspect = "\x00" in text
 
@@ -250,7 +268,7 @@ def open_text(source: ByteSource, name: str, options: ReaderOptions, *, encoding
         if not head:
             raise EmptyFileError(description, "file is empty")
         refuse_foreign(description, head)
-        chosen = _choose_encoding(head, encoding or options.encoding)
+        chosen = _choose_encoding(head, encoding or options.encoding, description)
         guard = _Guard(stream, description, chosen, options, compressed=compressed)
         buffered = io.BufferedReader(guard, buffer_size=_READ_SIZE)
         text = io.TextIOWrapper(buffered, encoding=chosen, errors=ESCAPE, newline="")

@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.errors import SegmentFileError
 from shared.readers.base import SURROGATES, SegmentReader, make_record
-from shared.readers.decoding import TextStream, open_text
+from shared.readers.decoding import EmptyFileError, TextStream, open_text
 from shared.readers.options import ReaderOptions
 from shared.records import Record
 from shared.sources import ByteSource
@@ -105,11 +105,13 @@ class JsonLinesReader(SegmentReader):
         guard = self._stream.guard
         row = 0
         first = True
+        seen_any = False
         try:
             for line in self._stream.text:
                 row += 1
                 if not line.strip():
                     continue
+                seen_any = True
                 if guard.suspect:
                     if "\x00" in line:
                         yield make_record(self._name, row, {}, "NUL byte in the line")
@@ -128,6 +130,8 @@ class JsonLinesReader(SegmentReader):
                     yield make_record(self._name, row, parsed, None)
         except SegmentFileError as exc:
             raise SegmentFileError(exc.source, exc.reason, row=exc.row or row + 1) from None
+        if not seen_any:  # as the CSV reader says of an empty file: not a segment of nobody
+            raise EmptyFileError(self._description, "file is empty (only blank lines, no JSON object)")
 
     def close(self) -> None:
         self._stream.close()
