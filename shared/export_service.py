@@ -117,15 +117,17 @@ class ExportService:
         self.catalog = SegmentCatalog(self.segments, destinations)
 
     @classmethod
-    def from_environment(cls, *, keys: ApiKeyProvider | None = None,
-                         options: ExportOptions | None = None) -> ExportService:
-        """Build from the app settings. `keys`/`options` are seams for tests and the local runner (e.g. a
-        provider trusting a Key Vault stand-in's CA); the Function App passes neither."""
+    def from_environment(cls, *, keys: ApiKeyProvider | None = None, options: ExportOptions | None = None,
+                         client_factory: Callable[[str, Callable[[], str | None]], SendGridClient] | None = None,
+                         ) -> ExportService:
+        """Build from the app settings. `keys`/`options`/`client_factory` are seams for tests and the local
+        runner (e.g. a provider trusting a Key Vault stand-in's CA); the Function App passes none."""
         text = setting("DESTINATIONS_JSON")
         if not text:
             raise ConfigurationError("is not set: the app has no destinations", field="DESTINATIONS_JSON")
         return cls(AppSettings.from_environment(), load_destinations(text), blob_service_from_settings(),
-                   keys if keys is not None else ApiKeyProvider.from_settings(), options=options)
+                   keys if keys is not None else ApiKeyProvider.from_settings(), options=options,
+                   client_factory=client_factory)
 
     # -- SendGrid -------------------------------------------------------------------------------------
 

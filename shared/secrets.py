@@ -37,6 +37,7 @@ from azure.keyvault.secrets import SecretClient
 
 from shared.errors import ConfigurationError, SecretUnavailable
 from shared.settings import setting
+from shared.time_budgets import KEY_VAULT_CLIENT_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,9 @@ class ApiKeyProvider:
                 credential = self._credential
                 if credential is None:
                     credential = self._credential = DefaultAzureCredential()
-                self._client = SecretClient(self._vault_url, _guard(credential), **self._client_kwargs)
+                # Bounded retries and timeouts (the SDK's are minutes); a caller's own kwargs win.
+                self._client = SecretClient(self._vault_url, _guard(credential),
+                                            **{**KEY_VAULT_CLIENT_OPTIONS, **self._client_kwargs})
             return self._client
 
     def _read(self, secret_name: str) -> str:

@@ -21,6 +21,14 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
     "AzureWebJobsStorage__queueServiceUri": (True, "Queue endpoint (blob trigger bookkeeping)."),
     "AzureWebJobsStorage__credential": (True, "'managedidentity' in Azure."),
     "AzureWebJobsStorage__clientId": (True, "Client ID of the user-assigned managed identity."),
+    "SEGMENTS_STORAGE": (
+        False,
+        "Connection string of the account holding the segments container (local only; default: the "
+        "AzureWebJobsStorage account). In Azure use the identity-based SEGMENTS_STORAGE__* settings.",
+    ),
+    "SEGMENTS_STORAGE__blobServiceUri": (True, "Blob endpoint of the segments account (identity-based)."),
+    "SEGMENTS_STORAGE__credential": (True, "'managedidentity' in Azure (the segments connection)."),
+    "SEGMENTS_STORAGE__clientId": (True, "Client ID of the managed identity reading the segments account."),
     "SEGMENTS_CONTAINER": (True, "Container the customer-data platform writes segment files into."),
     "RUNS_CONTAINER": (True, "Container for run reports, rejected rows, receipts and sync state."),
     "DESTINATIONS_JSON": (True, "The destinations document (JSON), see README 'Configuration'."),

@@ -217,7 +217,17 @@ class SyncState:
         """
         if self._lease is None:
             return
-        self.ensure_lock()
+        try:
+            self.ensure_lock()
+        except LockLost:
+            raise
+        except AzureError:
+            # Storage did not answer: the lease is still surely ours while the time left since its last
+            # renewal covers the request (an unexpired lease can only be broken by hand, never taken).
+            if self.lease_left() < worst_case + LEASE_MARGIN_SECONDS:
+                raise
+            log.warning("could not renew the lock of destination %s; %.0fs of the lease are left, enough for the "
+                        "next request", self.destination, self.lease_left())
         left = self.lease_left()
         if left < worst_case + LEASE_MARGIN_SECONDS:
             raise LeaseTooShort(f"the lease of destination {self.destination} has {left:.1f}s left after renewing, "
