@@ -34,7 +34,8 @@ MAX_DEQUEUE_COUNT = 5
 
 
 @bp.function_name("ExportOnNewSegmentFile")
-@bp.blob_trigger(arg_name="client", path="%SEGMENTS_CONTAINER%/{name}", connection="AzureWebJobsStorage",
+# The segments live in the account the platforms write to (SEGMENTS_STORAGE), not the app's own.
+@bp.blob_trigger(arg_name="client", path="%SEGMENTS_CONTAINER%/{name}", connection="SEGMENTS_STORAGE",
                  source=func.BlobSource.EVENT_GRID)
 def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
     """Streams the blob through the SDK client (func.InputStream would hold the whole file in memory)."""

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 simulator.create_field(name, "Date" if "date" in name else "Text")
         os.environ.update({
             "AzureWebJobsStorage": azurite.connection_string,
+            "SEGMENTS_STORAGE": azurite.connection_string,
             "SEGMENTS_CONTAINER": "segments",
             "RUNS_CONTAINER": "export-runs",
             "SENDGRID_BASE_URL": simulator.base_url,

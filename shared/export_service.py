@@ -32,7 +32,7 @@ from shared.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_
 from shared.sendgrid_client import ImportJob, SendGridClient
 from shared.settings import AppSettings, setting
 from shared.sources import BlobContainerSource
-from shared.storage import blob_service_from_settings
+from shared.storage import blob_service_from_settings, segments_blob_service_from_settings
 from shared.sync_state import DestinationBusy, SyncState
 
 __all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
@@ -103,7 +103,9 @@ class ExportService:
         options: ExportOptions | None = None,
         client_factory: Callable[[str, Callable[[], str | None]], SendGridClient] | None = None,
         trigger_lock_wait: float = TRIGGER_LOCK_WAIT,
+        segments_service: BlobServiceClient | None = None,
     ) -> None:
+        """`segments_service`: the account holding the segments container, when it is not the app's own."""
         # How long a triggered run waits for a running export of the same destination (then: refused).
         self.trigger_lock_wait = trigger_lock_wait
         self.settings = settings
@@ -112,7 +114,8 @@ class ExportService:
         self.keys = keys
         self.options = options or ExportOptions()
         self._client_factory = client_factory
-        self.segments: ContainerClient = blob_service.get_container_client(settings.segments_container)
+        self.segments: ContainerClient = (segments_service or blob_service).get_container_client(
+            settings.segments_container)
         self.runs = RunStore(blob_service.get_container_client(settings.runs_container))
         self.catalog = SegmentCatalog(self.segments, destinations)
 
@@ -127,7 +130,7 @@ class ExportService:
             raise ConfigurationError("is not set: the app has no destinations", field="DESTINATIONS_JSON")
         return cls(AppSettings.from_environment(), load_destinations(text), blob_service_from_settings(),
                    keys if keys is not None else ApiKeyProvider.from_settings(), options=options,
-                   client_factory=client_factory)
+                   client_factory=client_factory, segments_service=segments_blob_service_from_settings())
 
     # -- SendGrid -------------------------------------------------------------------------------------
 

@@ -11,19 +11,32 @@ from shared.time_budgets import STORAGE_CLIENT_OPTIONS, storage_retry
 
 
 def blob_service_from_settings() -> BlobServiceClient:
-    connection = setting("AzureWebJobsStorage")
+    """The app's own account (AzureWebJobsStorage): run state, reports, receipts, locks."""
+    return _blob_service("AzureWebJobsStorage")
+
+
+def segments_blob_service_from_settings() -> BlobServiceClient:
+    """The account the platforms write segment files to (SEGMENTS_STORAGE, identity-based in Azure like the
+    host's connection); the app's own account when it is not set (local runs with one Azurite account)."""
+    if setting("SEGMENTS_STORAGE") or setting("SEGMENTS_STORAGE__blobServiceUri"):
+        return _blob_service("SEGMENTS_STORAGE")
+    return blob_service_from_settings()
+
+
+def _blob_service(connection_name: str) -> BlobServiceClient:
+    connection = setting(connection_name)
     if connection and "=" in connection:
         return BlobServiceClient.from_connection_string(connection, max_single_get_size=4 * 1024 * 1024,
                                                         retry_policy=storage_retry(), **STORAGE_CLIENT_OPTIONS)
-    endpoint = setting("AzureWebJobsStorage__blobServiceUri")
-    account = setting("AzureWebJobsStorage__accountName")
+    endpoint = setting(f"{connection_name}__blobServiceUri")
+    account = setting("AzureWebJobsStorage__accountName") if connection_name == "AzureWebJobsStorage" else None
     if not endpoint and account:
         endpoint = f"https://{account}.blob.core.windows.net"
     if not endpoint:
         raise ConfigurationError(
-            "no storage configured: set AzureWebJobsStorage (local) or AzureWebJobsStorage__blobServiceUri / "
-            "AzureWebJobsStorage__accountName (Azure, managed identity)", field="AzureWebJobsStorage")
-    client_id = setting("AzureWebJobsStorage__clientId") or setting("AZURE_CLIENT_ID")
+            f"no storage configured: set {connection_name} (local) or {connection_name}__blobServiceUri "
+            "(Azure, managed identity)", field=connection_name)
+    client_id = setting(f"{connection_name}__clientId") or setting("AZURE_CLIENT_ID")
     credential = (ManagedIdentityCredential(client_id=client_id) if client_id
                   else DefaultAzureCredential())
     return BlobServiceClient(endpoint, credential=credential, max_single_get_size=4 * 1024 * 1024,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's published, well-known development key (not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# A second account, as a platform's own segments account would be (a test key, not a secret).
+SEGMENTS_ACCOUNT = "segmentsaccount"
+SEGMENTS_ACCOUNT_KEY = "c2VnbWVudHMtYWNjb3VudC10ZXN0LWtleS1ub3QtYS1zZWNyZXQtMDEyMzQ1Njc4OQ=="
 
 
 def free_port() -> int:
@@ -30,9 +34,17 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
+        return self.connection_string_for(ACCOUNT, ACCOUNT_KEY)
+
+    @property
+    def segments_connection_string(self) -> str:
+        """The second account this Azurite serves (AZURITE_ACCOUNTS)."""
+        return self.connection_string_for(SEGMENTS_ACCOUNT, SEGMENTS_ACCOUNT_KEY)
+
+    def connection_string_for(self, account: str, key: str) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+            f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{account};"
         )
 
     def stop(self) -> None:
@@ -55,6 +67,7 @@ def start_azurite() -> Azurite:
         [str(binary), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry",
          "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{ACCOUNT_KEY};{SEGMENTS_ACCOUNT}:{SEGMENTS_ACCOUNT_KEY}"},
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

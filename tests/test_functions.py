@@ -164,6 +164,7 @@ def env(azurite: Azurite, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> It
                  "AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__accountName"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("SEGMENTS_STORAGE", azurite.connection_string)  # the blob trigger's connection
     monkeypatch.setenv("SEGMENTS_CONTAINER", segments.container_name)
     monkeypatch.setenv("RUNS_CONTAINER", runs.container_name)
     monkeypatch.setenv("SENDGRID_BASE_URL", sim.base_url)

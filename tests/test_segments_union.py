@@ -424,3 +424,33 @@ def test_the_http_dry_run_needs_no_lock_and_reads_every_segment(env: Env) -> Non
     assert answer.status == 200
     assert [p["rows_read"] for p in answer.json()["segments"]] == [5, 4]
     assert env.puts() == 0
+
+
+# -- segments in the platform's account, run state in the app's ------------------------------------------------
+
+def test_segments_and_run_state_in_two_accounts_every_way_in(env: Env, azurite: Azurite) -> None:
+    """SEGMENTS_STORAGE names the account the platform writes to; the run state stays in AzureWebJobsStorage."""
+    from azure.storage.blob import BlobServiceClient
+
+    platform = BlobServiceClient.from_connection_string(azurite.segments_connection_string)
+    segments = platform.create_container(env.segments.container_name)  # same name, other account
+    try:
+        env.monkeypatch.setenv("SEGMENTS_STORAGE", azurite.segments_connection_string)
+        env.segments = segments
+        service = setup(env)
+        assert service.segments.account_name == "segmentsaccount"
+        env.upload("union/gold/a.csv", csv_bytes(GOLD))
+        trigger(env, "union/silver/a.csv", SILVER)  # the blob trigger, through its SEGMENTS_STORAGE connection
+        assert members(env) == emails(GOLD + SILVER)
+        time.sleep(1.1)
+        trigger(env, "union/gold/b.csv", GOLD[:4])
+        assert members(env) == emails(GOLD[:4] + SILVER)
+        fire_timer()
+        started = http("POST", "destinations/union/exports", {"blob": "union/gold/b.csv"})
+        assert started.status == 202 and started.queued is not None
+        run_queue_message(started.queued)
+        assert [r["status"] for r in env.reports()] == ["succeeded"] * 4
+        assert {b.name.split("/")[0] for b in segments.list_blobs()} == {"union"}  # no run state with the segments
+        assert not platform.get_container_client(env.runs.container_name).exists()
+    finally:
+        segments.delete_container()
