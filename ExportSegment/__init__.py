@@ -33,8 +33,8 @@ log = logging.getLogger("ExportSegment")
 MAX_DEQUEUE_COUNT = 5
 
 
-@bp.function_name("ExportOnNewSegmentFile")
 # The segments live in the account the platforms write to (SEGMENTS_STORAGE), not the app's own.
+@bp.function_name("ExportOnNewSegmentFile")
 @bp.blob_trigger(arg_name="client", path="%SEGMENTS_CONTAINER%/{name}", connection="SEGMENTS_STORAGE",
                  source=func.BlobSource.EVENT_GRID)
 def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:

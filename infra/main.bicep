@@ -1,6 +1,10 @@
 // Segment-to-SendGrid export app on Azure Functions (Flex Consumption), deployed with `azd up`.
 // Everything authenticates with one user-assigned managed identity: no account keys, no connection strings,
 // no secrets in app settings. The SendGrid API key lives in Key Vault; only its secret NAME is a parameter.
+// Two storage accounts: the app's own (run state, host storage; soft delete on) and the segments account the
+// platforms write to - a dedicated one with blob soft delete off (Customer Insights exports need it off), or an
+// existing one (segmentsStorageAccountId), on which the deployment only adds role assignments and the Event Grid
+// system topic (scripts/post-deploy.sh adds the subscription).
 targetScope = 'subscription'
 
 @minLength(1)
@@ -20,7 +24,7 @@ param location string
 @description('Object ID of the person or pipeline running the deployment. azd fills it itself with whoever is signed in (AZURE_PRINCIPAL_ID is resolved without reading .env, so emptying it changes nothing); whether it gets data roles is grantDeployerDataAccess.')
 param principalId string = ''
 
-@description('Give principalId Key Vault Secrets Officer on the vault (to put the SendGrid key in) and Storage Blob Data Contributor on the storage account (to upload segment files). azd value GRANT_DEPLOYER_DATA_ACCESS; set it to false for a pipeline identity or when people get their roles elsewhere.')
+@description('Give principalId Key Vault Secrets Officer on the vault (to put the SendGrid key in), Storage Blob Data Contributor on the segments container (to upload segment files) and on the run-state account (to read reports). azd value GRANT_DEPLOYER_DATA_ACCESS; set it to false for a pipeline identity or when people get their roles elsewhere.')
 param grantDeployerDataAccess bool = true
 
 // Optional resource names (empty = generated from the environment name).
@@ -28,6 +32,7 @@ param resourceGroupName string = ''
 param functionAppName string = ''
 param appServicePlanName string = ''
 param storageAccountName string = ''
+param segmentsStorageAccountName string = ''
 param keyVaultName string = ''
 param identityName string = ''
 param logAnalyticsName string = ''
@@ -51,8 +56,20 @@ param destinationsJsonBase64 string = ''
 @description('SendGrid API base URL.')
 param sendGridBaseUrl string = 'https://api.sendgrid.com'
 
-@description('Container the customer-data platform writes segment files into.')
+@description('Container the customer-data platforms write segment files into (created in the dedicated account; must already exist in an existing one). azd value SEGMENTS_CONTAINER_NAME. Empty = segments.')
 param segmentsContainerName string = 'segments'
+
+@description('Resource ID of an existing storage account to watch instead of creating the dedicated segments account (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Storage/storageAccounts/<name>; any resource group or subscription of the tenant). The deployment then only adds role assignments and the Event Grid system topic on it; its settings, lifecycle rules and retention stay its owner\'s. azd value SEGMENTS_STORAGE_ACCOUNT_ID. Empty = a dedicated account.')
+param segmentsStorageAccountId string = ''
+
+@description('Resource ID of the Event Grid system topic the segments account already has (an account has at most one): reused instead of creating one. scripts/pre-provision.sh fills it for an existing account. azd value SEGMENTS_SYSTEM_TOPIC_ID. Empty = create the topic.')
+param segmentsSystemTopicId string = ''
+
+@description('Object IDs (comma-separated) granted Storage Blob Data Contributor on the segments container: the platforms that write segment files, e.g. the Customer Insights service principal (docs/deploy.md). azd value WRITER_PRINCIPAL_IDS.')
+param writerPrincipalIds string = ''
+
+@description('Accept account keys and key-signed SAS on the dedicated segments account, for writers that cannot use Entra ID. Off by default; no effect on an existing account (its settings are its owner\'s) and never on the run-state account. azd value ALLOW_SHARED_KEY_ON_SEGMENTS; see docs/deploy.md for the risk.')
+param allowSharedKeyOnSegments bool = false
 
 @description('Container for run reports, rejected rows, receipts and sync state.')
 param runsContainerName string = 'export-runs'
@@ -98,6 +115,16 @@ var destinationsDocument = !empty(destinationsJsonBase64) ? base64ToString(desti
 var schedule = !empty(refreshSchedule) ? refreshSchedule : '0 0 6 * * *'
 var secretName = !empty(sendGridSecretName) ? sendGridSecretName : 'sendgrid-api-key'
 var storageSku = !empty(storageSkuName) ? storageSkuName : 'Standard_ZRS'
+var segmentsContainer = !empty(segmentsContainerName) ? segmentsContainerName : 'segments'
+// The segments account: an existing one (segmentsStorageAccountId), else the dedicated one in the app's group.
+// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Storage/storageAccounts/<name>: [2], [4], last.
+var useExistingSegments = !empty(segmentsStorageAccountId)
+var dedicatedSegmentsName = !empty(segmentsStorageAccountName) ? segmentsStorageAccountName : 'stseg${resourceToken}'
+var segmentsSubscriptionId = useExistingSegments ? split(segmentsStorageAccountId, '/')[2] : subscription().subscriptionId
+var segmentsResourceGroupName = useExistingSegments ? split(segmentsStorageAccountId, '/')[4] : rg.name
+var segmentsAccountName = useExistingSegments ? last(split(segmentsStorageAccountId, '/')) : dedicatedSegmentsName
+var reuseSystemTopic = !empty(segmentsSystemTopicId)
+var newSystemTopicName = !empty(systemTopicName) ? systemTopicName : 'evgt-segments-${resourceToken}'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -133,13 +160,49 @@ module storage 'app/storage.bicep' = {
     name: !empty(storageAccountName) ? storageAccountName : 'st${resourceToken}'
     location: location
     tags: tags
-    segmentsContainerName: segmentsContainerName
     runsContainerName: runsContainerName
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     skuName: storageSku
     personalDataRetentionDays: personalDataRetentionDays
   }
+}
+
+// The dedicated segments account, only when no existing account is given.
+module segmentsStorage 'app/segments-storage.bicep' = if (empty(segmentsStorageAccountId)) {
+  name: 'segments-storage'
+  scope: rg
+  params: {
+    name: dedicatedSegmentsName
+    location: location
+    tags: tags
+    containerName: segmentsContainer
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    skuName: storageSku
+    allowSharedKeyAccess: allowSharedKeyOnSegments
+    personalDataRetentionDays: personalDataRetentionDays
+  }
+}
+
+// Role assignments and the Event Grid system topic on the segments account, in its own resource group (and
+// subscription): the dedicated account's is the app's group.
+module segmentsAccess 'app/segments-access.bicep' = {
+  name: 'segments-access-${take(resourceToken, 7)}'
+  scope: resourceGroup(segmentsSubscriptionId, segmentsResourceGroupName)
+  params: {
+    storageAccountName: segmentsAccountName
+    containerName: segmentsContainer
+    identityPrincipalId: identity.outputs.principalId
+    writerPrincipalIds: writerPrincipalIds
+    deployerPrincipalId: principalId
+    grantDeployerDataAccess: grantDeployerDataAccess
+    createSystemTopic: !reuseSystemTopic
+    systemTopicName: newSystemTopicName
+    tags: tags
+  }
+  dependsOn: [
+    segmentsStorage
+  ]
 }
 
 module keyVault 'app/keyvault.bicep' = {
@@ -177,10 +240,11 @@ module api 'app/api.bicep' = {
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     storageAccountName: storage.outputs.name
+    segmentsBlobEndpoint: segmentsAccess.outputs.blobEndpoint
     deploymentContainerName: deploymentContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultUri: keyVault.outputs.uri
-    segmentsContainerName: segmentsContainerName
+    segmentsContainerName: segmentsContainer
     runsContainerName: runsContainerName
     destinationsJson: destinationsDocument
     refreshSchedule: schedule
@@ -194,17 +258,6 @@ module api 'app/api.bicep' = {
   ]
 }
 
-module eventGrid 'app/eventgrid.bicep' = {
-  name: 'eventgrid'
-  scope: rg
-  params: {
-    name: !empty(systemTopicName) ? systemTopicName : 'evgt-${resourceToken}'
-    location: location
-    tags: tags
-    storageAccountName: storage.outputs.name
-  }
-}
-
 // Outputs become azd environment values, read by scripts/post-deploy.sh.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
@@ -212,9 +265,14 @@ output RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = api.outputs.name
 output AZURE_FUNCTION_APP_HOSTNAME string = api.outputs.defaultHostName
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
-output SEGMENTS_CONTAINER_NAME string = segmentsContainerName
+output SEGMENTS_STORAGE_ACCOUNT_NAME string = segmentsAccountName
+output SEGMENTS_STORAGE_ACCOUNT_RESOURCE_ID string = segmentsAccess.outputs.accountId
+output SEGMENTS_CONTAINER_NAME string = segmentsContainer
 output RUNS_CONTAINER_NAME string = runsContainerName
-output EVENT_GRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
+// The system topic the postdeploy hook subscribes to: the one created above, or the reused one.
+output EVENT_GRID_SYSTEM_TOPIC_NAME string = reuseSystemTopic ? last(split(segmentsSystemTopicId, '/')) : newSystemTopicName
+output EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP string = reuseSystemTopic ? split(segmentsSystemTopicId, '/')[4] : segmentsResourceGroupName
+output EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID string = reuseSystemTopic ? split(segmentsSystemTopicId, '/')[2] : segmentsSubscriptionId
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
 output SENDGRID_SECRET_NAME string = secretName

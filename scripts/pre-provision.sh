@@ -12,7 +12,21 @@
 # `azd hooks run preprovision`. Reads AZURE_SUBSCRIPTION_ID (azd passes its environment to hooks), so `az` works
 # on the subscription azd deploys to even when its own default is another one.
 # Optional: REQUIRED_PROVIDERS (space-separated namespaces) to change the list.
-# Needs the Azure CLI (`az login`).
+#
+# With an existing segments account (azd value SEGMENTS_STORAGE_ACCOUNT_ID, docs/deploy.md "Connect your platform")
+# it also, without changing anything on that account:
+#   - checks the ID's form, that az can see the account and that the container SEGMENTS_CONTAINER_NAME (default
+#     segments) exists there (the template does not create it);
+#   - warns when blob soft delete is on for it (Customer Insights exports then fail; the account is its owner's);
+#   - registers Microsoft.EventGrid in the account's subscription when that is another one;
+#   - finds the account's Event Grid system topic (an account has at most one, in any resource group of its
+#     subscription: `az eventgrid system-topic list`, matched on its source). A topic this azd environment did
+#     not create (no tag azd-env-name=AZURE_ENV_NAME) is reused: its ID goes into the azd value
+#     SEGMENTS_SYSTEM_TOPIC_ID, which the template reads instead of creating a second topic (which ARM refuses).
+#     azd reloads its environment after a hook, so the same `azd provision` sees it.
+# Without SEGMENTS_STORAGE_ACCOUNT_ID a leftover SEGMENTS_SYSTEM_TOPIC_ID is cleared (the dedicated account's topic
+# is the template's own).
+# Needs the Azure CLI (`az login`); `azd` to record SEGMENTS_SYSTEM_TOPIC_ID (else it prints the command).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 
@@ -39,3 +53,90 @@ for namespace in $providers; do
             "\`az provider register --namespace $namespace\` (docs/deploy.md, step 1)"
   echo "pre-provision: resource provider $namespace is registered"
 done
+
+# ---------------------------------------------------------------------------------------------- segments account
+account_id="${SEGMENTS_STORAGE_ACCOUNT_ID:-}"
+current_topic="${SEGMENTS_SYSTEM_TOPIC_ID:-}"
+
+# Records an azd value (azd reloads its environment after the hook), or says what to run when azd is absent.
+azd_set() {
+  if command -v azd >/dev/null 2>&1; then
+    azd env set "$1" "$2" >/dev/null || fail "could not run: azd env set $1 \"$2\""
+  else
+    echo "pre-provision: azd not found: run  azd env set $1 \"$2\"  before azd provision"
+  fi
+}
+
+if [ -z "$account_id" ]; then
+  echo "pre-provision: segments: the dedicated segments account (SEGMENTS_STORAGE_ACCOUNT_ID is not set)"
+  if [ -n "$current_topic" ]; then
+    echo "pre-provision: clearing SEGMENTS_SYSTEM_TOPIC_ID (it belongs to an existing account no longer in use)"
+    azd_set SEGMENTS_SYSTEM_TOPIC_ID ""
+  fi
+  exit 0
+fi
+
+id_pattern='^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[^/]+/providers/Microsoft\.Storage/storageAccounts/[a-z0-9]{3,24}$'
+[[ "$account_id" =~ $id_pattern ]] || fail "SEGMENTS_STORAGE_ACCOUNT_ID is not a storage account resource ID" \
+  "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>): $account_id"
+IFS='/' read -r _ _ seg_subscription _ seg_group _ _ _ seg_account <<<"$account_id"
+container="${SEGMENTS_CONTAINER_NAME:-segments}"
+echo "pre-provision: segments: existing account $seg_account (group $seg_group), container $container"
+
+az storage account show --ids "$account_id" --query id -o tsv >/dev/null 2>&1 \
+  || fail "az cannot see the storage account $account_id: check the ID and that you can read it (Reader on it)"
+exists="$(az storage container-rm exists --storage-account "$account_id" --name "$container" \
+            --query exists -o tsv 2>/dev/null || echo unknown)"
+case "$exists" in
+  true) ;;
+  false) fail "the account $seg_account has no container '$container': the template does not create containers" \
+              "on an existing account; ask its owner, or set SEGMENTS_CONTAINER_NAME to the platform's container" ;;
+  *) echo "pre-provision: WARNING: could not check that container '$container' exists in $seg_account" ;;
+esac
+soft_delete="$(az storage account blob-service-properties show --account-name "$seg_account" \
+                 --resource-group "$seg_group" --subscription "$seg_subscription" \
+                 --query deleteRetentionPolicy.enabled -o tsv 2>/dev/null || true)"
+if [ "$soft_delete" = "true" ]; then
+  echo "pre-provision: WARNING: blob soft delete is on for $seg_account: Customer Insights exports to it fail." \
+       "The deployment changes nothing on that account; its owner decides (docs/deploy.md, Connect your platform)."
+fi
+
+if [ "$seg_subscription" != "${AZURE_SUBSCRIPTION_ID:-$seg_subscription}" ]; then
+  state="$(az provider show --namespace Microsoft.EventGrid --subscription "$seg_subscription" \
+             --query registrationState -o tsv 2>/dev/null || true)"
+  if [ "$state" != "Registered" ]; then
+    echo "pre-provision: registering Microsoft.EventGrid in the segments account's subscription $seg_subscription"
+    az provider register --namespace Microsoft.EventGrid --subscription "$seg_subscription" --wait --output none \
+      || fail "could not register Microsoft.EventGrid in subscription $seg_subscription: someone with Owner or" \
+              "Contributor there must run \`az provider register --namespace Microsoft.EventGrid\`"
+  fi
+fi
+
+# The account's system topic, if any: id <TAB> source <TAB> azd-env-name tag, one line per topic.
+if topics="$(az eventgrid system-topic list --subscription "$seg_subscription" \
+               --query '[].[id, source, tags."azd-env-name"]' -o tsv 2>/dev/null)"; then
+  wanted="$(printf '%s' "$account_id" | tr '[:upper:]' '[:lower:]')"
+  found_id=""; found_env=""
+  while IFS=$'\t' read -r topic_id topic_source topic_env; do
+    [ -n "$topic_id" ] || continue
+    if [ "$(printf '%s' "$topic_source" | tr '[:upper:]' '[:lower:]')" = "$wanted" ]; then
+      found_id="$topic_id"; found_env="$topic_env"
+      break
+    fi
+  done <<<"$topics"
+  if [ -n "$found_id" ] && [ "$found_env" != "${AZURE_ENV_NAME:-}" ]; then
+    echo "pre-provision: reusing the account's Event Grid system topic ${found_id##*/} (an account has at most one)"
+    [ "$found_id" = "$current_topic" ] || azd_set SEGMENTS_SYSTEM_TOPIC_ID "$found_id"
+  else
+    if [ -n "$found_id" ]; then
+      echo "pre-provision: the account's Event Grid system topic ${found_id##*/} is this environment's own"
+    else
+      echo "pre-provision: the account has no Event Grid system topic yet: the template creates one"
+    fi
+    [ -z "$current_topic" ] || azd_set SEGMENTS_SYSTEM_TOPIC_ID ""
+  fi
+else
+  echo "pre-provision: WARNING: could not list the Event Grid system topics of subscription $seg_subscription;" \
+       "keeping SEGMENTS_SYSTEM_TOPIC_ID='${current_topic}'. If the account already has a topic and this is empty," \
+       "the deployment fails: set it with  azd env set SEGMENTS_SYSTEM_TOPIC_ID <topic resource ID>"
+fi

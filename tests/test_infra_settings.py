@@ -670,7 +670,7 @@ def test_postdeploy_targets_the_event_grid_blob_trigger() -> None:
     triggers = re.findall(r'@bp\.function_name\("(\w+)"\)\s*@bp\.blob_trigger\(([^)]*)\)', source)
     assert len(triggers) == 1, "expected one blob-triggered function"
     name, args = triggers[0]
-    assert "BlobSource.EVENT_GRID" in args and 'connection="AzureWebJobsStorage"' in args
+    assert "BlobSource.EVENT_GRID" in args and 'connection="SEGMENTS_STORAGE"' in args
     script = (ROOT / "scripts" / "post-deploy.sh").read_text(encoding="utf-8")
     assert f"BLOB_TRIGGER_FUNCTION:-{name}" in script
     assert "/runtime/webhooks/blobs?functionName=Host.Functions.${function_name}" in script

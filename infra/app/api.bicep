@@ -1,4 +1,6 @@
 // The Function App on the Flex Consumption plan (FC1), Python 3.11, running as the user-assigned identity.
+// Two storage connections: AzureWebJobsStorage (host + run state, the app's own account) and SEGMENTS_STORAGE
+// (the segments account, dedicated or existing).
 // App settings are the ones declared in shared/settings.py (tests/test_infra_settings.py compares them).
 // On Flex the runtime comes from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION,
 // WEBSITE_RUN_FROM_PACKAGE, content-share settings and WEBSITE_TIME_ZONE are not (and must not be) set.
@@ -12,7 +14,10 @@ param location string
 param tags object = {}
 param identityId string
 param identityClientId string
+@description('The run-state account (AzureWebJobsStorage, the runs container, the deployment package).')
 param storageAccountName string
+@description('Blob endpoint of the segments account (dedicated or existing): the SEGMENTS_STORAGE connection.')
+param segmentsBlobEndpoint string
 param deploymentContainerName string
 param applicationInsightsName string
 param keyVaultUri string
@@ -106,6 +111,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
       // The host writes its diagnostic events to Table storage (as in Microsoft's Flex sample); our code does not.
       AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
+      // The segments account (connection "SEGMENTS_STORAGE": the blob trigger, and the code's reads of segment
+      // files on every path), identity-based like the host's. Never the connection-string form SEGMENTS_STORAGE.
+      SEGMENTS_STORAGE__blobServiceUri: segmentsBlobEndpoint
+      SEGMENTS_STORAGE__credential: 'managedidentity'
+      SEGMENTS_STORAGE__clientId: identityClientId
+      // A blob trigger connection given as blobServiceUri needs a queueServiceUri too: the extension's only queue on
+      // it is the poison queue (webjobs-blobtrigger-poison). It stays in the app's own account, so nothing is
+      // created on an existing segments account and the identity needs no queue role there (segments-access.bicep).
+      SEGMENTS_STORAGE__queueServiceUri: storage.properties.primaryEndpoints.queue
       // Telemetry through Entra ID (local auth is off on Application Insights).
       APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'

@@ -1,11 +1,13 @@
 // Least-privilege role assignments, each scoped to the one resource it is for.
-//  - the app's identity: Storage Blob Data Owner + Storage Queue Data Contributor on the storage account
-//    (what the host and the Event Grid blob trigger need), Storage Table Data Contributor on it (the host's
-//    diagnostic events, as in Microsoft's Flex sample), Monitoring Metrics Publisher on Application Insights
-//    (telemetry with local auth off), Key Vault Secrets User on the vault (read the SendGrid key).
+//  - the app's identity: Storage Blob Data Owner + Storage Queue Data Contributor on the run-state account
+//    (what the host, the run state and the Event Grid blob trigger's queues, its poison queue included, need),
+//    Storage Table Data Contributor on it (the host's diagnostic events, as in Microsoft's Flex sample),
+//    Monitoring Metrics Publisher on Application Insights (telemetry with local auth off), Key Vault Secrets User
+//    on the vault (read the SendGrid key).
 //  - the deploying user, unless grantDeployerDataAccess is false: Key Vault Secrets Officer on the vault (to put
-//    the SendGrid key in) and Storage Blob Data Contributor on the storage account (to upload segment files;
-//    shared keys are off).
+//    the SendGrid key in) and Storage Blob Data Contributor on the run-state account (to read reports and
+//    rejected rows; shared keys are off).
+// The roles on the segments account are in segments-access.bicep.
 // New assignments can take a few minutes to apply (docs/deploy.md: a 403 right after the first `azd up`).
 param storageAccountName string
 param keyVaultName string

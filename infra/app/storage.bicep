@@ -1,9 +1,11 @@
-// The app's storage account: host storage (blob trigger bookkeeping, timer leases, queues), the segment files,
-// the run state and the deployment package. Entra ID only (shared keys off), no public blob access, TLS 1.2+.
+// The app's own storage account (the run-state account): host storage (blob trigger bookkeeping, timer leases,
+// queues, the blob trigger's poison queue), the run state (reports, rejects, snapshots, receipts, locks) and the
+// deployment package. Entra ID only (shared keys off, never a switch here), no public blob access, TLS 1.2+, soft
+// delete for blobs and containers. The segment files live elsewhere: segments-storage.bicep (a dedicated account
+// with blob soft delete off, which Customer Insights exports need) or an existing account (segments-access.bicep).
 param name string
 param location string
 param tags object = {}
-param segmentsContainerName string
 param runsContainerName string
 param deploymentContainerName string
 param logAnalyticsWorkspaceId string
@@ -17,7 +19,7 @@ param exportQueueName string = 'export-requests'
   'Standard_GRS'
   'Standard_GZRS'
 ])
-@description('Replication (main.bicep storageSkuName, azd value STORAGE_SKU). ZRS needs a region with availability zones, else LRS. Segment files hold personal data: pick a geo-redundant SKU only if a copy in the paired region is acceptable.')
+@description('Replication (main.bicep storageSkuName, azd value STORAGE_SKU). ZRS needs a region with availability zones, else LRS. The run state holds personal data (snapshots of exported emails, rejected rows): pick a geo-redundant SKU only if a copy in the paired region is acceptable.')
 param skuName string = 'Standard_ZRS'
 
 @minValue(1)
@@ -27,7 +29,7 @@ param softDeleteDays int = 7
 
 @minValue(1)
 @maxValue(3650)
-@description('(main.bicep personalDataRetentionDays, azd value PERSONAL_DATA_RETENTION_DAYS.) Days the personal data the app keeps for operators lives: rejected-row files (with their values) and reports in the runs container, and segment files the CDP dropped. The sync state (state/) is kept: incremental sync needs it.')
+@description('(main.bicep personalDataRetentionDays, azd value PERSONAL_DATA_RETENTION_DAYS.) Days the personal data the app keeps for operators lives: rejected-row files (with their values) and reports in the runs container. The sync state (state/) is kept: incremental sync needs it. Segment files expire in segments-storage.bicep.')
 param personalDataRetentionDays int = 30
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -38,7 +40,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   sku: {
     name: skuName
   }
-  //checkov:skip=CKV_AZURE_35:Default action Allow is needed: Flex apps without VNet integration and the CDP writing segments have no fixed IPs; access is Entra ID only (shared keys off).
+  //checkov:skip=CKV_AZURE_35:Default action Allow is needed: the Flex app has no VNet integration (see docs/deploy.md, Private Link) and no fixed IPs; access is Entra ID only (shared keys off).
   //checkov:skip=CKV_AZURE_59:Public endpoint is needed for the same reason; anonymous access and shared keys are disabled, every request needs an Entra ID token and RBAC.
   //checkov:skip=CKV_AZURE_206:Replication is a parameter (azd value STORAGE_SKU, default ZRS; LRS where the region has no availability zones); geo-replication of personal data is a data-residency decision left to the owner.
   properties: {
@@ -95,14 +97,6 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
   }
 }
 
-resource segmentsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: segmentsContainerName
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
 resource runsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: runsContainerName
@@ -119,7 +113,7 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
-// Retention: rejected-row values and old segment files are personal data with no use after a few weeks.
+// Retention: rejected-row values and reports are personal data with no use after a few weeks.
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: storage
   name: 'default'
@@ -149,28 +143,6 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
             }
           }
         }
-        {
-          name: 'expire-old-segment-files'
-          enabled: true
-          type: 'Lifecycle'
-          definition: {
-            filters: {
-              blobTypes: [
-                'blockBlob'
-              ]
-              prefixMatch: [
-                '${segmentsContainerName}/'
-              ]
-            }
-            actions: {
-              baseBlob: {
-                delete: {
-                  daysAfterModificationGreaterThan: personalDataRetentionDays
-                }
-              }
-            }
-          }
-        }
       ]
     }
   }
@@ -186,7 +158,7 @@ resource exportQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: exportQueueName
 }
 
-// Who wrote or deleted which segment file / run record, kept in Log Analytics (reads are not logged: cost).
+// Who wrote or deleted which run record, kept in Log Analytics (reads are not logged: cost).
 resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'blob-to-log-analytics'
   scope: blobService
