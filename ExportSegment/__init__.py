@@ -114,7 +114,7 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
 def _service() -> ExportService | func.HttpResponse:
     """The service, or the JSON answer saying why the app cannot serve (never a bare 500 from the host)."""
     try:
-        return get_service()
+        return get_service().answering()
     except ConfigurationError as exc:  # names the setting and the field, never a value
         return _error(500, f"the app's configuration is invalid: {exc}; fix the app settings", setting=exc.field)
     except Exception as exc:  # storage or Key Vault unreachable while building the clients: worth a retry

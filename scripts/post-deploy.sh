@@ -8,11 +8,19 @@
 # running function) when the subscription is created. Neither is possible during `azd provision`. The script is
 # idempotent: `create` on an existing subscription updates it (e.g. after the key was rotated).
 #
+# The subscription goes on the Event Grid system topic of the segments account, wherever it is: the dedicated
+# account's topic in the app's resource group, or, with an existing account (SEGMENTS_STORAGE_ACCOUNT_ID), the
+# topic the template created in that account's resource group or the one it already had (found by
+# scripts/pre-provision.sh, azd value SEGMENTS_SYSTEM_TOPIC_ID). main.bicep outputs that topic's name, resource
+# group and subscription; the subscription is filtered on the segments container, so a topic shared with other
+# subscribers (another app, the owner's own) is left as it is.
+#
 # Reads the azd environment (outputs of infra/main.bicep): RESOURCE_GROUP, AZURE_FUNCTION_APP_NAME,
-# AZURE_FUNCTION_APP_HOSTNAME, EVENT_GRID_SYSTEM_TOPIC_NAME, SEGMENTS_CONTAINER_NAME, AZURE_KEY_VAULT_NAME,
-# SENDGRID_SECRET_NAME, AZURE_SUBSCRIPTION_ID (so `az` works on azd's subscription whatever its own default is).
-# Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile),
-# EVENT_SUBSCRIPTION_NAME (default segments-blob-created), POSTDEPLOY_WAIT_SECONDS (default 300).
+# AZURE_FUNCTION_APP_HOSTNAME, EVENT_GRID_SYSTEM_TOPIC_NAME, EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP,
+# EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID, SEGMENTS_CONTAINER_NAME, AZURE_KEY_VAULT_NAME, SENDGRID_SECRET_NAME,
+# AZURE_SUBSCRIPTION_ID (so `az` works on azd's subscription whatever its own default is).
+# Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile), EVENT_SUBSCRIPTION_NAME (default
+# segments-<function app name>, so that several apps can watch one account), POSTDEPLOY_WAIT_SECONDS (default 300).
 # Needs the Azure CLI (`az login`). Never prints the key or the webhook URL.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
@@ -26,6 +34,7 @@ if [ -z "${AZURE_FUNCTION_APP_NAME:-}" ] && command -v azd >/dev/null 2>&1; then
     value="${value%\"}"; value="${value#\"}"
     case "$key" in
       RESOURCE_GROUP|AZURE_FUNCTION_APP_NAME|AZURE_FUNCTION_APP_HOSTNAME|EVENT_GRID_SYSTEM_TOPIC_NAME|\
+      EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP|EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID|\
       SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME|AZURE_SUBSCRIPTION_ID) export "$key=$value" ;;
     esac
   done < <(azd env get-values)
@@ -36,12 +45,18 @@ fi
 : "${EVENT_GRID_SYSTEM_TOPIC_NAME:?not set: run azd provision first}"
 segments_container="${SEGMENTS_CONTAINER_NAME:-segments}"
 function_name="${BLOB_TRIGGER_FUNCTION:-ExportOnNewSegmentFile}"
-subscription_name="${EVENT_SUBSCRIPTION_NAME:-segments-blob-created}"
+# Event subscription names: 3-64 letters, digits and hyphens.
+subscription_name="${EVENT_SUBSCRIPTION_NAME:-$(printf 'segments-%s' "$AZURE_FUNCTION_APP_NAME" | cut -c1-64)}"
 wait_seconds="${POSTDEPLOY_WAIT_SECONDS:-300}"
+topic_group="${EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP:-$RESOURCE_GROUP}"
 subscription=()
 [ -z "${AZURE_SUBSCRIPTION_ID:-}" ] || subscription=(--subscription "$AZURE_SUBSCRIPTION_ID")
-# az on the azd environment's subscription.
+# The topic's subscription: an existing segments account may live in another one.
+topic_subscription=(${subscription[@]+"${subscription[@]}"})
+[ -z "${EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID:-}" ] || topic_subscription=(--subscription "$EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID")
+# az on the azd environment's subscription, and on the topic's.
 azs() { az "$@" ${subscription[@]+"${subscription[@]}"}; }
+azt() { az "$@" ${topic_subscription[@]+"${topic_subscription[@]}"}; }
 
 hostname="${AZURE_FUNCTION_APP_HOSTNAME:-}"
 if [ -z "$hostname" ]; then
@@ -67,11 +82,11 @@ done
 #    miss the first handshake, so retry a few times.
 endpoint="https://${hostname}/runtime/webhooks/blobs?functionName=Host.Functions.${function_name}&code=${key}"
 echo "post-deploy: Event Grid subscription $subscription_name on $EVENT_GRID_SYSTEM_TOPIC_NAME" \
-     "-> $function_name (BlobCreated under /$segments_container/)"
+     "(resource group $topic_group) -> $function_name (BlobCreated under /$segments_container/)"
 attempt=1
-until azs eventgrid system-topic event-subscription create \
+until azt eventgrid system-topic event-subscription create \
         --name "$subscription_name" \
-        --resource-group "$RESOURCE_GROUP" \
+        --resource-group "$topic_group" \
         --system-topic-name "$EVENT_GRID_SYSTEM_TOPIC_NAME" \
         --endpoint-type webhook \
         --endpoint "$endpoint" \
@@ -80,7 +95,8 @@ until azs eventgrid system-topic event-subscription create \
         --max-delivery-attempts 30 \
         --event-ttl 1440 \
         --output none; do
-  [ "$attempt" -lt 3 ] || fail "could not create the Event Grid subscription (webhook validation failed 3 times)"
+  [ "$attempt" -lt 3 ] || fail "could not create the Event Grid subscription (webhook validation failed 3 times;" \
+    "on an existing account's topic you need EventGrid Contributor or Contributor on its resource group)"
   attempt=$((attempt + 1))
   echo "post-deploy: retrying in 20s (attempt $attempt of 3)"
   sleep 20

@@ -77,8 +77,10 @@ if [ -z "$account_id" ]; then
 fi
 
 id_pattern='^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[^/]+/providers/Microsoft\.Storage/storageAccounts/[a-z0-9]{3,24}$'
+shopt -s nocasematch   # ARM IDs are case-insensitive (some tools write resourcegroups)
 [[ "$account_id" =~ $id_pattern ]] || fail "SEGMENTS_STORAGE_ACCOUNT_ID is not a storage account resource ID" \
   "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>): $account_id"
+shopt -u nocasematch
 IFS='/' read -r _ _ seg_subscription _ seg_group _ _ _ seg_account <<<"$account_id"
 container="${SEGMENTS_CONTAINER_NAME:-segments}"
 echo "pre-provision: segments: existing account $seg_account (group $seg_group), container $container"
@@ -124,7 +126,9 @@ if topics="$(az eventgrid system-topic list --subscription "$seg_subscription" \
       break
     fi
   done <<<"$topics"
-  if [ -n "$found_id" ] && [ "$found_env" != "${AZURE_ENV_NAME:-}" ]; then
+  own=false
+  [ -n "$found_id" ] && [ -n "${AZURE_ENV_NAME:-}" ] && [ "$found_env" = "$AZURE_ENV_NAME" ] && own=true
+  if [ -n "$found_id" ] && [ "$own" = false ]; then
     echo "pre-provision: reusing the account's Event Grid system topic ${found_id##*/} (an account has at most one)"
     [ "$found_id" = "$current_topic" ] || azd_set SEGMENTS_SYSTEM_TOPIC_ID "$found_id"
   else

@@ -7,6 +7,7 @@ run IDs); nothing here knows about `azure.functions`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from shared.settings import AppSettings, setting
 from shared.sources import BlobContainerSource
 from shared.storage import blob_service_from_settings, segments_blob_service_from_settings
 from shared.sync_state import DestinationBusy, SyncState
+from shared.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
 
 __all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
 
@@ -114,10 +116,26 @@ class ExportService:
         self.keys = keys
         self.options = options or ExportOptions()
         self._client_factory = client_factory
-        self.segments: ContainerClient = (segments_service or blob_service).get_container_client(
-            settings.segments_container)
+        self.segments_service = segments_service or blob_service
+        self.segments: ContainerClient = self.segments_service.get_container_client(settings.segments_container)
         self.runs = RunStore(blob_service.get_container_client(settings.runs_container))
         self.catalog = SegmentCatalog(self.segments, destinations)
+        self._answering: ExportService | None = None
+
+    def answering(self) -> ExportService:
+        """This service with storage clients for the HTTP path (ANSWER_STORAGE_OPTIONS: seconds, not minutes),
+        so an outage gets an answer well inside the host's 230 s instead of one cut off; built once."""
+        if self._answering is None:
+            answering = copy.copy(self)
+            blobs = _with_budget(self.blob_service)
+            segments = blobs if self.segments_service is self.blob_service else _with_budget(self.segments_service)
+            answering.blob_service, answering.segments_service = blobs, segments
+            answering.segments = segments.get_container_client(self.settings.segments_container)
+            answering.runs = RunStore(blobs.get_container_client(self.settings.runs_container))
+            answering.catalog = SegmentCatalog(answering.segments, self.destinations)
+            answering._answering = answering
+            self._answering = answering
+        return self._answering
 
     @classmethod
     def from_environment(cls, *, keys: ApiKeyProvider | None = None, options: ExportOptions | None = None,
@@ -470,6 +488,12 @@ class ExportService:
             # No file named: a message the queue delivers late must not export the files of now over newer ones.
             messages.append({"run_id": run_id, "destination": destination.name, "blob": None, "full": False})
         return messages
+
+
+def _with_budget(client: BlobServiceClient) -> BlobServiceClient:
+    """The same account and credential, with the HTTP path's retries and timeouts."""
+    return BlobServiceClient(client.url, credential=client.credential, max_single_get_size=4 * 1024 * 1024,
+                             retry_policy=answer_retry(), **ANSWER_STORAGE_OPTIONS)
 
 
 _lock = threading.Lock()

@@ -28,7 +28,7 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
     ),
     "SEGMENTS_STORAGE__blobServiceUri": (True, "Blob endpoint of the segments account (identity-based)."),
     "SEGMENTS_STORAGE__queueServiceUri": (
-        False, "Queue endpoint of the segments account, for the blob trigger's connection (read by the host)."),
+        False, "Queue endpoint for the blob trigger's poison queue (read by the host; infra/ uses the app's own account)."),
     "SEGMENTS_STORAGE__credential": (True, "'managedidentity' in Azure (the segments connection)."),
     "SEGMENTS_STORAGE__clientId": (True, "Client ID of the managed identity reading the segments account."),
     "SEGMENTS_CONTAINER": (True, "Container the customer-data platform writes segment files into."),

@@ -18,6 +18,7 @@ from azure.storage.blob import ContainerClient
 
 from shared.errors import SegmentFileError
 from shared.settings import setting
+from shared.time_budgets import DOWNLOAD_CALL_OPTIONS
 
 
 class ByteSource(Protocol):
@@ -140,7 +141,7 @@ class BlobContainerSource:
     def open(self, name: str) -> BinaryIO:
         blob = self._blob(name)
         try:
-            downloader = blob.download_blob(max_concurrency=1)
+            downloader = blob.download_blob(max_concurrency=1, **DOWNLOAD_CALL_OPTIONS)
         except ResourceNotFoundError:
             raise SegmentFileError(self.describe(name), "file not found") from None
         except AzureError as exc:

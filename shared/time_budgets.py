@@ -21,6 +21,19 @@ def storage_retry() -> ExponentialRetry:
     return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
 
 
+# The HTTP functions' storage calls (listings, a report, a queued marker, a dry run's reads): the host cuts an
+# answer at 230 s, and a person is waiting. 2 attempts 1 s apart, 3 s to connect, 10 s per read: about 27 s.
+ANSWER_STORAGE_OPTIONS: dict[str, Any] = {"connection_timeout": 3, "read_timeout": 10}
+
+
+def answer_retry() -> ExponentialRetry:
+    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=1, random_jitter_range=1)
+
+
+# A segment file's download (chunks of up to 4 MB, one after another): a slower read is still progress.
+DOWNLOAD_CALL_OPTIONS: dict[str, Any] = {"read_timeout": 60}
+
+
 # A lease call (acquire, renew): no SDK retry (its first backoff alone is longer than we can wait), 3 s to
 # connect, 5 s to read, 5 s on the server: worst case about 8 s; the caller tries twice.
 LEASE_CALL_OPTIONS: dict[str, Any] = {"retry_total": 0, "connection_timeout": 3, "read_timeout": 5, "timeout": 5}

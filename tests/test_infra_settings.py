@@ -54,6 +54,7 @@ FORBIDDEN_SETTINGS = frozenset({
     "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
     "WEBSITE_CONTENTSHARE",
     "AzureWebJobsStorage",  # the connection-string form; Azure uses the identity-based __ settings
+    "SEGMENTS_STORAGE",  # likewise for the segments account
     "APPINSIGHTS_INSTRUMENTATIONKEY",
 })
 
@@ -331,7 +332,8 @@ def test_forbidden_settings_are_absent() -> None:
     settings = template_app_settings()
     assert not sorted(FORBIDDEN_SETTINGS & set(settings))
     code = _all_code()
-    for name in FORBIDDEN_SETTINGS - {"AzureWebJobsStorage"}:
+    # The connection-string forms are prefixes of the identity-based settings: only the exact key is forbidden.
+    for name in FORBIDDEN_SETTINGS - {"AzureWebJobsStorage", "SEGMENTS_STORAGE"}:
         assert name not in code, f"{name} appears in infra/ (outside comments)"
 
 
@@ -367,7 +369,13 @@ def test_security_properties() -> None:
     for prop in ("allowSharedKeyAccess: false", "allowBlobPublicAccess: false", "minimumTlsVersion: 'TLS1_2'",
                  "supportsHttpsTrafficOnly: true", "defaultToOAuthAuthentication: true"):
         assert prop in storage, f"storage account: {prop} missing"
-    assert storage.count("publicAccess: 'None'") == 3, "every container must be private"
+    assert storage.count("publicAccess: 'None'") == 2, "every container (runs, package) must be private"
+    segments = _code(INFRA / "app" / "segments-storage.bicep")
+    for prop in ("allowSharedKeyAccess: allowSharedKeyAccess", "allowBlobPublicAccess: false",
+                 "minimumTlsVersion: 'TLS1_2'", "supportsHttpsTrafficOnly: true", "defaultToOAuthAuthentication: true",
+                 "allowCrossTenantReplication: false"):
+        assert prop in segments, f"segments account: {prop} missing"
+    assert segments.count("publicAccess: 'None'") == 1, "the segments container must be private"
     keyvault = _code(INFRA / "app" / "keyvault.bicep")
     for prop in ("enableRbacAuthorization: true", "enableSoftDelete: true", "enablePurgeProtection: true"):
         assert prop in keyvault, f"key vault: {prop} missing"
@@ -511,12 +519,19 @@ def test_storage_sku_and_retention_are_azd_values() -> None:
     assert allowed - {""} <= _allowed(storage_decorators) and storage_default == "'Standard_ZRS'"
     assert re.search(r"^var\s+storageSku\s*=\s*!empty\(storageSkuName\)\s*\?\s*storageSkuName\s*:\s*'Standard_ZRS'",
                      main, flags=re.MULTILINE), "an empty azd value must mean the default"
-    params = _module_params(main, "storage")
-    assert params["skuName"] == "storageSku"
-    assert params["personalDataRetentionDays"] == "personalDataRetentionDays"
+    segments = _code(INFRA / "app" / "segments-storage.bicep")
+    segments_decorators, _, segments_default = _param(segments, "skuName")
+    assert allowed - {""} <= _allowed(segments_decorators) and segments_default == "'Standard_ZRS'"
+    for module in ("storage", "segmentsStorage"):
+        params = _module_params(main, module)
+        assert params["skuName"] == "storageSku", module
+        assert params["personalDataRetentionDays"] == "personalDataRetentionDays", module
     _, kind, default = _param(main, "personalDataRetentionDays")
     assert (kind, default) == ("int", "30") and _param(storage, "personalDataRetentionDays")[2] == "30"
-    assert storage.count("daysAfterModificationGreaterThan: personalDataRetentionDays") == 2
+    assert _param(segments, "personalDataRetentionDays")[2] == "30"
+    # Rejects + reports in the run-state account; segment files in the dedicated segments account.
+    assert storage.count("daysAfterModificationGreaterThan: personalDataRetentionDays") == 1
+    assert segments.count("daysAfterModificationGreaterThan: personalDataRetentionDays") == 1
     values = _azd_values()
     assert values["storageSkuName"] == "STORAGE_SKU"
     assert values["personalDataRetentionDays"] == "PERSONAL_DATA_RETENTION_DAYS"
@@ -678,6 +693,7 @@ def test_postdeploy_targets_the_event_grid_blob_trigger() -> None:
     outputs = set(re.findall(r"^output\s+(\w+)", _code(MAIN), flags=re.MULTILINE))
     used = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)", script)) & {
         "RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "AZURE_FUNCTION_APP_HOSTNAME", "EVENT_GRID_SYSTEM_TOPIC_NAME",
+        "EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP", "EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID",
         "SEGMENTS_CONTAINER_NAME", "AZURE_KEY_VAULT_NAME", "SENDGRID_SECRET_NAME"}
     assert used and used <= outputs, f"post-deploy.sh reads values main.bicep does not output: {used - outputs}"
 

@@ -56,7 +56,16 @@ def setup(env: Env, mode: str = "mirror", **extra: Any) -> ExportService:
     return env.install()
 
 
+_seen_reports: dict[int, set[str]] = {}
+
+
+def mark(env: Env) -> None:
+    """Remember the reports stored so far: last_report() returns the one stored after this."""
+    _seen_reports[id(env)] = set(env.report_names())
+
+
 def trigger(env: Env, name: str, rows: list[list[str]], **kwargs: Any) -> None:
+    mark(env)
     fire_blob_trigger(env.segments.container_name, env.upload(name, csv_bytes(rows, **kwargs)))
 
 
@@ -65,7 +74,12 @@ def members(env: Env) -> set[str]:
 
 
 def last_report(env: Env) -> dict[str, Any]:
-    return max(env.reports(), key=lambda r: (r["started_at"], r.get("finished_at") or ""))
+    """The one report stored since mark() (runs start within one second: their times cannot order them)."""
+    seen = _seen_reports.setdefault(id(env), set())
+    new = [name for name in env.report_names() if name not in seen]
+    assert len(new) == 1, new
+    data: dict[str, Any] = json.loads(env.runs.download_blob(new[0]).readall())
+    return data
 
 
 def assert_parts_balance(report: dict[str, Any]) -> None:
@@ -177,6 +191,7 @@ def test_every_way_in_runs_the_same_union(env: Env) -> None:
     env.upload("union/silver/a.csv", csv_bytes(SILVER))
     fire_timer()  # the timer
     assert members(env) == emails(GOLD + SILVER)
+    mark(env)
     started = http("POST", "destinations/union/exports", {"full": True})  # HTTP without a blob
     assert started.status == 202 and started.queued is not None
     run_queue_message(started.queued)
@@ -295,6 +310,7 @@ def _mirror_with(env: Env, rows: list[list[str]]) -> set[str]:
 def test_an_empty_json_lines_file_fails_like_an_empty_csv_and_removes_nobody(env: Env) -> None:
     people = _mirror_with(env, [person(n) for n in range(1, 9)])
     env.upload("vip/2026-11-02.jsonl", b"\n\n  \n\n")
+    mark(env)
     fire_blob_trigger(env.segments.container_name, "vip/2026-11-02.jsonl")
     report = last_report(env)
     assert report["status"] == "failed" and "file is empty" in report["error"]
@@ -305,6 +321,7 @@ def test_json_lines_rows_without_the_mapped_email_key_are_a_configuration_error(
     people = _mirror_with(env, [person(n) for n in range(1, 9)])
     lines = [{"Email": f"x{n}@example.com", "FirstName": "X"} for n in range(5)]  # PrimaryEmail is mapped
     env.upload("vip/2026-11-02.jsonl", "\n".join(json.dumps(line) for line in lines).encode())
+    mark(env)
     fire_blob_trigger(env.segments.container_name, "vip/2026-11-02.jsonl")
     report = last_report(env)
     assert report["status"] == "failed" and "PrimaryEmail" in report["error"] and "appear in no row" in report["error"]
@@ -454,3 +471,19 @@ def test_segments_and_run_state_in_two_accounts_every_way_in(env: Env, azurite: 
         assert not platform.get_container_client(env.runs.container_name).exists()
     finally:
         segments.delete_container()
+
+
+def test_the_http_path_answers_within_its_own_storage_budget(env: Env) -> None:
+    """The HTTP functions' storage clients retry once and wait seconds, not the SDK's minutes."""
+    service = env.install()
+    answering = service.answering()
+    assert answering is service.answering() and answering.destinations is service.destinations
+    policy = answering.blob_service._config.retry_policy
+    assert (policy.total_retries, policy.initial_backoff) == (1, 1)
+    assert answering.blob_service._config.transport.connection_config.read_timeout == 10  # type: ignore[union-attr]
+    assert service.blob_service._config.transport.connection_config.read_timeout == 20  # type: ignore[union-attr]
+    env.upload("vip/segment.csv", csv_bytes([person(1)]))
+    started = http("POST", "destinations/vip-customers/exports")  # served by the answering clients
+    assert started.status == 202 and started.queued is not None
+    run_queue_message(started.queued)
+    assert http("GET", f"runs/{started.json()['run_id']}").json()["status"] == "succeeded"
