@@ -1,6 +1,6 @@
 """Exports started by a new segment file (blob trigger) or on demand (HTTP), and the queued worker.
 
-The functions are thin: parse the trigger, call `shared.export_service`, log a one-line summary. Long
+The functions are thin: parse the trigger, call `shared.service.export_service`, log a one-line summary. Long
 work never runs inside the HTTP request (answers are cut at 230 s): the HTTP function queues the run and
 answers 202; `run_queued_export` does the work with the normal function timeout.
 """
@@ -16,7 +16,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
 from shared.errors import ConfigurationError, ExportError
-from shared.export_service import (
+from shared.service.export_service import (
     EXPORT_QUEUE,
     ExportService,
     RequestRejected,

@@ -8,7 +8,7 @@ import typing
 
 import azure.functions as func
 
-from shared.export_service import EXPORT_QUEUE, get_service
+from shared.service.export_service import EXPORT_QUEUE, get_service
 
 bp = func.Blueprint()
 log = logging.getLogger("OnSchedule")

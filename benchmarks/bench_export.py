@@ -75,10 +75,10 @@ def floor(path: Path) -> float:
 def child(path: str, base_url: str, connection_string: str | None, state: bool, list_id: str = LIST_ID) -> None:
     """One export in this process; prints a JSON line of figures."""
     sys.path.insert(0, str(ROOT))
-    from shared.destinations import Destination
-    from shared.engine import ExportOptions, export_segment
-    from shared.sendgrid_client import SendGridClient
-    from shared.sources import LocalDirSource
+    from shared.config.destinations import Destination
+    from shared.pipeline.engine import ExportOptions, export_segment
+    from shared.sendgrid.client import SendGridClient
+    from shared.source.sources import LocalDirSource
 
     destination = Destination.model_validate({**DESTINATION, "list_id": list_id})
     file = Path(path)
@@ -86,8 +86,8 @@ def child(path: str, base_url: str, connection_string: str | None, state: bool, 
     if state and connection_string:
         from azure.storage.blob import BlobServiceClient
 
-        from shared.export_service import config_digest
-        from shared.sync_state import SyncState
+        from shared.service.export_service import config_digest
+        from shared.state.sync_state import SyncState
 
         container = BlobServiceClient.from_connection_string(connection_string).get_container_client("bench-runs")
         sync = SyncState(container, destination.name, config_digest=config_digest(destination))

@@ -18,7 +18,7 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 
 from sendgrid_simulator import Simulator
-from shared.export_service import reset_service
+from shared.service.export_service import reset_service
 from tests.azurite import start_azurite
 
 ROOT = Path(__file__).resolve().parent.parent

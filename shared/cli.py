@@ -24,15 +24,15 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from shared.destinations import DestinationsDocument, load_destinations
-from shared.engine import ExportOptions, export_segment
+from shared.config.destinations import DestinationsDocument, load_destinations
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings, setting
 from shared.errors import ExportError
-from shared.export_service import ExportService, new_run_id
-from shared.run_report import MAX_REPORTED_DETAILS
-from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import SendGridClient
-from shared.settings import AppSettings, setting
-from shared.sources import source_for
+from shared.pipeline.engine import ExportOptions, export_segment
+from shared.pipeline.report import MAX_REPORTED_DETAILS
+from shared.sendgrid.client import SendGridClient
+from shared.service.export_service import ExportService, new_run_id
+from shared.source.sources import source_for
 
 
 def _destinations(config: str | None) -> DestinationsDocument:

@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from shared.destinations import Destination
-from shared.engine import ExportOptions, ExportResult, export_segment
+from shared.config.destinations import Destination
 from shared.errors import ConfigurationError, SegmentFileError
-from shared.export_service import DATA_SUFFIXES, is_segment_entry
-from shared.readers import ReaderOptions, kind_of, open_segment
-from shared.readers.dispatch import CSV_SUFFIXES, JSONL_SUFFIXES
-from shared.records import Record
-from shared.run_store import RunStore
-from shared.sources import LocalDirSource
+from shared.pipeline.engine import ExportOptions, ExportResult, export_segment
+from shared.service.export_service import DATA_SUFFIXES, is_segment_entry
+from shared.source.readers import ReaderOptions, kind_of, open_segment
+from shared.source.readers.dispatch import CSV_SUFFIXES, JSONL_SUFFIXES
+from shared.source.records import Record
+from shared.source.sources import LocalDirSource
+from shared.state.run_store import RunStore
 
 BAD = Path(__file__).parent / "bad_inputs"
 

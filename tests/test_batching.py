@@ -1,6 +1,6 @@
 import json
 
-from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, batches
+from shared.staging.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, batches
 
 LIST = "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11"
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from shared.destinations import load_destinations
+from shared.config.destinations import load_destinations
 from shared.errors import ConfigurationError
 
 LIST_ID = "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11"

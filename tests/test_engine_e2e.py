@@ -21,16 +21,16 @@ import httpx
 import pytest
 from azure.storage.blob import ContainerClient
 
-import shared.contact_mapping
+import shared.mapping.contact_mapping
 from sendgrid_simulator import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Simulator
-from shared.batching import body_prefix
-from shared.destinations import Destination, load_destinations
-from shared.email_rules import normalise_email
-from shared.engine import ExportOptions, ExportResult, export_segment
+from shared.config.destinations import Destination, load_destinations
 from shared.errors import ConfigurationError, ExportError, ProfileCapExceeded
-from shared.run_report import BatchResult
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.sources import BlobContainerSource, ByteSource, LocalDirSource
+from shared.mapping.email_rules import normalise_email
+from shared.pipeline.engine import ExportOptions, ExportResult, export_segment
+from shared.pipeline.report import BatchResult
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.source.sources import BlobContainerSource, ByteSource, LocalDirSource
+from shared.staging.batching import body_prefix
 from tests.sendgrid_fixture import (
     SENDGRID_TEST_KEY,
     SENDGRID_TEST_LIST_ID,
@@ -441,7 +441,7 @@ def test_invalid_emails_sendgrid_names_are_set_aside_without_quoting_them(
         email, problem = normalise_email(raw)
         return (raw.strip().lower(), None) if email is None and "@" in raw else (email, problem)
 
-    monkeypatch.setattr(shared.contact_mapping, "normalise_email", lenient)
+    monkeypatch.setattr(shared.mapping.contact_mapping, "normalise_email", lenient)
     rows = [["ok1@example.com", "A"], ["double@@example.com", "B"], ["ok2@example.com", "C"],
             ["dot.@example.com", "D"], ["ok3@example.com", "E"]]
     write_csv(tmp_path / "odd.csv", ["Email", "First"], rows)
@@ -463,7 +463,7 @@ def test_a_batch_whose_contacts_are_all_set_aside_is_empty_not_pending(
     def lenient(raw: str) -> tuple[str | None, str | None]:
         return raw.strip().lower(), None
 
-    monkeypatch.setattr(shared.contact_mapping, "normalise_email", lenient)
+    monkeypatch.setattr(shared.mapping.contact_mapping, "normalise_email", lenient)
     write_csv(tmp_path / "bad.csv", ["Email", "First"], [["a@@example.com", "A"], ["b@@example.com", "B"]])
     result = export(sim, destination(), LocalDirSource(tmp_path), "bad.csv")
     report = result.report

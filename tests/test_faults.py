@@ -32,16 +32,16 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
 from sendgrid_simulator import Simulator
-from shared.destinations import Destination, DestinationsDocument
-from shared.engine import ExportOptions, export_segment
+from shared.config.destinations import Destination, DestinationsDocument
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings
 from shared.errors import SegmentFileError
-from shared.export_service import ExportService
-from shared.run_report import BatchResult, RunReport
-from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.settings import AppSettings
-from shared.sources import BlobContainerSource, LocalDirSource
-from shared.sync_state import SyncState
+from shared.pipeline.engine import ExportOptions, export_segment
+from shared.pipeline.report import BatchResult, RunReport
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.service.export_service import ExportService
+from shared.source.sources import BlobContainerSource, LocalDirSource
+from shared.state.sync_state import SyncState
 from tests.azurite import Azurite, start_azurite
 from tests.keyvault_standin import KeyVaultStandIn, _forget_challenge
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator

@@ -39,10 +39,10 @@ from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClie
 import ExportSegment as export_segment_module
 from function_app import app
 from sendgrid_simulator import Simulator
-from shared.engine import ExportOptions
+from shared.config.secrets import ApiKeyProvider
 from shared.errors import ConfigurationError
-from shared.export_service import ExportService, get_service, reset_service
-from shared.secrets import ApiKeyProvider
+from shared.pipeline.engine import ExportOptions
+from shared.service.export_service import ExportService, get_service, reset_service
 from tests.azurite import Azurite
 from tests.keyvault_standin import KeyVaultStandIn, keyvault
 from tests.sendgrid_fixture import running_simulator
@@ -945,7 +945,7 @@ def test_the_lazily_built_service_reads_the_settings(env: Env) -> None:
 
 def test_a_trigger_that_crashes_leaves_the_blob_version_for_the_hosts_retry(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.sync_state import SyncState
+    from shared.state.sync_state import SyncState
 
     env.install()
     blob = env.upload("vip/segment.csv", csv_bytes([person(n) for n in range(1, 4)]))
@@ -1055,8 +1055,8 @@ def test_an_unreadable_pending_report_does_not_stop_the_scheduled_refresh(env: E
 def test_the_claim_of_a_killed_trigger_run_is_taken_over_by_a_retry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker killed mid-export (timeout, out of memory) leaves its receipt `running`; the host's retry
     must export the file once that run shows no sign of life, and skip it while the run is alive."""
-    from shared import run_store
-    from shared.sync_state import SyncState
+    from shared.state import run_store
+    from shared.state.sync_state import SyncState
 
     service = env.install()
     blob = env.upload("vip/segment.csv", csv_bytes([person(n) for n in range(1, 4)]))
@@ -1099,7 +1099,7 @@ def test_a_partition_not_in_the_customer_insights_layout_is_skipped_when_model_j
 def test_a_queued_run_killed_on_its_last_attempt_stops_saying_running(env: Env) -> None:
     # The function timeout or an out-of-memory kill gives the worker no chance to write a word, and after the
     # last attempt the host moves the message to the poison queue without calling us again.
-    from shared.sync_state import SyncState
+    from shared.state.sync_state import SyncState
 
     service = env.install()
     env.upload("vip/segment.csv", csv_bytes([person(1)]))

@@ -1,7 +1,7 @@
 """The infrastructure (infra/*.bicep, azure.yaml, the azd hooks, .funcignore, docs/deploy.md) against what the
 code reads and what Flex Consumption and azd accept.
 
-1. Every app setting `shared.settings.APP_SETTINGS` marks required-in-Azure is set by the template, and the
+1. Every app setting `shared.config.settings.APP_SETTINGS` marks required-in-Azure is set by the template, and the
    template sets no setting the code does not declare (bar an explicit allow-list of platform settings).
 2. Settings that must not be set on Flex Consumption, or ever in Azure, are absent; no siteConfig property Flex
    rejects; no keys or connection strings anywhere; the security properties the deployment promises are in the
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.destinations import load_destinations
-from shared.settings import APP_SETTINGS
+from shared.config.destinations import load_destinations
+from shared.config.settings import APP_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -305,7 +305,7 @@ def test_template_sets_no_undeclared_setting() -> None:
     assert settings, "no app settings found in infra/ (parser or template broken)"
     undeclared = sorted(set(settings) - set(APP_SETTINGS) - PLATFORM_SETTINGS)
     assert not undeclared, (
-        f"infra/ sets app settings the code does not declare in shared.settings.APP_SETTINGS: {undeclared}")
+        f"infra/ sets app settings the code does not declare in shared.config.settings.APP_SETTINGS: {undeclared}")
 
 
 def test_app_settings_live_on_the_function_app() -> None:

@@ -25,11 +25,11 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from sendgrid_simulator import Simulator
-from shared.destinations import Destination
-from shared.engine import ExportOptions, export_segment
-from shared.run_report import RunReport
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.sources import BlobContainerSource
+from shared.config.destinations import Destination
+from shared.pipeline.engine import ExportOptions, export_segment
+from shared.pipeline.report import RunReport
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.source.sources import BlobContainerSource
 
 LATENCY = 0.2  # seconds added to every SendGrid answer
 PUT_PER_SECOND = 3

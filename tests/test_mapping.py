@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from shared.contact_mapping import ContactMapper, CustomField, MappedContact, Rejection, resolve_custom_fields
-from shared.destinations import Destination
-from shared.email_rules import normalise_email
+from shared.config.destinations import Destination
 from shared.errors import ConfigurationError
+from shared.mapping.contact_mapping import ContactMapper, CustomField, MappedContact, Rejection, resolve_custom_fields
+from shared.mapping.email_rules import normalise_email
 
 LIST_ID = "5b0c3a1e-8d7f-4c2a-9e61-3f2d7a9b0c11"
 FIELDS = {"tier": CustomField("e1_T", "Text"), "score": CustomField("e2_N", "Number"),

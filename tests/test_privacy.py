@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from shared.engine import ExportOptions
-from shared.secrets import ApiKeyProvider
+from shared.config.secrets import ApiKeyProvider
+from shared.pipeline.engine import ExportOptions
 from tests.keyvault_standin import KeyVaultStandIn, keyvault
 from tests.test_functions import (
     DESTINATIONS,

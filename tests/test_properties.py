@@ -32,8 +32,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sendgrid_simulator.openapi import SPEC_DIR
-from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, batches, body_prefix
-from shared.contact_mapping import (
+from shared.config.destinations import Destination
+from shared.errors import SegmentFileError
+from shared.mapping.contact_mapping import (
     CUSTOM_TEXT_MAX_LENGTH,
     FIELD_MAX_LENGTHS,
     MAX_ALTERNATE_EMAILS,
@@ -43,12 +44,11 @@ from shared.contact_mapping import (
     Rejection,
     resolve_custom_fields,
 )
-from shared.destinations import Destination
-from shared.email_rules import MAX_EMAIL_LENGTH, normalise_email
-from shared.errors import SegmentFileError
-from shared.readers import ReaderOptions, open_segment
-from shared.records import Record
-from shared.sources import LocalDirSource
+from shared.mapping.email_rules import MAX_EMAIL_LENGTH, normalise_email
+from shared.source.readers import ReaderOptions, open_segment
+from shared.source.records import Record
+from shared.source.sources import LocalDirSource
+from shared.staging.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, batches, body_prefix
 
 # PROPERTY_EXAMPLES=5000 for a deeper hunt; the default keeps the file at a few seconds.
 SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), deadline=None,

@@ -10,9 +10,9 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from shared.errors import SegmentFileError
-from shared.readers import ReaderOptions, cdm_partition_names, open_segment
-from shared.records import Record
-from shared.sources import BlobContainerSource, ByteSource, LocalDirSource
+from shared.source.readers import ReaderOptions, cdm_partition_names, open_segment
+from shared.source.records import Record
+from shared.source.sources import BlobContainerSource, ByteSource, LocalDirSource
 
 BASE = "https://acct.blob.core.windows.net/segments"
 ATTRS = ["CustomerId", "PrimaryEmail", "FirstName"]
@@ -209,5 +209,5 @@ def test_dfs_host_and_abfss_locations_map_to_the_blob_container() -> None:
     assert source.name_for_url(f"https://acct.dfs.core.windows.net/segments/{PART1}?snapshot=1") == PART1
     assert source.name_for_url(f"https://ACCT.blob.core.windows.net:443/segments/{PART1}") == PART1
     assert source.name_for_url(f"https://other.blob.core.windows.net/segments/{PART1}") is None
-    from shared.readers.cdm_reader import locate
+    from shared.source.readers.cdm_reader import locate
     assert locate(source, "ci/dest/model.json", f"abfss://segments@acct.dfs.core.windows.net/{PART1}") == PART1

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ConfigurationError, SegmentFileError
-from shared.readers import ReaderOptions, open_segment
-from shared.records import Record
-from shared.sources import LocalDirSource
+from shared.source.readers import ReaderOptions, open_segment
+from shared.source.records import Record
+from shared.source.sources import LocalDirSource
 
 
 def read(tmp_path: Path, name: str, data: bytes | str, options: ReaderOptions | None = None,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from shared.errors import SegmentFileError
-from shared.readers import open_segment
-from shared.records import Record
-from shared.sources import LocalDirSource
+from shared.source.readers import open_segment
+from shared.source.records import Record
+from shared.source.sources import LocalDirSource
 
 
 def read(tmp_path: Path, name: str, data: bytes | str) -> list[Record]:

@@ -28,16 +28,16 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from sendgrid_simulator import Simulator
 from shared.cli import main as cli_main
-from shared.destinations import Destination, DestinationsDocument
-from shared.engine import ExportOptions, export_segment
+from shared.config.destinations import Destination, DestinationsDocument
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings
 from shared.errors import ConfigurationError
-from shared.export_service import ExportService
-from shared.rejects import REJECTS_HEADER
-from shared.run_report import MAX_REPORTED_DETAILS
-from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.settings import AppSettings
-from shared.sources import LocalDirSource
+from shared.pipeline.engine import ExportOptions, export_segment
+from shared.pipeline.report import MAX_REPORTED_DETAILS
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.service.export_service import ExportService
+from shared.source.sources import LocalDirSource
+from shared.staging.rejects import REJECTS_HEADER
 from tests.azurite import Azurite
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
 
@@ -116,12 +116,12 @@ def env(azurite: Azurite) -> Iterator[Env]:
 
 CHILD = """
 import json, os, re, resource, sys
-from shared.destinations import Destination, DestinationsDocument
-from shared.engine import ExportOptions
-from shared.export_service import ExportService
-from shared.secrets import ApiKeyProvider
-from shared.settings import AppSettings
-from shared.storage import blob_service_from_settings
+from shared.config.destinations import Destination, DestinationsDocument
+from shared.pipeline.engine import ExportOptions
+from shared.service.export_service import ExportService
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings
+from shared.config.storage import blob_service_from_settings
 
 connection, segments, runs, base_url, key, blob, run_id, config = sys.argv[1:9]
 dest = Destination.model_validate_json(config)

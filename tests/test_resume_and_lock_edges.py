@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
-import shared.contact_mapping
+import shared.mapping.contact_mapping
 from sendgrid_simulator import Simulator
-from shared.destinations import Destination
-from shared.email_rules import normalise_email
-from shared.engine import ExportOptions, ExportResult, export_segment
-from shared.run_report import BatchResult, RunReport
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.sources import LocalDirSource
-from shared.sync_state import SyncState
+from shared.config.destinations import Destination
+from shared.mapping.email_rules import normalise_email
+from shared.pipeline.engine import ExportOptions, ExportResult, export_segment
+from shared.pipeline.report import BatchResult, RunReport
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.source.sources import LocalDirSource
+from shared.state.sync_state import SyncState
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
 from tests.test_engine_e2e import destination, write_csv
 
@@ -105,7 +105,7 @@ def lenient(raw: str) -> tuple[str | None, str | None]:
 
 def test_a_resumed_batch_rejects_again_the_contacts_sendgrid_set_aside(
         edges: Edges, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shared.contact_mapping, "normalise_email", lenient)
+    monkeypatch.setattr(shared.mapping.contact_mapping, "normalise_email", lenient)
     write_csv(edges.folder / "f.csv", ["Email", "First"],
               [["ok1@example.com", "A"], ["bad@@example.com", "B"], ["ok2@example.com", "C"],
                ["ok3@example.com", "D"]])

@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from azure.storage.blob import ContainerClient
 
-from shared.run_store import RunStore
-from shared.spool import email_key, fingerprint
-from shared.sync_state import DestinationBusy, SyncState
+from shared.staging.spool import email_key, fingerprint
+from shared.state.run_store import RunStore
+from shared.state.sync_state import DestinationBusy, SyncState
 
 
 def test_a_blob_version_is_claimed_once_even_by_concurrent_callers(container: ContainerClient) -> None:

@@ -9,8 +9,8 @@ import time
 import pytest
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+from shared.config.secrets import ApiKeyProvider
 from shared.errors import ConfigurationError, SecretUnavailable
-from shared.secrets import ApiKeyProvider
 from tests.keyvault_standin import (
     KEY_VAULT_RESOURCE,
     TENANT_ID,
@@ -326,7 +326,7 @@ def test_dev_fallback_used_only_without_a_vault_and_logged_loudly(clean_env: pyt
     assert keys.get(SECRET) == DEV_KEY
     assert keys.get("any-other-secret") == DEV_KEY
     assert keys.refresh(SECRET) == DEV_KEY
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "shared.secrets"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "shared.config.secrets"]
     assert len(warnings) == 1
     assert "LOCAL_DEV_SENDGRID_API_KEY" in warnings[0].getMessage()
     assert "DEVELOPMENT ONLY" in warnings[0].getMessage()

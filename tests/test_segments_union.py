@@ -15,11 +15,11 @@ import pytest
 from azure.storage.blob import BlobLeaseClient
 
 from sendgrid_simulator import Simulator
-from shared.destinations import load_destinations
+from shared.config.destinations import load_destinations
 from shared.errors import ConfigurationError
-from shared.export_service import ExportService, reset_service
-from shared.sendgrid_client import SendGridClient
-from shared.sync_state import LeaseTooShort, SyncState
+from shared.sendgrid.client import SendGridClient
+from shared.service.export_service import ExportService, reset_service
+from shared.state.sync_state import LeaseTooShort, SyncState
 from tests.azurite import Azurite
 from tests.test_functions import (
     API_KEY,
@@ -413,10 +413,10 @@ def test_the_scheduled_refresh_has_the_platforms_retry() -> None:
 
 def test_storage_and_key_vault_clients_have_bounded_timeouts_and_retries(azurite: Azurite,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.secrets import ApiKeyProvider
-    from shared.storage import blob_service_from_settings
-    from shared.sync_state import LEASE_SECONDS
-    from shared.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS
+    from shared.config.secrets import ApiKeyProvider
+    from shared.config.storage import blob_service_from_settings
+    from shared.config.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS
+    from shared.state.sync_state import LEASE_SECONDS
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     client = blob_service_from_settings()

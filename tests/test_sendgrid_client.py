@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from sendgrid_simulator import Simulator
-from shared.batching import batches
+from shared.config.secrets import ApiKeyProvider
 from shared.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -29,8 +29,8 @@ from shared.errors import (
     SendGridError,
     TransientFailure,
 )
-from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import RetryPolicy, SendGridClient
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.staging.batching import batches
 from tests.keyvault_standin import KeyVaultStandIn, keyvault
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, require_openapi, running_simulator
 

@@ -10,8 +10,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.errors import SegmentFileError
-from shared.readers import open_segment
-from shared.sources import BlobContainerSource, LocalDirSource, source_for
+from shared.source.readers import open_segment
+from shared.source.sources import BlobContainerSource, LocalDirSource, source_for
 from tests.azurite import Azurite
 
 

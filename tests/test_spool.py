@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared import spool as spool_module
-from shared.spool import Spool
+from shared.staging import spool as spool_module
+from shared.staging.spool import Spool
 
 
 def _fill(spool: Spool, emails: list[str]) -> None:

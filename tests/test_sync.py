@@ -40,15 +40,15 @@ from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClie
 
 from sendgrid_simulator import Simulator
 from shared.cli import main as cli_main
-from shared.destinations import Destination, DestinationsDocument
-from shared.engine import ExportOptions
-from shared.export_service import ExportService
-from shared.run_report import RunReport
-from shared.secrets import ApiKeyProvider
-from shared.sendgrid_client import RetryPolicy, SendGridClient
-from shared.settings import AppSettings
-from shared.spool import email_key, fingerprint
-from shared.sync_state import DestinationBusy, LockLost, SyncState
+from shared.config.destinations import Destination, DestinationsDocument
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings
+from shared.pipeline.engine import ExportOptions
+from shared.pipeline.report import RunReport
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.service.export_service import ExportService
+from shared.staging.spool import email_key, fingerprint
+from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 from tests.azurite import Azurite
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
 
@@ -316,9 +316,9 @@ def test_a_mirror_run_with_unreadable_rows_sends_changes_but_removes_nobody(env:
 
 CRASH_AFTER_SECOND_BATCH = """
 import os, signal, sys
-import shared.sync_state as sync_state
-from shared.engine import ExportOptions
-from shared.export_service import ExportService
+import shared.state.sync_state as sync_state
+from shared.pipeline.engine import ExportOptions
+from shared.service.export_service import ExportService
 
 sync_state.LEASE_SECONDS = 15  # the shortest lease Blob Storage grants: the test waits for it to expire
 record = sync_state.SyncState.batch_accepted
@@ -580,7 +580,7 @@ def test_a_second_run_of_a_destination_is_refused_while_the_first_holds_the_lock
 
 def test_a_triggered_run_waits_for_the_running_export_of_its_destination(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.sync_state.LOCK_POLL_SECONDS", 0.2)
+    monkeypatch.setattr("shared.state.sync_state.LOCK_POLL_SECONDS", 0.2)
     first_rows, second_rows = profiles(20), profiles(5, prefix="w")
     first_blob, second_blob = env.upload(first_rows), env.upload(second_rows)
     env.sim.latency = 0.15

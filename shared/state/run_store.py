@@ -21,8 +21,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 
-from shared.rejects import RejectsFile
-from shared.run_report import utc_now
+from shared.pipeline.report import utc_now
+from shared.staging.rejects import RejectsFile
 
 log = logging.getLogger(__name__)
 

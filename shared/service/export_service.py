@@ -23,19 +23,19 @@ from typing import Any
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from shared.destinations import Destination, DestinationsDocument, load_destinations
-from shared.engine import ExportOptions, ExportResult, describe_sources, export_segments
+from shared.config.destinations import Destination, DestinationsDocument, load_destinations
+from shared.config.secrets import ApiKeyProvider
+from shared.config.settings import AppSettings, setting
+from shared.config.storage import blob_service_from_settings, segments_blob_service_from_settings
+from shared.config.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
 from shared.errors import ConfigurationError, ExportError, NotFound
-from shared.run_report import RunReport
-from shared.run_store import RunStore
-from shared.secrets import ApiKeyProvider
-from shared.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_model_json, is_segment_entry
-from shared.sendgrid_client import ImportJob, SendGridClient
-from shared.settings import AppSettings, setting
-from shared.sources import BlobContainerSource
-from shared.storage import blob_service_from_settings, segments_blob_service_from_settings
-from shared.sync_state import DestinationBusy, SyncState
-from shared.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
+from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
+from shared.pipeline.report import RunReport
+from shared.sendgrid.client import ImportJob, SendGridClient
+from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_model_json, is_segment_entry
+from shared.source.sources import BlobContainerSource
+from shared.state.run_store import RunStore
+from shared.state.sync_state import DestinationBusy, SyncState
 
 __all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
 
@@ -166,7 +166,7 @@ class ExportService:
     # -- finding files --------------------------------------------------------------------------------
 
     def current_files(self, destination: Destination) -> list[SegmentFile]:
-        """The file each of the destination's segments is read from now (see shared.segment_files)."""
+        """The file each of the destination's segments is read from now (see shared.source.segment_files)."""
         return self.catalog.current_files(destination)
 
     def latest_segment(self, destination: Destination) -> str | None:

@@ -20,13 +20,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import SegmentFileError
-from shared.readers.base import ProjectedRow, SegmentReader
-from shared.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
-from shared.readers.decoding import EmptyFileError
-from shared.readers.options import ReaderOptions
-from shared.readers.text_encoding import encoding_problem
-from shared.records import Record
-from shared.sources import BlobContainerSource, ByteSource
+from shared.source.readers.base import ProjectedRow, SegmentReader
+from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
+from shared.source.readers.decoding import EmptyFileError
+from shared.source.readers.options import ReaderOptions
+from shared.source.readers.text_encoding import encoding_problem
+from shared.source.records import Record
+from shared.source.sources import BlobContainerSource, ByteSource
 
 MODEL_JSON = "model.json"
 MAX_MODEL_BYTES = 32 << 20

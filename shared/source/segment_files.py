@@ -17,9 +17,9 @@ from datetime import datetime
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from shared.destinations import Destination, DestinationsDocument
+from shared.config.destinations import Destination, DestinationsDocument
 from shared.errors import SegmentFileError
-from shared.readers.cdm_reader import MODEL_JSON
+from shared.source.readers.cdm_reader import MODEL_JSON
 
 DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 
 from azure.core.exceptions import AzureError
 
-from shared.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Batch, batches
-from shared.contact_mapping import ContactMapper, MappedContact, Rejection, missing_columns, resolve_custom_fields
-from shared.destinations import Destination
-from shared.email_rules import normalise_email
+from shared.config.destinations import Destination
+from shared.config.time_budgets import CHANGE_SHARE_OF_LEASE
 from shared.errors import (
     ConfigurationError,
     ExportError,
@@ -30,16 +28,24 @@ from shared.errors import (
     SegmentFileError,
     SendGridError,
 )
-from shared.readers import ReaderOptions, open_segment
-from shared.readers.base import KEYS_SEEN_KEPT
-from shared.rejects import RejectsFile
-from shared.run_report import BatchResult, RejectedRow, RunReport, SegmentPart, TruncatedField
-from shared.segment_files import SegmentFile, is_model_json
-from shared.sendgrid_client import ImportJob, SendGridClient, redact
-from shared.sources import ByteSource
-from shared.spool import Spool, email_key
-from shared.sync_state import LockLost, SetAside, Snapshot, SyncState
-from shared.time_budgets import CHANGE_SHARE_OF_LEASE
+from shared.mapping.contact_mapping import (
+    ContactMapper,
+    MappedContact,
+    Rejection,
+    missing_columns,
+    resolve_custom_fields,
+)
+from shared.mapping.email_rules import normalise_email
+from shared.pipeline.report import BatchResult, RejectedRow, RunReport, SegmentPart, TruncatedField
+from shared.sendgrid.client import ImportJob, SendGridClient, redact
+from shared.source.readers import ReaderOptions, open_segment
+from shared.source.readers.base import KEYS_SEEN_KEPT
+from shared.source.segment_files import SegmentFile, is_model_json
+from shared.source.sources import ByteSource
+from shared.staging.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST, Batch, batches
+from shared.staging.rejects import RejectsFile
+from shared.staging.spool import Spool, email_key
+from shared.state.sync_state import LockLost, SetAside, Snapshot, SyncState
 
 log = logging.getLogger(__name__)
 

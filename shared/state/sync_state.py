@@ -39,14 +39,14 @@ from typing import Any
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
-from shared.spool import email_key
-from shared.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS, LEASE_MARGIN_SECONDS
+from shared.config.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS, LEASE_MARGIN_SECONDS
+from shared.staging.spool import email_key
 
 log = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 5.0
 LEASE_SECONDS = 60  # Blob Storage allows 15-60 s (or infinite, which a dead run would never give back)
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v2"  # v2: xxh3 keys and fingerprints (shared.spool)
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v2"  # v2: xxh3 keys and fingerprints (shared.staging.spool)
 V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten as v2 when first loaded
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.errors import ConfigurationError
-from shared.readers.text_encoding import encoding_problem
+from shared.source.readers.text_encoding import encoding_problem
 
 ALLOWED_DELIMITERS = (",", ";", "|", "\t", ":")
 GIB = 1 << 30

@@ -5,9 +5,9 @@ from __future__ import annotations
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.blob import BlobServiceClient
 
+from shared.config.settings import setting
+from shared.config.time_budgets import STORAGE_CLIENT_OPTIONS, storage_retry
 from shared.errors import ConfigurationError
-from shared.settings import setting
-from shared.time_budgets import STORAGE_CLIENT_OPTIONS, storage_retry
 
 
 def blob_service_from_settings() -> BlobServiceClient:

@@ -9,9 +9,9 @@ A file that cannot be read at all raises SegmentFileError; a single unusable row
 `error` set (and empty fields), so the engine can reject it and go on.
 """
 
-from shared.readers.base import SegmentReader
-from shared.readers.cdm_reader import MODEL_JSON, cdm_partition_names
-from shared.readers.dispatch import kind_of, open_segment
-from shared.readers.options import ReaderOptions
+from shared.source.readers.base import SegmentReader
+from shared.source.readers.cdm_reader import MODEL_JSON, cdm_partition_names
+from shared.source.readers.dispatch import kind_of, open_segment
+from shared.source.readers.options import ReaderOptions
 
 __all__ = ["MODEL_JSON", "ReaderOptions", "SegmentReader", "cdm_partition_names", "kind_of", "open_segment"]

@@ -10,7 +10,7 @@ from dataclasses import fields
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from shared.records import Record
+from shared.source.records import Record
 
 # One row as the engine maps it: (source, row, the values of the columns asked for, in their order, None where
 # the row lacks one, empty when the row is unusable; the reason it is unusable, or None).

@@ -15,9 +15,9 @@ import zlib
 from typing import Any, BinaryIO
 
 from shared.errors import SegmentFileError
-from shared.readers.options import ReaderOptions
-from shared.readers.text_encoding import ESCAPE
-from shared.sources import ByteSource
+from shared.source.readers.options import ReaderOptions
+from shared.source.readers.text_encoding import ESCAPE
+from shared.source.sources import ByteSource
 
 GZIP_MAGIC = b"\x1f\x8b"
 _HEAD = 16

@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlsplit
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
+from shared.config.settings import setting
+from shared.config.time_budgets import DOWNLOAD_CALL_OPTIONS
 from shared.errors import SegmentFileError
-from shared.settings import setting
-from shared.time_budgets import DOWNLOAD_CALL_OPTIONS
 
 
 class ByteSource(Protocol):

@@ -19,11 +19,11 @@ from operator import itemgetter
 from typing import Literal, TypeVar
 
 from shared.errors import SegmentFileError
-from shared.readers.base import SURROGATES, ProjectedRow, SegmentReader, make_record
-from shared.readers.decoding import EmptyFileError, TextStream, open_text
-from shared.readers.options import ALLOWED_DELIMITERS, ReaderOptions
-from shared.records import Record
-from shared.sources import ByteSource
+from shared.source.readers.base import SURROGATES, ProjectedRow, SegmentReader, make_record
+from shared.source.readers.decoding import EmptyFileError, TextStream, open_text
+from shared.source.readers.options import ALLOWED_DELIMITERS, ReaderOptions
+from shared.source.records import Record
+from shared.source.sources import ByteSource
 
 HeaderMode = Literal["first-row", "none", "auto"]
 

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared.errors import SegmentFileError
-from shared.readers.base import SURROGATES, SegmentReader, make_record
-from shared.readers.decoding import EmptyFileError, TextStream, open_text
-from shared.readers.options import ReaderOptions
-from shared.records import Record
-from shared.sources import ByteSource
+from shared.source.readers.base import SURROGATES, SegmentReader, make_record
+from shared.source.readers.decoding import EmptyFileError, TextStream, open_text
+from shared.source.readers.options import ReaderOptions
+from shared.source.records import Record
+from shared.source.sources import ByteSource
 
 
 class _Number(str):

@@ -28,7 +28,8 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
     ),
     "SEGMENTS_STORAGE__blobServiceUri": (True, "Blob endpoint of the segments account (identity-based)."),
     "SEGMENTS_STORAGE__queueServiceUri": (
-        False, "Queue endpoint for the blob trigger's poison queue (read by the host; infra/ uses the app's own account)."),
+        False, "Queue endpoint for the blob trigger's poison queue (read by the host; infra/ uses the app's "
+               "own account)."),
     "SEGMENTS_STORAGE__credential": (True, "'managedidentity' in Azure (the segments connection)."),
     "SEGMENTS_STORAGE__clientId": (True, "Client ID of the managed identity reading the segments account."),
     "SEGMENTS_CONTAINER": (True, "Container the customer-data platform writes segment files into."),
@@ -50,7 +51,7 @@ DEFAULT_SENDGRID_BASE_URL = "https://api.sendgrid.com"
 def setting(name: str, default: str | None = None) -> str | None:
     """Read one app setting; the name must be declared in APP_SETTINGS so none goes undocumented."""
     if name not in APP_SETTINGS:
-        raise KeyError(f"undeclared app setting {name!r}: add it to shared.settings.APP_SETTINGS")
+        raise KeyError(f"undeclared app setting {name!r}: add it to shared.config.settings.APP_SETTINGS")
     value = os.environ.get(name)
     return value if value not in (None, "") else default
 

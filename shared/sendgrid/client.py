@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 
-from shared.contact_mapping import CustomField
 from shared.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -39,6 +38,7 @@ from shared.errors import (
     SendGridError,
     TransientFailure,
 )
+from shared.mapping.contact_mapping import CustomField
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class SendGridClient:
     # -- endpoints ---------------------------------------------------------------------------------
 
     def upsert_contacts(self, body: bytes) -> str:
-        """PUT a prepared body (see shared.batching); returns the import job ID."""
+        """PUT a prepared body (see shared.staging.batching); returns the import job ID."""
         response = self._request("PUT", "/v3/marketing/contacts", content=body, idempotent=False, changes=True)
         job_id = _answer(response).get("job_id")
         if not isinstance(job_id, str) or not job_id:

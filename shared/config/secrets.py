@@ -35,9 +35,9 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError, DefaultAzureCredential, ManagedIdentityCredential
 from azure.keyvault.secrets import SecretClient
 
+from shared.config.settings import setting
+from shared.config.time_budgets import KEY_VAULT_CLIENT_OPTIONS
 from shared.errors import ConfigurationError, SecretUnavailable
-from shared.settings import setting
-from shared.time_budgets import KEY_VAULT_CLIENT_OPTIONS
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from shared.errors import SegmentFileError
-from shared.readers.base import SegmentReader
-from shared.readers.cdm_reader import MODEL_JSON, CdmReader
-from shared.readers.csv_reader import CsvLayout, CsvSegmentReader
-from shared.readers.decoding import content_head
-from shared.readers.jsonl_reader import JsonLinesReader
-from shared.readers.options import ReaderOptions
-from shared.sources import ByteSource
+from shared.source.readers.base import SegmentReader
+from shared.source.readers.cdm_reader import MODEL_JSON, CdmReader
+from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader
+from shared.source.readers.decoding import content_head
+from shared.source.readers.jsonl_reader import JsonLinesReader
+from shared.source.readers.options import ReaderOptions
+from shared.source.sources import ByteSource
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")

@@ -15,9 +15,9 @@ from datetime import date, datetime
 from json.encoder import encode_basestring
 from typing import Literal
 
-from shared.destinations import Destination
-from shared.email_rules import normalise_email
+from shared.config.destinations import Destination
 from shared.errors import ConfigurationError
+from shared.mapping.email_rules import normalise_email
 
 # SendGrid's ContactRequest maxLength values (../shared/sendgrid/tsg_mc_contacts_v3.json).
 FIELD_MAX_LENGTHS: dict[str, int] = {

@@ -16,7 +16,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigurationError
-from shared.readers.cdm_reader import MODEL_JSON
+from shared.source.readers.cdm_reader import MODEL_JSON
 
 # SendGrid reserved contact fields this app can fill from a column (ContactRequest in the OpenAPI file).
 RESERVED_FIELDS: frozenset[str] = frozenset({

@@ -1,0 +1,1 @@
+"""A row as a SendGrid contact, or the reason it cannot be one: field mapping and email rules."""

@@ -1,0 +1,1 @@
+"""A SendGrid Marketing Contacts client on httpx. Imports nothing else of this app: only its own types."""

@@ -1,0 +1,1 @@
+"""Contacts between reading and sending: the spool on disk, the rejects file, batches within SendGrid's limits."""

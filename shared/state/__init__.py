@@ -1,0 +1,1 @@
+"""What runs leave in the runs container: the lock, the snapshot, the checkpoint, reports and receipts."""
