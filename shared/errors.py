@@ -1,4 +1,20 @@
-"""Exceptions that carry what the caller needs to act on them, and never a secret or personal data."""
+"""The app's own exceptions: each carries what the caller needs to act on it, never a secret or personal data.
+
+Grouped by what the caller does (a bad row is no exception: it is rejected, with its reason, in the report):
+
+    ExportError                  the run cannot go on; its report says `failed` (or `refused`) and why
+    ├── terminal: fix the configuration or the file, then run again
+    │   ├── ConfigurationError   app settings or the destinations document (`field` names what)
+    │   ├── SegmentFileError     a file that cannot be read at all (file, row, reason)
+    │   │   └── EmptyFileError   (shared.source.readers.decoding) an empty file
+    │   ├── ProfileCapExceeded   more profiles than `max_profiles`
+    │   └── SendGridRefused      SendGrid refused what the run needs first (key, scope, list)
+    ├── either: SecretUnavailable  Key Vault unreachable (transient) or the secret missing (terminal)
+    └── RunRefused / RequestRejected (shared.service): the run would leave the list wrong; nothing was sent
+
+Elsewhere, each where it is raised: shared.sendgrid.errors (SendGrid's answers: terminal, skippable or
+transient), shared.state.lock (LockLost, DestinationBusy: another run holds the destination, retry later).
+"""
 
 from __future__ import annotations
 
@@ -38,40 +54,9 @@ class ProfileCapExceeded(ExportError):
         )
 
 
-class SendGridError(ExportError):
-    """SendGrid refused a request; `status` and `hint` say what to fix. Never includes the API key."""
-
-    def __init__(self, message: str, *, status: int | None = None, hint: str = "",
-                 errors: list[dict[str, str]] | None = None) -> None:
-        self.status = status
-        self.hint = hint
-        self.errors = errors or []
-        text = message if not hint else f"{message} ({hint})"
-        super().__init__(text)
-
-
-class AuthenticationError(SendGridError):
-    """401: the API key is wrong, expired or revoked (re-read it from Key Vault once, then give up)."""
-
-
-class PermissionDenied(SendGridError):
-    """403: the API key lacks the Marketing scopes this app needs."""
-
-
-class NotFound(SendGridError):
-    """404: an unknown list ID, import job or contact."""
-
-
-class InvalidRequest(SendGridError):
-    """400: SendGrid rejected the body; `errors` holds its field/message pairs."""
-
-
-class RateLimitExhausted(SendGridError):
-    """429s went on past the client's wait budget."""
-
-
-class TransientFailure(SendGridError):
-    """5xx, timeouts or dropped connections went on past the retry budget; the batch was not accepted."""
+class SendGridRefused(ExportError):
+    """What a run needs from SendGrid before it sends anything was refused (a bad key, a missing scope, no
+    such list): `cause` is the shared.sendgrid.errors exception, whose message this carries."""
 
 
 class SecretUnavailable(ExportError):

@@ -454,9 +454,9 @@ def test_base64_destinations_round_trip_through_azd_substitution() -> None:
 def test_queue_and_containers_match_the_code() -> None:
     storage = _code(INFRA / "app" / "storage.bicep")
     main = _code(MAIN)
-    export_service = (ROOT / "shared" / "export_service.py").read_text(encoding="utf-8")
-    queue = re.search(r'^EXPORT_QUEUE\s*=\s*"([^"]+)"', export_service, flags=re.MULTILINE)
-    assert queue and _param_default(storage, "exportQueueName") == queue.group(1)
+    from shared.service.export_service import EXPORT_QUEUE
+
+    assert _param_default(storage, "exportQueueName") == EXPORT_QUEUE
     assert _param_default(main, "segmentsContainerName") == "segments"
     assert _param_default(main, "runsContainerName") == "export-runs"
 

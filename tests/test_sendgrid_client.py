@@ -20,7 +20,8 @@ import pytest
 
 from sendgrid_simulator import Simulator
 from shared.config.secrets import ApiKeyProvider
-from shared.errors import (
+from shared.sendgrid.client import RetryPolicy, SendGridClient
+from shared.sendgrid.errors import (
     AuthenticationError,
     InvalidRequest,
     NotFound,
@@ -29,7 +30,6 @@ from shared.errors import (
     SendGridError,
     TransientFailure,
 )
-from shared.sendgrid.client import RetryPolicy, SendGridClient
 from shared.staging.batching import batches
 from tests.keyvault_standin import KeyVaultStandIn, keyvault
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, require_openapi, running_simulator

@@ -580,7 +580,7 @@ def test_a_second_run_of_a_destination_is_refused_while_the_first_holds_the_lock
 
 def test_a_triggered_run_waits_for_the_running_export_of_its_destination(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.state.sync_state.LOCK_POLL_SECONDS", 0.2)
+    monkeypatch.setattr("shared.state.lock.LOCK_POLL_SECONDS", 0.2)
     first_rows, second_rows = profiles(20), profiles(5, prefix="w")
     first_blob, second_blob = env.upload(first_rows), env.upload(second_rows)
     env.sim.latency = 0.15

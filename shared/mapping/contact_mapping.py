@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from json.encoder import encode_basestring
-from typing import Literal
 
 from shared.config.destinations import Destination
 from shared.errors import ConfigurationError
 from shared.mapping.email_rules import normalise_email
+from shared.sendgrid.models import CustomField
 
 # SendGrid's ContactRequest maxLength values (../shared/sendgrid/tsg_mc_contacts_v3.json).
 FIELD_MAX_LENGTHS: dict[str, int] = {
@@ -37,17 +37,10 @@ MAX_ALTERNATE_EMAILS = 5
 # SendGrid documents a 1,000-character limit for Text custom field values.
 CUSTOM_TEXT_MAX_LENGTH = 1000
 
-CustomFieldType = Literal["Text", "Number", "Date"]
 _ALTERNATE_SPLIT = re.compile(r"[;,\s]+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _quote = encode_basestring  # JSON string literal (C implementation), non-ASCII kept as UTF-8 like SendGrid's
 MAX_NUMBER = 1.7976931348623157e308  # the largest double; SendGrid stores Number fields as doubles
-
-
-@dataclass(frozen=True, slots=True)
-class CustomField:
-    id: str
-    field_type: CustomFieldType
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ class ApiKeyAuth(httpx.Auth):
         return "ApiKeyAuth(<key>)"
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._api_key}"
+        _bearer(request, self._api_key)
         response = yield request
         if response.status_code != 401 or self._reread is None:
             return
@@ -31,5 +31,12 @@ class ApiKeyAuth(httpx.Auth):
         if fresh and fresh != self._api_key:
             log.info("SendGrid answered 401; retrying once with the key re-read from Key Vault")
             self._api_key = fresh
-            request.headers["Authorization"] = f"Bearer {fresh}"
+            _bearer(request, fresh)
             yield request
+
+
+def _bearer(request: httpx.Request, key: str) -> None:
+    """Set the header; a key that is not ASCII raises UnicodeEncodeError (which quotes no key) before any
+    request is sent, as httpx's own header encoding would for a header given to the request directly."""
+    key.encode("ascii")
+    request.headers["Authorization"] = f"Bearer {key}"

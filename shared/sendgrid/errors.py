@@ -45,10 +45,12 @@ class SendGridError(Exception):
         pattern = re.compile(rf"{name}\[(\d+)\]\.?([\w.]*)")
         named: dict[int, tuple[str, str]] = {}
         for error in self.errors:
-            where = f"{error.get('field') or ''} {error.get('message', '')}" if in_messages else error.get("field") or ""
+            where = error.get("field") or ""
+            if in_messages:
+                where = f"{where} {error.get('message', '')}"
             for match in pattern.finditer(where):
                 position = int(match.group(1))
-                if position < count and position not in named:
+                if position < count:  # the last error naming an item wins
                     named[position] = (match.group(2), redact(error.get("message") or "refused"))
         return named
 

@@ -28,14 +28,15 @@ from shared.config.secrets import ApiKeyProvider
 from shared.config.settings import AppSettings, setting
 from shared.config.storage import blob_service_from_settings, segments_blob_service_from_settings
 from shared.config.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
-from shared.errors import ConfigurationError, ExportError, NotFound
+from shared.errors import ConfigurationError, ExportError
 from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
 from shared.pipeline.report import RunReport
 from shared.sendgrid.client import ImportJob, SendGridClient
+from shared.sendgrid.errors import NotFound, SendGridError
 from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_model_json, is_segment_entry
 from shared.source.sources import BlobContainerSource
 from shared.state.run_store import RunStore
-from shared.state.sync_state import DestinationBusy, SyncState
+from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 
 __all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
 
@@ -298,7 +299,7 @@ class ExportService:
                 client = self.client_for(destination)
             result = export_segments(destination, source, files, client, run_id=run_id, options=options, sync=sync)
             if sync is not None and result.report.status in ("succeeded", "partial"):
-                with contextlib.suppress(AzureError):  # informational: what the list now reflects
+                with contextlib.suppress(AzureError, LockLost):  # informational: what the list now reflects
                     sync.record_sources(files)
         except DestinationBusy as exc:
             report = self._blank_report(destination, run_id, blob_name or "(current segment files)")
@@ -436,7 +437,7 @@ class ExportService:
         try:
             with self.client_for(destination) as client:
                 final = {job_id: job for job_id in open_jobs if (job := self._job(client, job_id)).is_final}
-        except ExportError as exc:
+        except (ExportError, SendGridError) as exc:
             # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
             log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
                         run_id, exc)

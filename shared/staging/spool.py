@@ -16,29 +16,15 @@ from array import array
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from xxhash import xxh3_64_intdigest
+from shared.state.keys import SIGNED, email_key, fingerprint, xxh3
 
 _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _WRITE_EVERY = 1024  # contacts per write to the spool file
 _pread = getattr(os, "pread", None)
-_SIGNED = 1 << 63  # xxh3 gives 0..2**64-1; arrays of "q" hold signed 64-bit values
-_xxh3 = xxh3_64_intdigest
+_SIGNED = SIGNED
+_xxh3 = xxh3  # email_key() and fingerprint() are inlined in Spool.add, which runs once per contact
 
-
-def email_key(email: str) -> int:
-    """A stable signed 64-bit key for an email: the same in every process and on every machine (unlike
-    hash()), as the snapshot keeps keys across runs.
-
-    xxh3 is not a cryptographic hash, and need not be: no 64-bit digest resists a forged collision
-    (2**32 tries), so nothing relies on that. Where two people could be confused (duplicates), the real
-    emails are compared. It costs a sixth of blake2b's call for a short string, which a million rows feel.
-    """
-    return _xxh3(email.encode()) - _SIGNED
-
-
-def fingerprint(body: bytes) -> int:
-    """A stable signed 64-bit digest of a contact's JSON: equal fingerprints mean nothing changed."""
-    return _xxh3(body) - _SIGNED
+__all__ = ["Spool", "email_key", "fingerprint"]
 
 
 class Spool:
