@@ -44,7 +44,7 @@ def _destinations(config: str | None) -> DestinationsDocument:
     return load_destinations(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "(default: every segment's current file)")
     sync.add_argument("--full", action="store_true", help="re-send every contact, not only new and changed ones")
     sync.add_argument("--report", help="also write the run report to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "sync":
         return _sync(args.destination, args.blob, full=args.full, report_path=args.report)

@@ -22,7 +22,7 @@ LAYER = {"cli": 7, "service": 6, "pipeline": 5, "mapping": 4, "staging": 4,
 MAX_MODULE_LINES = 320  # "about 300"
 MAX_FUNCTION_LINES = 60
 # Functions allowed past MAX_FUNCTION_LINES, each with the reason written at its top.
-LONG_ON_PURPOSE: set[str] = {"shared/cli.py:main", "shared/state/snapshot.py:write_snapshot"}
+LONG_ON_PURPOSE: set[str] = {"shared/state/snapshot.py:write_snapshot"}
 
 
 def modules() -> list[Path]:

@@ -37,7 +37,7 @@ from shared.pipeline.report import MAX_REPORTED_DETAILS
 from shared.sendgrid.client import RetryPolicy, SendGridClient
 from shared.service.export_service import ExportService
 from shared.source.sources import LocalDirSource
-from shared.staging.rejects import REJECTS_HEADER
+from shared.state.rejects import REJECTS_HEADER
 from tests.azurite import Azurite
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
 

@@ -16,7 +16,10 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigurationError
-from shared.source.readers.cdm_reader import MODEL_JSON
+
+# The fixed name of a CDM folder's manifest: a Customer Insights export's model.json serves the destinations
+# configured for its table folders (shared.source.readers.cdm_reader reads it).
+MODEL_JSON = "model.json"
 
 # SendGrid reserved contact fields this app can fill from a column (ContactRequest in the OpenAPI file).
 RESERVED_FIELDS: frozenset[str] = frozenset({

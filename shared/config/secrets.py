@@ -11,19 +11,14 @@ the secret and the vault, nothing more.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlparse
 
 from azure.core.credentials import (
-    AccessToken,
-    AccessTokenInfo,
-    SupportsTokenInfo,
     TokenCredential,
-    TokenRequestOptions,
 )
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -35,14 +30,18 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError, DefaultAzureCredential, ManagedIdentityCredential
 from azure.keyvault.secrets import SecretClient
 
+from shared.config.credentials import (
+    TokenUnavailable,
+    guard_credential,
+    reject_unresolved_reference,
+    running_in_azure,
+    usable_api_key,
+)
 from shared.config.settings import setting
 from shared.config.time_budgets import KEY_VAULT_CLIENT_OPTIONS
 from shared.errors import ConfigurationError, SecretUnavailable
 
 log = logging.getLogger(__name__)
-
-# What an app setting holds when App Service could not resolve a Key Vault reference.
-UNRESOLVED_REFERENCE_PREFIX = "@Microsoft.KeyVault("
 
 # Key Vault object names: 1-127 alphanumerics and dashes. Checked here so a typo in the destinations
 # document gives a clear error instead of an odd URL.
@@ -52,79 +51,6 @@ GRANT_HINT = (
     "grant the app's identity Key Vault Secrets User on the vault "
     "(role 4633458b-17de-408a-b874-0445c86b69e6; on a vault using access policies: the 'get' secret permission)"
 )
-
-
-def _running_in_azure() -> bool:
-    """True on an App Service / Functions instance with a managed identity endpoint.
-
-    These are platform-provided environment variables, not app settings, so they are read directly.
-    """
-    return bool(os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("WEBSITE_INSTANCE_ID"))
-
-
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what a bearer token can hold
-
-
-def usable_api_key(value: str, where: str) -> str:
-    """The key without surrounding whitespace (`az keyvault secret set --file` keeps a trailing newline).
-
-    A key with a control or non-ASCII character inside cannot go into an HTTP header, and httpx's error for it
-    quotes the whole header: refuse it here with a message that never contains the value.
-    """
-    key = value.strip()
-    if not _HEADER_SAFE.fullmatch(key):
-        raise SecretUnavailable(f"{where} is not a usable SendGrid API key: it contains spaces, control or "
-                                "non-ASCII characters; store the key alone, as SendGrid showed it")
-    return key
-
-
-def _reject_unresolved_reference(name: str, value: str | None) -> None:
-    if value is not None and value.strip().startswith(UNRESOLVED_REFERENCE_PREFIX):
-        raise ConfigurationError(
-            "holds an unresolved Key Vault reference (@Microsoft.KeyVault(...)): App Service could not read "
-            "the secret. Check the reference's SecretUri and that the app's identity may read the vault "
-            "(Key Vault Secrets User), or set KEY_VAULT_URL and let the app read the secret itself",
-            field=name,
-        )
-
-
-class _TokenUnavailable(ClientAuthenticationError):
-    """The credential failed (not the vault): raised through the SDK pipeline so the two can be told apart."""
-
-
-class _CredentialGuard:
-    """Wraps the credential so a failure to get a token is not mistaken for a vault failure.
-
-    Without it, an unreachable identity endpoint surfaces as the same ServiceRequestError as an
-    unreachable vault, and the operator would be sent to check the vault's network rules.
-    """
-
-    def __init__(self, inner: TokenCredential) -> None:
-        self._inner = inner
-
-    def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
-                  enable_cae: bool = False, **kwargs: Any) -> AccessToken:
-        try:
-            return self._inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae,
-                                         **kwargs)
-        except Exception as exc:
-            raise _TokenUnavailable(type(exc).__name__) from exc
-
-
-class _TokenInfoCredentialGuard(_CredentialGuard):
-    """The same for credentials with `get_token_info`, which the SDK prefers when it exists."""
-
-    def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
-        try:
-            return cast(SupportsTokenInfo, self._inner).get_token_info(*scopes, options=options)
-        except Exception as exc:
-            raise _TokenUnavailable(type(exc).__name__) from exc
-
-
-def _guard(credential: TokenCredential) -> TokenCredential:
-    if hasattr(credential, "get_token_info"):
-        return _TokenInfoCredentialGuard(credential)
-    return _CredentialGuard(credential)
 
 
 class ApiKeyProvider:
@@ -190,11 +116,11 @@ class ApiKeyProvider:
         dev_fallback = setting("LOCAL_DEV_SENDGRID_API_KEY")
         for name, value in (("KEY_VAULT_URL", vault_url), ("AZURE_CLIENT_ID", client_id),
                             ("LOCAL_DEV_SENDGRID_API_KEY", dev_fallback)):
-            _reject_unresolved_reference(name, value)
+            reject_unresolved_reference(name, value)
 
         credential: TokenCredential | None = None
         if vault_url:
-            if client_id and _running_in_azure():
+            if client_id and running_in_azure():
                 credential = ManagedIdentityCredential(client_id=client_id)
             else:
                 credential = DefaultAzureCredential(managed_identity_client_id=client_id)
@@ -285,7 +211,7 @@ class ApiKeyProvider:
                 if credential is None:
                     credential = self._credential = DefaultAzureCredential()
                 # Bounded retries and timeouts (the SDK's are minutes); a caller's own kwargs win.
-                self._client = SecretClient(self._vault_url, _guard(credential),
+                self._client = SecretClient(self._vault_url, guard_credential(credential),
                                             **{**KEY_VAULT_CLIENT_OPTIONS, **self._client_kwargs})
             return self._client
 
@@ -321,13 +247,13 @@ class ApiKeyProvider:
                 f"{what}: secret not found. Create it (az keyvault secret set --vault-name <vault> "
                 f"--name {secret_name} --value <key>) or fix the destination's api_key_secret"
             )
-        credential_error = exc.__cause__ if isinstance(exc, _TokenUnavailable) else None
+        credential_error = exc.__cause__ if isinstance(exc, TokenUnavailable) else None
         if isinstance(credential_error, CredentialUnavailableError):
             return SecretUnavailable(
                 f"{what}: no Azure credential available. In Azure, assign the user-assigned managed identity "
                 "to the app and set AZURE_CLIENT_ID to its client ID; locally, sign in with `az login`"
             )
-        if isinstance(exc, _TokenUnavailable):
+        if isinstance(exc, TokenUnavailable):
             return SecretUnavailable(
                 f"{what}: the app's credential could not get a token for Key Vault "
                 f"({type(credential_error).__name__}). Check the managed identity (AZURE_CLIENT_ID is its "

@@ -32,8 +32,8 @@ from shared.sendgrid.errors import SendGridError
 from shared.sendgrid.models import CustomField
 from shared.source.segment_files import SegmentFile, is_model_json
 from shared.source.sources import ByteSource
-from shared.staging.rejects import RejectsFile
 from shared.staging.spool import Spool
+from shared.state.rejects import RejectsFile
 from shared.state.sync_state import SyncState
 
 __all__ = ["ExportOptions", "ExportResult", "Outcome", "describe_sources", "export_segment", "export_segments",

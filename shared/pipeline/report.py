@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+from shared.state.run_store import utc_now
 
 MAX_REPORTED_DETAILS = 1000  # rejected rows, truncated fields and failed-job row ranges listed in a report
 MAX_REASON_KINDS = 100  # distinct (field, reason kind) counters; more fall into OTHER_REASONS
@@ -28,8 +29,6 @@ def reason_kind(reason: str) -> str:
     return _DIGITS.sub("#", reason)
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

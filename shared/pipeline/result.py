@@ -11,8 +11,8 @@ from shared.pipeline.report import BatchResult, RejectedRow, RunReport
 from shared.sendgrid.client import SendGridClient
 from shared.source.segment_files import SegmentFile
 from shared.staging.batching import MAX_BODY_BYTES, MAX_CONTACTS_PER_REQUEST
-from shared.staging.rejects import RejectsFile
 from shared.staging.spool import Spool
+from shared.state.rejects import RejectsFile
 from shared.state.sync_state import SyncState
 
 

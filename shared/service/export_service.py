@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
-import re
 import threading
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError
@@ -31,68 +24,31 @@ from shared.config.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
 from shared.errors import ConfigurationError, ExportError
 from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
 from shared.pipeline.report import RunReport
-from shared.sendgrid.client import ImportJob, SendGridClient
-from shared.sendgrid.errors import NotFound, SendGridError
-from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_model_json, is_segment_entry
+from shared.sendgrid.client import SendGridClient
+from shared.service import pending, queued, requests, triggers
+from shared.service.common import (
+    EXPORT_QUEUE,
+    RequestRejected,
+    RunRefused,
+    SupersededFile,
+    TriggerOutcome,
+    config_digest,
+    new_run_id,
+)
+from shared.service.pending import PENDING_BUDGET_SECONDS
+from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_segment_entry
 from shared.source.sources import BlobContainerSource
 from shared.state.run_store import RunStore
 from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 
-__all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "get_service", "is_segment_entry", "new_run_id"]
+__all__ = ["DATA_SUFFIXES", "EXPORT_QUEUE", "ExportService", "RequestRejected", "RunRefused", "SupersededFile",
+           "TriggerOutcome", "config_digest", "get_service", "is_segment_entry", "new_run_id", "reset_service"]
 
 TRIGGER_LOCK_WAIT = 300.0
 
 log = logging.getLogger(__name__)
 
-# A run on the lock's lease renews it every 20 s; a run waiting for the lock (up to 5 min) sees it held.
-KILLED_AFTER = timedelta(minutes=6)
-PENDING_BUDGET_SECONDS = 120.0  # the timer settles earlier runs' jobs for at most this long, then queues
 
-EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
-
-
-def config_digest(destination: Destination) -> str:
-    """What decides the bytes sent for a profile (how the file is read, how it is mapped): a change makes the
-    next export a full one, and never resumes a checkpoint of the old reading."""
-    relevant = destination.model_dump(include={"list_id", "field_mapping", "length_policy", "empty_values",
-                                               "file_format"},
-                                      mode="json")
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def new_run_id(destination: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{destination}-{stamp}-{uuid.uuid4().hex[:8]}"
-
-
-class SupersededFile(Exception):
-    """A trigger's file is no longer its segment's current one (events arrive out of order, runs wait)."""
-
-
-class RequestRejected(Exception):
-    """An on-demand request that cannot be taken: its HTTP status, message and details for the caller."""
-
-    def __init__(self, status: int, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
-
-
-_BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
-
-
-class RunRefused(ExportError):
-    """The run would leave the list wrong, so nothing is sent (its report says `refused`, and why)."""
-
-
-@dataclass
-class TriggerOutcome:
-    """What happened to a blob-triggered file: exported (report), skipped (reason)."""
-
-    blob_name: str
-    report: RunReport | None = None
-    skipped: str | None = None
 
 
 class ExportService:
@@ -180,83 +136,14 @@ class ExportService:
         return self.catalog.is_cdm_partition(destination, blob_name)
 
     def check_named_blob(self, destination: Destination, blob_name: object) -> str:
-        """A blob an on-demand request names for the destination, or RequestRejected saying what is wrong."""
-        if not isinstance(blob_name, str) or not blob_name or _BAD_BLOB.search(blob_name):
-            raise RequestRejected(400, "blob must be a path inside the segments container (no '..', URLs or other "
-                                       "containers)")
-        if not is_segment_entry(blob_name):
-            raise RequestRejected(400, "blob is not a segment file (a marker, manifest or unknown file type)")
-        if destination not in self.destinations.served_by(blob_name):
-            # Also under a nested prefix of another destination: the trigger gives such a file to that one.
-            raise RequestRejected(400, "blob is not this destination's segment file (not under its segment "
-                                       "prefixes, or under a longer prefix of another destination)",
-                                  prefixes=destination.segments)
-        if not is_model_json(blob_name) and self.is_cdm_partition(destination, blob_name):
-            raise RequestRejected(400, "blob is a CDM partition: export its model.json instead")
-        if not self.segments.get_blob_client(blob_name).exists():
-            raise RequestRejected(404, "no such blob in the segments container")
-        try:
-            self._files_of_run(destination, blob_name)
-        except RunRefused as exc:
-            raise RequestRejected(409, str(exc)) from None
-        return blob_name
+        """A blob an on-demand request names, or RequestRejected (see shared.service.requests)."""
+        return requests.check_named_blob(self, destination, blob_name)
 
     # -- running exports ------------------------------------------------------------------------------
 
     def handle_new_blob(self, blob_name: str, etag: str | None = None) -> list[TriggerOutcome]:
-        """Blob trigger: match the file to its destination(s), export it once per blob version each.
-
-        A data file has one destination (longest prefix); a CDM model.json may serve several (one per
-        table of a Customer Insights export, see DestinationsDocument.for_model_json).
-        """
-        if not is_segment_entry(blob_name):
-            return [TriggerOutcome(blob_name, skipped="not a segment file (marker, manifest or unknown type)")]
-        is_model = is_model_json(blob_name)
-        targets = self.destinations.served_by(blob_name)
-        if not targets:
-            return [TriggerOutcome(blob_name, skipped="no destination is configured for this path")]
-        if not is_model and self.is_cdm_partition(targets[0], blob_name):
-            return [TriggerOutcome(blob_name, skipped="CDM partition: exported when its model.json lands")]
-        if etag is None:
-            etag = str(self.segments.get_blob_client(blob_name).get_blob_properties().etag)
-        # One receipt per destination when a model.json serves several, so each is exported exactly once.
-        outcomes: list[TriggerOutcome] = []
-        crash: Exception | None = None
-        for destination in targets:
-            try:
-                outcomes.append(self._export_once(destination, blob_name, etag,
-                                                  scope=destination.name if len(targets) > 1 else ""))
-            except Exception as exc:  # the other destinations still export; the host's retry redoes this one
-                log.error("destination %s: export of %s crashed (%s)", destination.name, blob_name,
-                          type(exc).__name__)
-                crash = crash or exc
-        if crash is not None:
-            raise crash
-        return outcomes
-
-    def _export_once(self, destination: Destination, blob_name: str, etag: str, *, scope: str) -> TriggerOutcome:
-        run_id = new_run_id(destination.name)
-        state = SyncState(self.runs.container, destination.name, config_digest="")  # only to look at its lock
-        claim = self.runs.claim(blob_name, etag, run_id, scope, run_is_alive=state.held_by_a_run)
-        if claim is None:
-            return TriggerOutcome(blob_name, skipped="this version of the file was already exported")
-        try:
-            report = self.export(destination, None, run_id=run_id, lock_wait=self.trigger_lock_wait,
-                                 triggered_by=blob_name)
-        except SupersededFile as exc:
-            log.info("destination %s: %s skipped: %s", destination.name, blob_name, exc)
-            self.runs.complete(claim, "done", {"run_id": run_id, "status": "superseded"})
-            return TriggerOutcome(blob_name, skipped=f"{exc}; an older file would undo it")
-        except BaseException:
-            # Storage down, a crash, the host stopping us: the receipt must not say "running" for the host's
-            # retries of this blob version to find (they would skip it as done).
-            with contextlib.suppress(Exception):
-                self.runs.complete(claim, "failed", {"run_id": run_id, "status": "crashed"})
-            raise
-        self.runs.complete(claim, "failed" if report.status in ("failed", "refused") else "done",
-                           {"run_id": run_id, "status": report.status})
-        return TriggerOutcome(blob_name, report=report)
-
+        """Blob trigger: see shared.service.triggers."""
+        return triggers.handle_new_blob(self, blob_name, etag)
     def export(self, destination: Destination, blob_name: str | None = None, *, run_id: str, dry_run: bool = False,
                full: bool = False, lock_wait: float = 0.0, triggered_by: str | None = None) -> RunReport:
         """Run the destination once and persist its report (and rejected rows) in the runs container."""
@@ -301,20 +188,9 @@ class ExportService:
             if sync is not None and result.report.status in ("succeeded", "partial"):
                 with contextlib.suppress(AzureError, LockLost):  # informational: what the list now reflects
                     sync.record_sources(files)
-        except DestinationBusy as exc:
-            report = self._blank_report(destination, run_id, blob_name or "(current segment files)")
-            report.finish("refused", f"{exc}; this file was not exported (a new trigger of it, or the next "
-                                     "scheduled refresh of the latest file, will export it)")
-            result = ExportResult(report)
-        except RunRefused as exc:
-            report = self._blank_report(destination, run_id, describe_sources(source, files) if files else "")
-            report.finish("refused", str(exc))
-            result = ExportResult(report)
-        except ExportError as exc:
-            report = self._blank_report(destination, run_id, describe_sources(source, files) if files
-                                        else blob_name or "(current segment files)", dry_run=dry_run)
-            report.finish("failed", str(exc))
-            result = ExportResult(report)
+        except (DestinationBusy, ExportError) as exc:
+            where = describe_sources(source, files) if files else blob_name or "(current segment files)"
+            result = ExportResult(self._stopped_report(destination, run_id, where, exc, dry_run=dry_run))
         finally:
             if client is not None:
                 client.close()
@@ -346,6 +222,20 @@ class ExportService:
                                  "blob), or re-upload the older file to make it current; nothing was sent")
         return [named.get(f.segment, f) for f in files]
 
+    def _stopped_report(self, destination: Destination, run_id: str, where: str, exc: Exception, *,
+                        dry_run: bool) -> RunReport:
+        """The report of a run that stopped before it sent anything: refused (busy, would undo) or failed."""
+        report = self._blank_report(destination, run_id, where, dry_run=dry_run and not isinstance(exc, RunRefused))
+        if isinstance(exc, DestinationBusy):
+            report.dry_run = False
+            report.finish("refused", f"{exc}; this file was not exported (a new trigger of it, or the next "
+                                     "scheduled refresh of the latest file, will export it)")
+        elif isinstance(exc, RunRefused):
+            report.finish("refused", str(exc))
+        else:
+            report.finish("failed", str(exc))
+        return report
+
     @staticmethod
     def _blank_report(destination: Destination, run_id: str, source: str, *, dry_run: bool = False,
                       status: str = "running") -> RunReport:
@@ -366,23 +256,8 @@ class ExportService:
             result.close()
 
     def report(self, run_id: str, *, last_attempt: int | None = None) -> dict[str, Any] | None:
-        """A run's report. A queued run still `running` on its `last_attempt` whose destination no run holds
-        any more (its lease expired) was killed (function timeout, out of memory): nothing will retry it,
-        so it is failed now, with what to do, instead of saying `running` for ever."""
-        data = self.runs.load_report(run_id)
-        if not data or data.get("status") != "running" or last_attempt is None or \
-                int(data.get("attempt") or 0) < last_attempt:
-            return data
-        try:
-            since = datetime.fromisoformat(str(data.get("running_since")))
-        except ValueError:
-            return data
-        state = SyncState(self.runs.container, str(data.get("destination")), config_digest="")
-        if datetime.now(UTC) - since < KILLED_AFTER or state.held_by_a_run():
-            return data
-        self.runs.fail_queued(run_id, "the last attempt stopped without finishing (the function timeout, or the "
-                                      "worker ran out of memory) and nothing retries it: start the export again")
-        return self.runs.load_report(run_id)
+        """A run's stored report (see shared.service.queued: a killed last attempt reads `failed`)."""
+        return queued.report_of(self, run_id, last_attempt=last_attempt)
 
     def mark_queued(self, destination: Destination, blob_name: str | None, run_id: str, dry_run: bool) -> None:
         """`blob_name` None: the run reads the segments' current files when it starts, not those of now."""
@@ -394,102 +269,11 @@ class ExportService:
         self.runs.fail_queued(run_id, error)
 
     def finish_pending_runs(self, budget: float = PENDING_BUDGET_SECONDS) -> list[dict[str, Any]]:
-        """Timer: poll the import jobs that were still pending when their run ended, and update the reports.
-
-        Their contacts were not recorded as exported, so the refresh that follows sends them again anyway;
-        this keeps the earlier reports truthful. No run is started after `budget` seconds: the timer's
-        queue messages go out only when it returns, so settling must never hold up the refresh itself (the
-        rest waits for the next timer run).
-        """
-        updated: list[dict[str, Any]] = []
-        deadline = time.monotonic() + budget
-        for run_id in self.runs.pending_runs():
-            if time.monotonic() >= deadline:
-                log.warning("pending import jobs of more runs are left for the next scheduled refresh")
-                break
-            try:
-                settled = self._settle_pending(run_id)
-            except Exception:  # one unreadable report must not stop the refresh of every destination
-                log.exception("run %s: could not settle its pending import jobs, trying again next time", run_id)
-                continue
-            if settled is not None:
-                updated.append(settled)
-        return updated
-
-    @staticmethod
-    def _job(client: SendGridClient, job_id: str) -> ImportJob:
-        """A job SendGrid no longer knows (404: its status is kept for a while only) is final as 'expired':
-        its contacts were never recorded as exported, so later refreshes have sent them again."""
-        try:
-            return client.get_import(job_id)
-        except NotFound:
-            return ImportJob(id=job_id, status="expired")
-
-    def _settle_pending(self, run_id: str) -> dict[str, Any] | None:
-        """The run's report updated with the jobs that have finished since (None: nothing to update)."""
-        report = self.runs.load_report(run_id)
-        destination = self.destinations.get(str((report or {}).get("destination")))
-        if report is None or destination is None:
-            self.runs.clear_pending(run_id)
-            return None
-        open_jobs = [b["job_id"] for b in report.get("batches", [])
-                     if b.get("status") in ("pending", "accepted") and b.get("job_id")]
-        try:
-            with self.client_for(destination) as client:
-                final = {job_id: job for job_id in open_jobs if (job := self._job(client, job_id)).is_final}
-        except (ExportError, SendGridError) as exc:
-            # One destination's bad key or SendGrid outage must not stop the refresh of every destination.
-            log.warning("run %s: could not check its pending import jobs, trying again next time: %s",
-                        run_id, exc)
-            return None
-
-        def settle(data: dict[str, Any], final: dict[str, ImportJob] = final) -> bool:
-            for batch in data.get("batches", []):
-                job = final.get(batch.get("job_id") or "")
-                if job is None or batch.get("status") not in ("pending", "accepted"):
-                    continue
-                batch.update(status=job.status, created_count=job.created_count,
-                             updated_count=job.updated_count, errored_count=job.errored_count)
-                outcome = "exported" if job.status == "completed" else "in_failed_jobs"
-                parts = data.get("segments") or []
-                for part, contacts in zip(parts, batch.get("by_segment") or [], strict=False):
-                    part["pending"] -= contacts
-                    part[outcome] += contacts
-                data["pending"] -= batch["contacts"]
-                data[outcome] += batch["contacts"]
-            if data["pending"] <= 0:
-                # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
-                if data.get("status") == "partial":
-                    data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
-                data.setdefault("notes", []).append("pending import jobs finished after the run ended")
-            return True
-
-        settled = self.runs.update_report(run_id, settle)
-        if settled is not None and settled["pending"] <= 0:
-            self.runs.clear_pending(run_id)
-        return settled
-
+        """Timer: see shared.service.pending."""
+        return pending.finish_pending_runs(self, budget)
     def queue_refresh(self) -> list[dict[str, Any]]:
-        """Timer: one queued export per destination, from its latest segment file.
-
-        Each destination then runs in its own queue-triggered invocation (its own function timeout, retries
-        and poison queue) instead of all of them one after another inside the timer's single invocation.
-        """
-        messages: list[dict[str, Any]] = []
-        for destination in self.destinations.destinations:
-            try:
-                if self.latest_segment(destination) is None:
-                    log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
-                    continue
-                run_id = new_run_id(destination.name)
-                self.mark_queued(destination, None, run_id, dry_run=False)
-            except Exception:  # one destination's trouble must not stop the refresh of the others
-                log.exception("destination %s: could not queue its scheduled refresh", destination.name)
-                continue
-            # No file named: a message the queue delivers late must not export the files of now over newer ones.
-            messages.append({"run_id": run_id, "destination": destination.name, "blob": None, "full": False})
-        return messages
-
+        """Timer: see shared.service.pending."""
+        return pending.queue_refresh(self)
 
 def _with_budget(client: BlobServiceClient) -> BlobServiceClient:
     """The same account and credential, with the HTTP path's retries and timeouts."""

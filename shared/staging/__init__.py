@@ -1,1 +1,1 @@
-"""Contacts between reading and sending: the spool on disk, the rejects file, batches within SendGrid's limits."""
+"""Contacts between reading and sending: the spool on disk and batches within SendGrid's limits."""

@@ -21,8 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 
-from shared.pipeline.report import utc_now
-from shared.staging.rejects import RejectsFile
+from shared.state.rejects import RejectsFile
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +228,8 @@ def _age(at: object) -> timedelta:
         return datetime.now(UTC) - datetime.fromisoformat(str(at))
     except ValueError:
         return timedelta.max
+
+
+def utc_now() -> str:
+    """Report timestamps: UTC, whole seconds, `Z`."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -136,6 +136,9 @@ class SnapshotStore:
     ) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
+        Why long: one streaming merge of two sorted sequences (the stored lines and this run's contacts), whose
+        cases share the output file and its digest; split up, each piece would need all of that state.
+
         A contact of this segment takes its new fingerprint only if `confirmed` (its import job completed,
         or it was unchanged); otherwise its previous entry stays, so the next refresh sends it again.
         Entries of contacts no longer in the segment stay while `keep_absent(position)` says so.

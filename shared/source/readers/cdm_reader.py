@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from shared.config.destinations import MODEL_JSON
 from shared.errors import SegmentFileError
+
+__all__ = ["MODEL_JSON", "CdmReader", "load_model", "local_entities", "locate"]
 from shared.source.readers.base import ProjectedRow, SegmentReader
 from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
 from shared.source.readers.decoding import EmptyFileError
@@ -28,7 +31,6 @@ from shared.source.readers.text_encoding import encoding_problem
 from shared.source.records import Record
 from shared.source.sources import BlobContainerSource, ByteSource
 
-MODEL_JSON = "model.json"
 MAX_MODEL_BYTES = 32 << 20
 
 
