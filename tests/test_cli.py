@@ -1,6 +1,6 @@
 """`python -m shared.cli export` against the SendGrid simulator, configured the way an operator would.
 
-The CLI reads its settings from the environment like the Function App (shared/settings.py): SENDGRID_BASE_URL
+The CLI reads its settings from the environment like the Function App (shared/config/settings.py): SENDGRID_BASE_URL
 points it at the simulator, and with KEY_VAULT_URL unset the development-only LOCAL_DEV_SENDGRID_API_KEY is
 the API key. Tests drive it in-process through `main(argv)` and once as a real subprocess.
 """

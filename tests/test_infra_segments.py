@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.fake_cli import fake_az
 from tests.test_infra_settings import (
     INFRA,
     MAIN,
@@ -378,15 +379,10 @@ def test_preprovision_without_an_existing_account_clears_a_leftover_topic(tmp_pa
 
 
 def test_postdeploy_subscribes_on_the_topic_of_an_account_elsewhere(tmp_path: Path) -> None:
-    calls = tmp_path / "calls.log"
-    fake_az = tmp_path / "az"
-    fake_az.write_text(
-        "#!/usr/bin/env bash\n"
-        f'printf "%s\\n" "$*" >> "{calls}"\n'
+    calls = fake_az(tmp_path, (
         'case "$1 $2" in\n'
         '  "functionapp keys") echo "s3cr3t-blobs-key" ;;\n'
-        "esac\n", encoding="utf-8")
-    fake_az.chmod(0o755)
+                "esac\n"))
     env = {
         "PATH": f"{tmp_path}:/usr/bin:/bin",
         "RESOURCE_GROUP": "rg-app",

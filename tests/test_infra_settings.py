@@ -30,6 +30,7 @@ import pytest
 
 from shared.config.destinations import load_destinations
 from shared.config.settings import APP_SETTINGS
+from tests.fake_cli import fake_az
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -297,7 +298,7 @@ def test_template_sets_every_setting_required_in_azure() -> None:
     settings = template_app_settings()
     required = {name for name, (needed, _) in APP_SETTINGS.items() if needed}
     missing = sorted(required - set(settings))
-    assert not missing, f"required in Azure (shared/settings.py) but not set by infra/: {missing}"
+    assert not missing, f"required in Azure (shared/config/settings.py) but not set by infra/: {missing}"
 
 
 def test_template_sets_no_undeclared_setting() -> None:
@@ -595,23 +596,25 @@ def test_preprovision_hook_in_azure_yaml() -> None:
 
 def _run_preprovision(tmp_path: Path, az_body: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))
-    calls = tmp_path / "calls.log"
-    fake_az = tmp_path / "az"
-    fake_az.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{calls}"\n{az_body}', encoding="utf-8")
-    fake_az.chmod(0o755)
+    calls = fake_az(tmp_path, az_body)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "AZURE_SUBSCRIPTION_ID": "sub-123"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "pre-provision.sh")], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
     return result, calls.read_text().splitlines() if calls.exists() else []
 
 
+def _providers(*, app: str, others: str, register: str = "true") -> str:
+    """A fake az's answers: the subscription, the registration state of Microsoft.App and of the others."""
+    return ('case "$*" in\n'
+            '  "account show"*) echo sub-123 ;;\n'
+            f'  "provider show --namespace Microsoft.App"*) echo {app} ;;\n'
+            f'  "provider show"*) echo {others} ;;\n'
+            f'  "provider register"*) {register} ;;\n'
+            "esac\n")
+
+
 def test_preprovision_registers_only_missing_providers(tmp_path: Path) -> None:
-    result, calls = _run_preprovision(tmp_path, (
-        'case "$*" in\n'
-        '  "account show"*) echo sub-123 ;;\n'
-        '  "provider show --namespace Microsoft.App"*) echo NotRegistered ;;\n'
-        '  "provider show"*) echo Registered ;;\n'
-        "esac\n"))
+    result, calls = _run_preprovision(tmp_path, _providers(app="NotRegistered", others="Registered"))
     assert result.returncode == 0, result.stdout + result.stderr
     registered = [line for line in calls if line.startswith("provider register")]
     assert registered == ["provider register --namespace Microsoft.App --subscription sub-123 --wait --output none"]
@@ -620,12 +623,8 @@ def test_preprovision_registers_only_missing_providers(tmp_path: Path) -> None:
 
 
 def test_preprovision_explains_what_to_do_when_it_cannot(tmp_path: Path) -> None:
-    result, _ = _run_preprovision(tmp_path, (
-        'case "$*" in\n'
-        '  "account show"*) echo sub-123 ;;\n'
-        '  "provider show"*) echo NotRegistered ;;\n'
-        '  "provider register"*) exit 1 ;;\n'
-        "esac\n"))
+    result, _ = _run_preprovision(tmp_path, _providers(app="NotRegistered", others="NotRegistered",
+                                                      register="exit 1"))
     assert result.returncode != 0
     assert "az provider register --namespace Microsoft.App" in result.stderr
     result, calls = _run_preprovision(tmp_path, "exit 1\n")
@@ -762,18 +761,11 @@ def test_checkov_parses_every_bicep_file() -> None:
 
 def test_postdeploy_script_with_a_stand_in_az(tmp_path: Path) -> None:
     """Runs scripts/post-deploy.sh against a fake `az`: right webhook, right filter, key never printed."""
-    calls = tmp_path / "calls.log"
-    fake_az = tmp_path / "az"
-    fake_az.write_text(
-        "#!/usr/bin/env bash\n"
-        f'printf "%s\\n" "$*" >> "{calls}"\n'
+    calls = fake_az(tmp_path, (
         'case "$1 $2" in\n'
         '  "functionapp keys") echo "s3cr3t-blobs-key" ;;\n'
         '  "keyvault secret") echo 0 ;;\n'
-        "esac\n",
-        encoding="utf-8",
-    )
-    fake_az.chmod(0o755)
+        "esac\n"))
     env = {
         "PATH": f"{tmp_path}:/usr/bin:/bin",
         "RESOURCE_GROUP": "rg-test",

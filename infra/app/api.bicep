@@ -1,7 +1,7 @@
 // The Function App on the Flex Consumption plan (FC1), Python 3.11, running as the user-assigned identity.
 // Two storage connections: AzureWebJobsStorage (host + run state, the app's own account) and SEGMENTS_STORAGE
 // (the segments account, dedicated or existing).
-// App settings are the ones declared in shared/settings.py (tests/test_infra_settings.py compares them).
+// App settings are the ones declared in shared/config/settings.py (tests/test_infra_settings.py compares them).
 // On Flex the runtime comes from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME, FUNCTIONS_EXTENSION_VERSION,
 // WEBSITE_RUN_FROM_PACKAGE, content-share settings and WEBSITE_TIME_ZONE are not (and must not be) set.
 // siteConfig holds only what Flex accepts: Flex sites refuse ftpsState, use32BitWorkerProcess,
@@ -123,7 +123,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       // Telemetry through Entra ID (local auth is off on Application Insights).
       APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-      // The app's own settings (shared/settings.py).
+      // The app's own settings (shared/config/settings.py).
       SEGMENTS_CONTAINER: segmentsContainerName
       RUNS_CONTAINER: runsContainerName
       DESTINATIONS_JSON: destinationsJson

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from array import array
 from collections.abc import Callable, Sequence
+from typing import Required, TypedDict, Unpack
 
 from shared.config.destinations import Destination
 from shared.config.time_budgets import CHANGE_SHARE_OF_LEASE
@@ -36,26 +37,25 @@ from shared.staging.spool import Spool
 from shared.state.rejects import RejectsFile
 from shared.state.sync_state import SyncState
 
-__all__ = ["ExportOptions", "ExportResult", "Outcome", "describe_sources", "export_segment", "export_segments",
-           "reader_options"]
+__all__ = ["ExportOptions", "ExportResult", "Outcome", "RunArguments", "describe_sources", "export_segment",
+           "export_segments", "reader_options"]
 
 
-def export_segment(
-    destination: Destination,
-    source: ByteSource,
-    name: str,
-    client: SendGridClient | None,
-    *,
-    run_id: str,
-    options: ExportOptions | None = None,
-    on_batch_accepted: Callable[[BatchResult], None] | None = None,
-    sync: SyncState | None = None,
-) -> ExportResult:
+class RunArguments(TypedDict, total=False):
+    """What a run takes besides its inputs (export_segments' keywords; `run_id` is required)."""
+
+    run_id: Required[str]
+    options: ExportOptions | None
+    on_batch_accepted: Callable[[BatchResult], None] | None
+    sync: SyncState | None
+
+
+def export_segment(destination: Destination, source: ByteSource, name: str, client: SendGridClient | None,
+                   **run: Unpack[RunArguments]) -> ExportResult:
     """Export one segment file (or CDM model.json) as the destination's whole segment (the CLI's `export`)."""
     entity = destination.entity_in(name) if is_model_json(name) else None
     file = SegmentFile(destination.segment_for(name) or destination.segments[0], name, entity)
-    return export_segments(destination, source, [file], client, run_id=run_id, options=options,
-                           on_batch_accepted=on_batch_accepted, sync=sync)
+    return export_segments(destination, source, [file], client, **run)
 
 
 def export_segments(
