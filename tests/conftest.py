@@ -1,14 +1,18 @@
-"""Shared fixtures: real Azurite for Blob Storage."""
+"""Shared fixtures: real Azurite for Blob Storage, the HTTPS Key Vault stand-in, the SendGrid simulator."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from sendgrid_simulator import Simulator
 from tests.azurite import Azurite, start_azurite
+from tests.keyvault_standin import KeyVaultStandIn, running_keyvault
+from tests.sendgrid_fixture import running_simulator
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,15 @@ def container(blob_service: BlobServiceClient) -> Iterator[ContainerClient]:
     client = blob_service.create_container(f"t{uuid.uuid4().hex[:20]}")
     yield client
     client.delete_container()
+
+
+@pytest.fixture
+def keyvault(tmp_path: Path) -> Iterator[KeyVaultStandIn]:
+    """A fresh Key Vault stand-in per test (new port, no secrets, available)."""
+    yield from running_keyvault(tmp_path)
+
+
+@pytest.fixture
+def sendgrid_sim() -> Iterator[Simulator]:
+    """A started simulator that fails the test on any request not conforming to SendGrid's OpenAPI files."""
+    yield from running_simulator()

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
 import trustme
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
@@ -289,9 +288,8 @@ def _forget_challenge(url: str) -> None:
     http_challenge_cache.remove_challenge_for_url(url)
 
 
-@pytest.fixture
-def keyvault(tmp_path: Path) -> Iterator[KeyVaultStandIn]:
-    """A fresh Key Vault stand-in per test (new port, no secrets, available)."""
+def running_keyvault(tmp_path: Path) -> Iterator[KeyVaultStandIn]:
+    """A fresh Key Vault stand-in (new port, no secrets, available); the body of conftest's `keyvault`."""
     vault = KeyVaultStandIn(tmp_path)
     _forget_challenge(vault.url)
     try:

@@ -1,8 +1,5 @@
-"""pytest fixture `sendgrid_sim`: a started SendGrid simulator that fails the test on any OpenAPI violation.
-
-Use it with `from tests.sendgrid_fixture import sendgrid_sim  # noqa: F401` in tests/conftest.py or a test
-module (tests requesting it by name then need `# noqa: F811`, or wrap it as tests/test_simulator.py does).
-It yields a `Simulator` with one API key (`SENDGRID_TEST_KEY`, all scopes) and one
+"""The SendGrid simulator for tests: `running_simulator()` (conftest's `sendgrid_sim` fixture) fails the test
+on any OpenAPI violation. It yields a `Simulator` with one API key (`SENDGRID_TEST_KEY`, all scopes) and one
 list (`SENDGRID_TEST_LIST_ID`); import jobs finish 10 ms after acceptance. Every request is checked against
 ../shared/sendgrid/*.json when those files exist; a test that provokes a violation on purpose must call
 `sim.take_violations()`. Tests that need validation call `require_openapi()` (a visible skip without the files).
@@ -39,8 +36,3 @@ def running_simulator() -> Iterator[Simulator]:
     if violations:
         pytest.fail("requests not conforming to SendGrid's OpenAPI description:\n"
                     + "\n".join(f"  {v}" for v in violations), pytrace=False)
-
-
-@pytest.fixture
-def sendgrid_sim() -> Iterator[Simulator]:
-    yield from running_simulator()

@@ -44,10 +44,8 @@ from shared.errors import ConfigurationError
 from shared.pipeline.engine import ExportOptions
 from shared.service.export_service import ExportService, get_service, reset_service
 from tests.azurite import Azurite
-from tests.keyvault_standin import KeyVaultStandIn, keyvault
+from tests.keyvault_standin import KeyVaultStandIn
 from tests.sendgrid_fixture import running_simulator
-
-__all__ = ["keyvault"]  # the stand-in fixture, re-exported so pytest finds it in this module
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 API_KEY = "SG.functions-test-key.0123456789abcdef"

@@ -28,7 +28,7 @@ import pytest
 
 from shared.config.secrets import ApiKeyProvider
 from shared.pipeline.engine import ExportOptions
-from tests.keyvault_standin import KeyVaultStandIn, keyvault
+from tests.keyvault_standin import KeyVaultStandIn
 from tests.test_functions import (
     DESTINATIONS,
     HEADER,
@@ -43,7 +43,7 @@ from tests.test_functions import (
     sim,
 )
 
-__all__ = ["env", "keyvault", "sim"]  # fixtures, re-exported so pytest finds them in this module
+__all__ = ["env", "sim"]  # fixtures, re-exported so pytest finds them in this module
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY_KEY = "SG.canary-key-XYZ.q7Vw2mPz9LrT4kXb"

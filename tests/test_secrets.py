@@ -16,10 +16,7 @@ from tests.keyvault_standin import (
     TENANT_ID,
     KeyVaultStandIn,
     StaticTokenCredential,
-    keyvault,
 )
-
-__all__ = ["keyvault"]  # the fixture, re-exported so pytest finds it in this module
 
 API_KEY = "SG.live-key-1.abcdefghijklmnopqrstuvwxyz0123456789"
 ROTATED_KEY = "SG.live-key-2.ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210"

@@ -31,10 +31,8 @@ from shared.sendgrid.errors import (
     TransientFailure,
 )
 from shared.staging.batching import batches
-from tests.keyvault_standin import KeyVaultStandIn, keyvault
+from tests.keyvault_standin import KeyVaultStandIn
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, require_openapi, running_simulator
-
-__all__ = ["keyvault"]  # the fixture, re-exported so pytest finds it in this module
 
 OLD_KEY = "SG.rotated-out.0123456789abcdef"
 NEW_KEY = "SG.rotated-in.fedcba9876543210"

@@ -21,7 +21,6 @@ from tests.sendgrid_fixture import (
     SENDGRID_TEST_LIST_ID,
     require_openapi,
     running_simulator,
-    sendgrid_sim,  # noqa: F401 - the fixture under test
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ def client(sim: Simulator, key: str = SENDGRID_TEST_KEY) -> httpx.Client:
 
 
 @pytest.fixture
-def sim(sendgrid_sim: Simulator) -> Simulator:  # noqa: F811 - the imported fixture, requested by name
+def sim(sendgrid_sim: Simulator) -> Simulator:  # conftest's fixture, under the name this module uses
     return sendgrid_sim
 
 
