@@ -487,3 +487,21 @@ def test_the_http_path_answers_within_its_own_storage_budget(env: Env) -> None:
     assert started.status == 202 and started.queued is not None
     run_queue_message(started.queued)
     assert http("GET", f"runs/{started.json()['run_id']}").json()["status"] == "succeeded"
+
+
+def test_pending_jobs_settled_by_the_timer_keep_every_segment_part_balanced(env: Env) -> None:
+    setup(env, mode="upsert")
+    env.sim.job_delay = 1.0  # the import job outlives the run's poll timeout: its contacts end the run pending
+    env.install(options=FAST.__class__(**{**FAST.__dict__, "poll_timeout": 0.05}))
+    env.upload("union/gold/a.csv", csv_bytes(GOLD))
+    trigger(env, "union/silver/a.csv", SILVER)
+    report = last_report(env)
+    assert (report["status"], report["pending"]) == ("partial", 9)
+    assert [p["pending"] for p in report["segments"]] == [5, 4]
+    assert env.sim.wait_for_jobs(10)
+    env.sim.job_delay = 0.02
+    fire_timer(run_queued=False)  # settles the pending jobs first
+    stored = env.report(report["run_id"])
+    assert (stored["status"], stored["pending"], stored["exported"]) == ("succeeded", 0, 9)
+    assert [(p["pending"], p["exported"]) for p in stored["segments"]] == [(0, 5), (0, 4)]
+    assert_parts_balance({**stored, "balanced": True})

@@ -219,3 +219,24 @@ class RunReport:
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def settle_stored_batch(data: dict[str, Any], batch: dict[str, Any], status: str, *, created: int, updated: int,
+                        errored: int) -> None:
+    """A stored report (`to_dict()` form, kept as it was read so no field is lost) once a batch's import job,
+    pending when the run ended, is final: its contacts move from `pending` to `exported` or `in_failed_jobs`,
+    in the total and in each segment's part (`by_segment`), so both still balance."""
+    batch.update(status=status, created_count=created, updated_count=updated, errored_count=errored)
+    outcome = "exported" if status == "completed" else "in_failed_jobs"
+    for part, contacts in zip(data.get("segments") or [], batch.get("by_segment") or [], strict=False):
+        part["pending"] -= contacts
+        part[outcome] += contacts
+    data["pending"] -= batch["contacts"]
+    data[outcome] += batch["contacts"]
+    if data["pending"] <= 0:
+        # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
+        if data.get("status") == "partial":
+            data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
+        notes = data.setdefault("notes", [])
+        if "pending import jobs finished after the run ended" not in notes:
+            notes.append("pending import jobs finished after the run ended")

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ExportError
+from shared.pipeline.report import settle_stored_batch
 from shared.sendgrid.client import ImportJob, SendGridClient
 from shared.sendgrid.errors import NotFound, SendGridError
 from shared.service.common import new_run_id
@@ -77,22 +78,9 @@ def settle_pending(service: ExportService, run_id: str) -> dict[str, Any] | None
     def settle(data: dict[str, Any], final: dict[str, ImportJob] = final) -> bool:
         for batch in data.get("batches", []):
             job = final.get(batch.get("job_id") or "")
-            if job is None or batch.get("status") not in ("pending", "accepted"):
-                continue
-            batch.update(status=job.status, created_count=job.created_count,
-                         updated_count=job.updated_count, errored_count=job.errored_count)
-            outcome = "exported" if job.status == "completed" else "in_failed_jobs"
-            parts = data.get("segments") or []
-            for part, contacts in zip(parts, batch.get("by_segment") or [], strict=False):
-                part["pending"] -= contacts
-                part[outcome] += contacts
-            data["pending"] -= batch["contacts"]
-            data[outcome] += batch["contacts"]
-        if data["pending"] <= 0:
-            # Only the jobs settle here: a run that stopped ("failed", rows not sent) stays failed.
-            if data.get("status") == "partial":
-                data["status"] = "partial" if data["in_failed_jobs"] or data.get("not_sent") else "succeeded"
-            data.setdefault("notes", []).append("pending import jobs finished after the run ended")
+            if job is not None and batch.get("status") in ("pending", "accepted"):
+                settle_stored_batch(data, batch, job.status, created=job.created_count, updated=job.updated_count,
+                                    errored=job.errored_count)
         return True
 
     settled = service.runs.update_report(run_id, settle)
