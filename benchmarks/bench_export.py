@@ -41,7 +41,7 @@ DESTINATION = {
     "max_profiles": 2_000_000,
     "field_mapping": {"email": "Email", "first_name": "FirstName", "last_name": "LastName", "country": "Country",
                       "state_province_region": "State", "city": "City", "postal_code": "PostCode"},
-    "consent": {"agreed_by": "bench", "agreed_at": "2026-11-22"},
+    "consent": {"agreed_by": "bench", "agreed_at": "2026-11-22T00:00:00Z"},
 }
 
 

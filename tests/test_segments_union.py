@@ -15,6 +15,7 @@ import pytest
 from azure.storage.blob import BlobLeaseClient
 
 from sendgrid_simulator import Simulator
+from shared.cli import main as cli_main
 from shared.config.destinations import load_destinations
 from shared.errors import ConfigurationError
 from shared.sendgrid.client import SendGridClient
@@ -467,6 +468,11 @@ def test_segments_and_run_state_in_two_accounts_every_way_in(env: Env, azurite: 
         assert started.status == 202 and started.queued is not None
         run_queue_message(started.queued)
         assert [r["status"] for r in env.reports()] == ["succeeded"] * 4
+        reset_service(None)
+        assert cli_main(["sync", "union", "--full"]) == 0  # the CLI reads the segments from their account too
+        assert [r["status"] for r in env.reports()] == ["succeeded"] * 5
+        blob_url = f"{segments.url}/union/gold/b.csv"  # `cli export` of a blob URL: SEGMENTS_STORAGE's key
+        assert cli_main(["export", blob_url, "--destination", "union", "--dry-run"]) == 0
         assert {b.name.split("/")[0] for b in segments.list_blobs()} == {"union"}  # no run state with the segments
         assert not platform.get_container_client(env.runs.container_name).exists()
     finally:

@@ -214,7 +214,7 @@ def source_for(path_or_url: str, credential: Any = None) -> tuple[ByteSource, st
 
     Blob URLs: `https://<account>.blob.core.windows.net/<container>/<blob>` or the emulator's
     `http://127.0.0.1:<port>/<account>/<container>/<blob>`. Credentials, first match: `credential`; a SAS in
-    the URL's query; the AzureWebJobsStorage connection string when it names the same endpoint;
+    the URL's query; the SEGMENTS_STORAGE or AzureWebJobsStorage connection string when it names the same endpoint;
     DefaultAzureCredential.
     """
     if not path_or_url.lower().startswith(("http://", "https://")):
@@ -238,11 +238,12 @@ def _container_client(account_url: str, container_name: str, sas: str, credentia
         return ContainerClient(account_url, container_name, credential=credential)
     if sas:
         return ContainerClient(account_url, container_name, credential=sas)
-    connection = setting("AzureWebJobsStorage")
-    if connection and "=" in connection:
-        from_settings = ContainerClient.from_connection_string(connection, container_name)
-        if _normal_url(from_settings.url) == _normal_url(f"{account_url}/{container_name}"):
-            return from_settings
+    for name in ("SEGMENTS_STORAGE", "AzureWebJobsStorage"):  # the segments account, then the app's own
+        connection = setting(name)
+        if connection and "=" in connection:
+            from_settings = ContainerClient.from_connection_string(connection, container_name)
+            if _normal_url(from_settings.url) == _normal_url(f"{account_url}/{container_name}"):
+                return from_settings
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415  (slow import, CLI-only path)
 
     return ContainerClient(account_url, container_name, credential=DefaultAzureCredential())
