@@ -511,3 +511,37 @@ def test_pending_jobs_settled_by_the_timer_keep_every_segment_part_balanced(env:
     assert (stored["status"], stored["pending"], stored["exported"]) == ("succeeded", 0, 9)
     assert [(p["pending"], p["exported"]) for p in stored["segments"]] == [(0, 5), (0, 4)]
     assert_parts_balance({**stored, "balanced": True})
+
+
+def test_a_broken_export_of_one_segment_is_not_hidden_by_the_others(env: Env) -> None:
+    """Doubts are judged per segment: a header-only or all-invalid silver file keeps silver's people."""
+    setup(env)
+    env.upload("union/gold/a.csv", csv_bytes([person(n, "gold") for n in range(1, 301)]))
+    trigger(env, "union/silver/a.csv", SILVER)
+    everyone = members(env)
+    time.sleep(1.1)
+    trigger(env, "union/silver/b.csv", [])  # header only, next to 300 valid gold rows
+    report = last_report(env)
+    assert report["removals_withheld"] == 4 and any("segment union/silver/ holds no valid contact" in n
+                                                    for n in report["notes"])
+    time.sleep(1.1)
+    trigger(env, "union/silver/c.csv", [[r[0], f"mailto:{r[1]}", *r[2:]] for r in SILVER])  # 4 of 304 rows
+    report = last_report(env)
+    assert report["removals_withheld"] == 4 and any("of segment union/silver/ were rejected on their email" in n
+                                                    for n in report["notes"])
+    assert members(env) == everyone
+
+
+def test_files_written_in_the_same_second_are_ordered_by_name_for_every_run(env: Env) -> None:
+    env.set_destinations([destination("vip-customers", VIP_LIST, "vip/", mode="mirror")])
+    service = env.install()
+    older, newer = [person(n) for n in range(1, 4)], [person(n) for n in range(2, 6)]
+    env.upload("vip/2026-11-01.csv", csv_bytes(older))
+    env.upload("vip/2026-11-02.csv", csv_bytes(newer))
+    vip = service.destinations.get("vip-customers")
+    assert vip is not None
+    assert [f.name for f in service.current_files(vip)] == ["vip/2026-11-02.csv"]
+    fire_blob_trigger(env.segments.container_name, "vip/2026-11-02.csv")
+    fire_blob_trigger(env.segments.container_name, "vip/2026-11-01.csv")  # a late event: skipped
+    fire_timer()
+    assert members(env) == emails(newer)

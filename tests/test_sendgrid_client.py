@@ -567,3 +567,58 @@ def test_a_success_answer_that_is_not_what_sendgrid_sends_is_a_sendgrid_error(an
         if answer != b'{"id": "x"}':
             with pytest.raises(SendGridError, match="not a JSON object"):
                 client.get_import("job-1")
+
+
+class _BodyLostOnce(httpx.SyncByteStream):
+    """An answer whose body is cut off while it is read, the first time only."""
+
+    def __init__(self, cut: list[bool]) -> None:
+        self.cut = cut
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.cut and self.cut.pop():
+            raise httpx.ReadError("connection reset while reading the answer")
+        yield b'{"job_id": "job-after-retry"}'
+
+
+def test_an_answer_lost_while_its_body_is_read_is_retried_and_counted() -> None:
+    """The retries cover reading the answer too: a PUT whose 202 was cut off is sent again, and said so."""
+    cut = [True]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(202, stream=_BodyLostOnce(cut))
+
+    with SendGridClient(SENDGRID_TEST_KEY, transport=httpx.MockTransport(answer), retry=FAST) as api:
+        assert api.upsert_contacts(b'{"contacts":[]}') == "job-after-retry"
+        assert (api.stats.requests, api.stats.retries, api.stats.unconfirmed_resends) == (2, 1, 1)
+
+
+def test_an_attempt_the_lease_guard_refuses_is_neither_sent_nor_counted() -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202, json={"job_id": "j"})
+
+    def refuse(worst_case: float) -> None:
+        assert 0 < worst_case <= 30.0  # each phase cut to its share of the 30 s budget
+        raise RuntimeError("lease lost")
+
+    with SendGridClient(SENDGRID_TEST_KEY, transport=httpx.MockTransport(answer), retry=FAST) as api:
+        with api.guarded(refuse, 30.0), pytest.raises(RuntimeError):
+            api.upsert_contacts(b'{"contacts":[]}')
+        assert sent == [] and api.stats.requests == 0
+        assert api.get_list(SENDGRID_TEST_LIST_ID) == {"job_id": "j"}  # a read is never guarded
+        assert len(sent) == 1
+
+
+def test_the_client_honours_the_environments_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.sendgrid.transport import environment_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert environment_proxy("https://api.sendgrid.com") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert environment_proxy("https://api.sendgrid.com") == "http://proxy.internal:3128"
+    monkeypatch.setenv("NO_PROXY", "api.sendgrid.com")
+    assert environment_proxy("https://api.sendgrid.com") is None

@@ -27,6 +27,8 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
         "AzureWebJobsStorage account). In Azure use the identity-based SEGMENTS_STORAGE__* settings.",
     ),
     "SEGMENTS_STORAGE__blobServiceUri": (True, "Blob endpoint of the segments account (identity-based)."),
+    "SEGMENTS_STORAGE__serviceUri": (False, "The host's one-URI form of SEGMENTS_STORAGE__blobServiceUri."),
+    "AzureWebJobsStorage__serviceUri": (False, "The host's one-URI form of AzureWebJobsStorage__blobServiceUri."),
     "SEGMENTS_STORAGE__queueServiceUri": (
         False, "Queue endpoint for the blob trigger's poison queue (read by the host; infra/ uses the app's "
                "own account)."),

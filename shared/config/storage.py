@@ -18,7 +18,8 @@ def blob_service_from_settings() -> BlobServiceClient:
 def segments_blob_service_from_settings() -> BlobServiceClient:
     """The account the platforms write segment files to (SEGMENTS_STORAGE, identity-based in Azure like the
     host's connection); the app's own account when it is not set (local runs with one Azurite account)."""
-    if setting("SEGMENTS_STORAGE") or setting("SEGMENTS_STORAGE__blobServiceUri"):
+    if setting("SEGMENTS_STORAGE") or setting("SEGMENTS_STORAGE__blobServiceUri") \
+            or setting("SEGMENTS_STORAGE__serviceUri"):
         return _blob_service("SEGMENTS_STORAGE")
     return blob_service_from_settings()
 
@@ -28,7 +29,7 @@ def _blob_service(connection_name: str) -> BlobServiceClient:
     if connection and "=" in connection:
         return BlobServiceClient.from_connection_string(connection, max_single_get_size=4 * 1024 * 1024,
                                                         retry_policy=storage_retry(), **STORAGE_CLIENT_OPTIONS)
-    endpoint = setting(f"{connection_name}__blobServiceUri")
+    endpoint = setting(f"{connection_name}__blobServiceUri") or setting(f"{connection_name}__serviceUri")
     account = setting("AzureWebJobsStorage__accountName") if connection_name == "AzureWebJobsStorage" else None
     if not endpoint and account:
         endpoint = f"https://{account}.blob.core.windows.net"

@@ -127,6 +127,8 @@ def _send_batch(run: Run, batch: Batch) -> tuple[BatchResult, Batch | Failure, l
             continue
         except SendGridError as exc:  # any other answer (or none): this batch and the rest stay unsent, reported
             return _unsent(outcome, current), exc, set_aside
+        except ExportError as exc:  # the key could not be re-read after a 401 (SecretUnavailable): stop, reported
+            return _unsent(outcome, current), exc, set_aside
         except LockLost as exc:  # checked before the PUT: another run may hold the destination now
             return _unsent(outcome, current), ExportError(f"{exc}; batch {batch.number} and later were not sent"), \
                 set_aside

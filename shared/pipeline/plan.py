@@ -23,7 +23,7 @@ def plan_removals(run: Run) -> set[int] | None:
     if snapshot is None or destination.mode != "mirror":
         return set()
     removals = _left_the_segments(run.spool, snapshot, run.result.rejected_keys)
-    withheld = _why_removals_are_withheld(destination, run.result, run.unique) if removals else None
+    withheld = _why_removals_are_withheld(destination, run.result) if removals else None
     if withheld is not None:
         # Who left cannot be told apart from who could not be read: keep them all. They stay in the
         # snapshot, so the next run that reads every segment whole removes those really gone.
@@ -46,7 +46,7 @@ def plan_removals(run: Run) -> set[int] | None:
     return removals
 
 
-def _why_removals_are_withheld(destination: Destination, result: ExportResult, contacts: int) -> str | None:
+def _why_removals_are_withheld(destination: Destination, result: ExportResult) -> str | None:
     """Why this mirror run may not take anyone off the list, or None.
 
     Each doubt is a way for a member to look as if they had left: a segment not read at all, rows whose
@@ -58,14 +58,15 @@ def _why_removals_are_withheld(destination: Destination, result: ExportResult, c
         return f"segment(s) {', '.join(missing)} have no file yet, so who is in them is unknown"
     if result.unreadable_rows:
         return f"{result.unreadable_rows} row(s) could not be read, so whose profiles they hold is unknown"
-    rows = result.report.rows_read
-    if result.email_rejected and result.email_rejected > destination.max_email_rejected_fraction * rows:
-        return (f"{result.email_rejected} of {rows} row(s) were rejected on their email, more than "
-                f"max_email_rejected_fraction {destination.max_email_rejected_fraction:.0%}: whose profiles they "
-                "hold is unknown")
-    if contacts == 0 and not destination.allow_empty_segments:
-        return ("the segments hold no valid contact (an empty or header-only file, or every row rejected); set "
-                "allow_empty_segments to let such a run empty the list")
+    fraction = destination.max_email_rejected_fraction
+    for read in result.reads:  # each segment on its own: the others' people must not hide its broken export
+        where = f"segment {read.file.segment}" if len(result.reads) > 1 else "the segment"
+        if read.email_rejected and read.email_rejected > fraction * read.rows_read:
+            return (f"{read.email_rejected} of {read.rows_read} row(s) of {where} were rejected on their email, more "
+                    f"than max_email_rejected_fraction {fraction:.0%}: whose profiles they hold is unknown")
+        if read.end == read.start and not destination.allow_empty_segments:
+            return (f"{where} holds no valid contact (an empty or header-only file, or every row rejected); set "
+                    "allow_empty_segments to let such a run empty the list")
     return None
 
 

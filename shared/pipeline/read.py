@@ -30,9 +30,10 @@ def read_segments(destination: Destination, source: ByteSource, files: Sequence[
         read = SegmentRead(file, source.describe(file.name) if file.name is not None else None, start=len(spool))
         result.reads.append(read)
         if file.name is not None:
-            rows, rejected = report.rows_read, report.rejected_count
+            rows, rejected, unknown = report.rows_read, report.rejected_count, result.email_rejected
             _read_into_spool(destination, source, file, mapper, spool, result, options)
             read.rows_read, read.rejected = report.rows_read - rows, report.rejected_count - rejected
+            read.email_rejected = result.email_rejected - unknown
         read.end = len(spool)
     report.contacts_valid = len(spool)
 

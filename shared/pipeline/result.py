@@ -37,6 +37,7 @@ class SegmentRead:
     end: int = 0
     rows_read: int = 0
     rejected: int = 0
+    email_rejected: int = 0  # of `rejected`: rows rejected on their email (people of unknown identity)
 
 
 @dataclass

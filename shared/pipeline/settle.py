@@ -21,7 +21,7 @@ from shared.pipeline.result import Outcome, Run
 from shared.sendgrid.client import ImportJob, SendGridClient
 from shared.sendgrid.errors import SendGridError
 from shared.staging.spool import Spool
-from shared.state.lock import LockLost
+from shared.state.lock import LeaseTooShort, LockLost
 from shared.state.sync_state import SyncState
 
 
@@ -94,28 +94,28 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
                       report: RunReport) -> set[int]:
     """Mirror mode: take contacts that left the segment off the list (they stay in the account).
 
-    Raises LockLost (removing nothing) if another run holds the destination: its segment file may be newer.
+    Raises LockLost if another run holds the destination (its segment files may be newer): the removals
+    done before it are counted in the report. A lease too short to go on is a failure like any other here:
+    the removals stop, the snapshot keeps those not done, and the next refresh tries them again.
     """
     removed: list[str] = []  # contact IDs whose removal SendGrid accepted, also when a later chunk fails
     unknown: list[str] = []  # contact IDs SendGrid no longer knows (deleted from the account): on no list
     refused: list[str] = []  # addresses SendGrid's search cannot look up: they stay pending in the snapshot
+    emails: dict[int, str] = {}
+    ids: dict[str, str] = {}
     try:  # a failure here must not lose the report of the contacts already exported
         sync.ensure_lock()
         emails = sync.snapshot_emails(positions)
         ids = client.search_emails(sorted(set(emails.values())), refused)
         sync.ensure_lock()  # again: the lookup takes a while on a big list
         client.remove_from_list(destination.list_id_str, ids.values(), removed, unknown)
+    except LeaseTooShort as exc:
+        return _removal_failed(report, positions, removed, unknown, emails, ids, exc)
     except LockLost:
+        report.removed_from_list = len(removed)
         raise
     except (ExportError, SendGridError, AzureError) as exc:
-        report.removed_from_list = len(removed)
-        report.notes.append(f"removing {len(positions)} contacts that left the segment failed after {len(removed)} "
-                            f"were removed and {len(unknown)} found gone from SendGrid (the next refresh tries the "
-                            f"others again): {exc}")
-        if not removed and not unknown:
-            return set()
-        done = set(removed) | set(unknown)
-        return {position for position, email in emails.items() if ids.get(email) in done}
+        return _removal_failed(report, positions, removed, unknown, emails, ids, exc)
     report.removed_from_list = len(removed)
     pending = set(refused)
     absent = sum(1 for email in set(emails.values()) if email not in ids and email not in pending) + len(unknown)
@@ -126,6 +126,17 @@ def _remove_from_list(destination: Destination, sync: SyncState, positions: set[
                             "search takes addresses of up to 100 characters, and refused these): they stay on the "
                             "list; remove them in SendGrid by hand. The next refresh tries again")
     return {position for position, email in emails.items() if email not in pending}
+
+
+def _removal_failed(report: RunReport, positions: set[int], removed: list[str], unknown: list[str],
+                    emails: dict[int, str], ids: dict[str, str], exc: Exception) -> set[int]:
+    """Count what was done before the failure; the positions whose contact is off the list (or gone)."""
+    report.removed_from_list = len(removed)
+    report.notes.append(f"removing {len(positions)} contacts that left the segment failed after {len(removed)} "
+                        f"were removed and {len(unknown)} found gone from SendGrid (the next refresh tries the "
+                        f"others again): {exc}")
+    done = set(removed) | set(unknown)
+    return {position for position, email in emails.items() if ids.get(email) in done}
 
 
 def _apply_job_results(accepted: list[tuple[BatchResult, array[int]]], jobs: dict[str, ImportJob], spool: Spool,

@@ -8,8 +8,6 @@ exceptions of `errors`, drawn there as a tree by what the caller can do.
 from __future__ import annotations
 
 import contextlib
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -19,7 +17,7 @@ import httpx
 from shared.sendgrid.auth import ApiKeyAuth
 from shared.sendgrid.errors import InvalidRequest, NotFound, SendGridError, answer, error_for, template
 from shared.sendgrid.models import ClientStats, CustomField, ImportJob, RetryPolicy
-from shared.sendgrid.transport import BEFORE_ATTEMPT, IDEMPOTENT, RetryTransport
+from shared.sendgrid.transport import BEFORE_ATTEMPT, IDEMPOTENT, RetryTransport, environment_proxy, tls_context
 
 __all__ = ["ClientStats", "CustomField", "ImportJob", "RetryPolicy", "SendGridClient"]
 
@@ -40,20 +38,6 @@ def _within(timeout: httpx.Timeout, budget: float) -> httpx.Timeout:
         return min(value, budget * share) if value is not None else budget * share
     return httpx.Timeout(connect=cut(timeout.connect, 0.1), write=cut(timeout.write, 0.4),
                          read=cut(timeout.read, 0.4), pool=cut(timeout.pool, 0.1))
-
-
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context (CA bundle, SSL_CERT_FILE/SSL_CERT_DIR honoured), built once per thread:
-    loading the CA bundle takes ~20 ms of CPU, which every run of a warm worker would pay again. Not one per
-    process: httpcore sets ALPN on the context for each new connection, and OpenSSL does not promise that a
-    context may change while another thread opens a connection with it."""
-    context: ssl.SSLContext | None = getattr(_per_thread, "tls_context", None)
-    if context is None:
-        context = _per_thread.tls_context = httpx.create_ssl_context()
-    return context
-
-
-_per_thread = threading.local()
 
 
 class SendGridClient:
@@ -78,7 +62,8 @@ class SendGridClient:
         self._change_timeout = self._timeout
         self.stats = ClientStats()
         inner = transport or httpx.HTTPTransport(
-            verify=_tls_context(), limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
+            verify=tls_context(), limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            proxy=environment_proxy(base_url))
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=self._timeout,

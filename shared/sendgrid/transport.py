@@ -21,6 +21,9 @@ import logging
 import math
 import random
 import ssl
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 
 import httpx
@@ -55,12 +58,13 @@ class RetryTransport(httpx.BaseTransport):
         while True:
             self._wait_for_window()
             attempt += 1
+            if before_attempt is not None:
+                before_attempt()  # raises when this run may not change SendGrid any more: nothing is sent
             self._stats.requests += 1
             self._stats.by_endpoint[endpoint] = self._stats.by_endpoint.get(endpoint, 0) + 1
-            if before_attempt is not None:
-                before_attempt()  # raises when this run may not change SendGrid any more
             try:
                 response = self._inner.handle_request(request)
+                response.read()  # inside the retries: an answer lost while it is read is retried like one never sent
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 self._after_no_answer(exc, request, endpoint, attempt)
                 continue
@@ -160,3 +164,26 @@ def _float(value: str | None) -> float | None:
     except ValueError:
         return None
     return number if number is not None and math.isfinite(number) else None  # "nan" would poison the waits
+
+
+def environment_proxy(base_url: str) -> str | None:
+    """HTTPS_PROXY / HTTP_PROXY (and NO_PROXY) as httpx would honour them for its own transport: a client given
+    a transport of its own ignores them, and an app whose traffic must leave through a proxy needs them."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme.lower())
+
+
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (CA bundle, SSL_CERT_FILE/SSL_CERT_DIR honoured), built once per thread:
+    loading the CA bundle takes ~20 ms of CPU, which every run of a warm worker would pay again. Not one per
+    process: httpcore sets ALPN on the context for each new connection, and OpenSSL does not promise that a
+    context may change while another thread opens a connection with it."""
+    context: ssl.SSLContext | None = getattr(_per_thread, "tls_context", None)
+    if context is None:
+        context = _per_thread.tls_context = httpx.create_ssl_context()
+    return context
+
+
+_per_thread = threading.local()

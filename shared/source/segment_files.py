@@ -11,6 +11,7 @@ Partition files of a CDM folder are never a segment's file: they are read throug
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,15 +77,16 @@ class SegmentCatalog:
                 best = (len(prefix), other.name, prefix)
         return best is not None and best[1:] == (destination.name, segment)
 
-    def current_files(self, destination: Destination, *, prefer: str | None = None) -> list[SegmentFile]:
+    def current_files(self, destination: Destination, *, prefer: Collection[str] = ()) -> list[SegmentFile]:
         """The file of every segment now, in the destination's order (the order that decides merges).
 
-        Last-Modified counts whole seconds: of files written in the same second the one named `prefer` (the
-        file whose trigger runs) wins, else the first listed (the smallest name).
+        Last-Modified counts whole seconds: of files written in the same second a name in `prefer` wins (the
+        file whose trigger runs, else the file the last run exported, so a refresh does not undo it), then the
+        greatest name (exports name their files by date, time or sequence).
         """
         return [self._current(destination, segment, prefer) for segment in destination.segments]
 
-    def _current(self, destination: Destination, segment: str, prefer: str | None) -> SegmentFile:
+    def _current(self, destination: Destination, segment: str, prefer: Collection[str]) -> SegmentFile:
         above = self._model_json_above(destination, segment)
         if above is not None:
             return above
@@ -97,9 +99,9 @@ class SegmentCatalog:
                 model = is_model_json(name)
                 if not model and looks_like_cdm_partition(name):
                     continue  # a Customer Insights partition is read through its model.json, never alone
-                candidate = (blob.last_modified, name == prefer, name, str(blob.etag))
+                candidate = (blob.last_modified, name in prefer, name, str(blob.etag))
                 current = newest.get(model)
-                if current is None or candidate[:2] > current[:2]:
+                if current is None or candidate[:3] > current[:3]:
                     newest[model] = candidate
         except ResourceNotFoundError:  # no segments container yet: no segment has a file
             return SegmentFile(segment, None)
