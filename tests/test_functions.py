@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import threading
+import time
 import typing
 import uuid
 from collections.abc import Iterator
@@ -558,6 +559,7 @@ def test_a_rotated_key_is_re_read_from_key_vault_once_after_a_401(env: Env, keyv
     env.sim.set_api_keys({key_b: None})
     keyvault.set_secret(SECRET_NAME, key_b)
     second = [person(n) for n in range(4, 7)]
+    time.sleep(1.1)  # a newer file (Last-Modified counts whole seconds)
     fire_blob_trigger(env.segments.container_name, env.upload("vip/two.csv", csv_bytes(second)))
 
     assert len(keyvault.secret_reads()) == 2  # exactly one re-read
@@ -571,6 +573,7 @@ def test_a_rotated_key_is_re_read_from_key_vault_once_after_a_401(env: Env, keyv
     # Key revoked in SendGrid but not rotated in the vault: one re-read, then a clear failure (no loop).
     env.sim.set_api_keys({"SG.someone-elses-key": None})
     reads, unauthorized = len(keyvault.secret_reads()), [r.status for r in env.sim.request_log].count(401)
+    time.sleep(1.1)
     fire_blob_trigger(env.segments.container_name, env.upload("vip/three.csv", csv_bytes([person(9)])))
     assert len(keyvault.secret_reads()) == reads + 1
     assert [r.status for r in env.sim.request_log].count(401) == unauthorized + 1  # not retried: same key
@@ -583,6 +586,7 @@ def test_a_rotated_key_is_re_read_from_key_vault_once_after_a_401(env: Env, keyv
 def test_http_start_queues_the_run_and_the_status_url_returns_the_report(env: Env) -> None:
     rows = [person(n) for n in range(1, 5)]
     env.upload("vip/older.csv", csv_bytes(rows[:1]))
+    time.sleep(1.1)  # Last-Modified counts whole seconds (within one, the greatest name is the newest)
     env.upload("vip/latest.csv", csv_bytes(rows))  # the newest file is exported when none is named
 
     started = http("POST", "destinations/vip-customers/exports")  # empty body: all defaults

@@ -98,7 +98,9 @@ class Env:
     runs: ContainerClient
 
     def upload(self, rows: list[Profile], name: str | None = None, **kwargs: Any) -> str:
-        blob = f"{NAME}/{name or uuid.uuid4().hex[:8]}.csv"
+        # Names in upload order: files written within one second are told apart by name (the greatest wins).
+        self.uploads = getattr(self, "uploads", 0) + 1
+        blob = f"{NAME}/{name or f'{self.uploads:04d}-{uuid.uuid4().hex[:8]}'}.csv"
         self.segments.upload_blob(blob, csv_bytes(rows, **kwargs), overwrite=True)
         return blob
 

@@ -10,7 +10,7 @@ import contextlib
 import copy
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from azure.core.exceptions import AzureError
@@ -175,8 +175,7 @@ class ExportService:
                 sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
                                  list_id=destination.list_id_str)
                 sync.acquire(wait=lock_wait)
-            files = self._files_of_run(destination, blob_name,  # under the lock: no run changes them now
-                                       prefer=[triggered_by] if triggered_by else self._exported_last(destination))
+            files = self._files_of_run(destination, blob_name)  # under the lock: no run changes them now
             if triggered_by is not None and triggered_by not in {f.name for f in files}:
                 newer = [f.name for f in files if f.segment == destination.segment_for(triggered_by)]
                 raise SupersededFile(f"{destination.name} already has a newer file for this segment "
@@ -204,15 +203,9 @@ class ExportService:
         self._persist(result)
         return result
 
-    def _exported_last(self, destination: Destination) -> list[str]:
-        with contextlib.suppress(AzureError):
-            return SyncState(self.runs.container, destination.name, config_digest="").recorded_sources()
-        return []
-
-    def _files_of_run(self, destination: Destination, blob_name: str | None, *,
-                      prefer: Sequence[str] = ()) -> list[SegmentFile]:
+    def _files_of_run(self, destination: Destination, blob_name: str | None) -> list[SegmentFile]:
         """Every segment's current file, with `blob_name` (when given) in place of its segment's."""
-        files = self.catalog.current_files(destination, prefer=prefer)
+        files = self.current_files(destination)
         if blob_name is None:
             return files
         named = {f.segment: f for f in self.catalog.files_for(destination, blob_name)}

@@ -11,7 +11,6 @@ Partition files of a CDM folder are never a segment's file: they are read throug
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,20 +76,19 @@ class SegmentCatalog:
                 best = (len(prefix), other.name, prefix)
         return best is not None and best[1:] == (destination.name, segment)
 
-    def current_files(self, destination: Destination, *, prefer: Collection[str] = ()) -> list[SegmentFile]:
+    def current_files(self, destination: Destination) -> list[SegmentFile]:
         """The file of every segment now, in the destination's order (the order that decides merges).
 
-        Last-Modified counts whole seconds: of files written in the same second a name in `prefer` wins (the
-        file whose trigger runs, else the file the last run exported, so a refresh does not undo it), then the
-        greatest name (exports name their files by date, time or sequence).
+        Last-Modified counts whole seconds: of files written in the same second the greatest name wins (exports
+        name their files by date, time or sequence), for every run alike, whatever order their events come in.
         """
-        return [self._current(destination, segment, prefer) for segment in destination.segments]
+        return [self._current(destination, segment) for segment in destination.segments]
 
-    def _current(self, destination: Destination, segment: str, prefer: Collection[str]) -> SegmentFile:
+    def _current(self, destination: Destination, segment: str) -> SegmentFile:
         above = self._model_json_above(destination, segment)
         if above is not None:
             return above
-        newest: dict[bool, tuple[datetime, bool, str, str]] = {}
+        newest: dict[bool, tuple[datetime, str, str]] = {}
         try:
             for blob in self.container.list_blobs(name_starts_with=segment):
                 name = str(blob.name)
@@ -99,16 +97,16 @@ class SegmentCatalog:
                 model = is_model_json(name)
                 if not model and looks_like_cdm_partition(name):
                     continue  # a Customer Insights partition is read through its model.json, never alone
-                candidate = (blob.last_modified, name in prefer, name, str(blob.etag))
+                candidate = (blob.last_modified, name, str(blob.etag))
                 current = newest.get(model)
-                if current is None or candidate[:3] > current[:3]:
+                if current is None or candidate[:2] > current[:2]:
                     newest[model] = candidate
         except ResourceNotFoundError:  # no segments container yet: no segment has a file
             return SegmentFile(segment, None)
         chosen = newest.get(True) or newest.get(False)
         if chosen is None:
             return SegmentFile(segment, None)
-        last_modified, _, name, etag = chosen
+        last_modified, name, etag = chosen
         entity = destination.file_format.entity if is_model_json(name) else None
         return SegmentFile(segment, name, entity, last_modified, etag)
 

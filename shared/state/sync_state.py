@@ -138,11 +138,6 @@ class SyncState:
         self.ensure_lock()
         self._container.get_blob_client(path).upload_blob(json.dumps(current).encode(), overwrite=True)
 
-    def recorded_sources(self) -> list[str]:
-        """The names of the files the last successful run exported (see record_sources)."""
-        recorded = self._read_json(self._prefix + "source.json") or {}
-        return [str(entry.get("name")) for entry in recorded.get("segments") or [] if entry.get("name")]
-
     def clear_checkpoint(self) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             self._container.delete_blob(self._prefix + "checkpoint.json")
