@@ -21,6 +21,11 @@ from shared.errors import ConfigurationError
 # configured for its table folders (shared.source.readers.cdm_reader reads it).
 MODEL_JSON = "model.json"
 
+
+def is_model_json(blob_name: str) -> bool:
+    """The one test of "is this a CDM manifest?" (shared.source.segment_files re-exports it)."""
+    return blob_name.rsplit("/", 1)[-1] == MODEL_JSON
+
 # SendGrid reserved contact fields this app can fill from a column (ContactRequest in the OpenAPI file).
 RESERVED_FIELDS: frozenset[str] = frozenset({
     "first_name", "last_name", "address_line_1", "address_line_2", "city", "state_province_region",
@@ -246,7 +251,7 @@ class DestinationsDocument(_Strict):
         """The destinations a blob is exported to: the owner of a data file (longest prefix), or every
         destination a CDM model.json serves. Every way in (trigger, HTTP, timer) asks this, so a destination
         never exports a file a nested prefix gives to another."""
-        if blob_name.rsplit("/", 1)[-1] == MODEL_JSON:
+        if is_model_json(blob_name):
             return [destination for destination, _ in self.for_model_json(blob_name)]
         owner = self.for_blob(blob_name)
         return [owner] if owner is not None else []

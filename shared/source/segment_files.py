@@ -17,24 +17,23 @@ from datetime import datetime
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from shared.config.destinations import Destination, DestinationsDocument
+from shared.config.destinations import Destination, DestinationsDocument, is_model_json
 from shared.errors import SegmentFileError
 from shared.source.readers.cdm_reader import MODEL_JSON
+
+__all__ = ["DATA_SUFFIXES", "SegmentCatalog", "SegmentFile", "is_model_json", "is_segment_entry",
+           "looks_like_cdm_partition"]
 
 DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".gz")  # any .gz: see readers.dispatch.kind_of
 # Customer Insights' partition files: <Table>/<yyyy>/<mm>/<dd>/<hhmm>/<Table>_<partition>.csv[.gz]
 _CDM_PARTITION_PATH = re.compile(r"(?:^|/)([^/]+)/\d{4}/\d{2}/\d{2}/\d{4}/\1_\d+\.csv(?:\.gz)?$", re.IGNORECASE)
 
 
-def is_model_json(blob_name: str) -> bool:
-    return blob_name.rsplit("/", 1)[-1] == MODEL_JSON
-
-
 def is_segment_entry(blob_name: str) -> bool:
     """Files that start an export: a CDM model.json or a data file (markers, manifests, CRCs do not)."""
-    leaf = blob_name.rsplit("/", 1)[-1]
-    if leaf == MODEL_JSON:
+    if is_model_json(blob_name):
         return True
+    leaf = blob_name.rsplit("/", 1)[-1]
     if leaf.startswith(("_", ".")) or leaf.endswith(".crc"):  # manifest-*.json: .json is not a data suffix
         return False
     return leaf.lower().endswith(DATA_SUFFIXES)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from shared.config.destinations import is_model_json
 from shared.errors import SegmentFileError
 from shared.source.readers.base import SegmentReader
-from shared.source.readers.cdm_reader import MODEL_JSON, CdmReader
+from shared.source.readers.cdm_reader import CdmReader
 from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader
 from shared.source.readers.decoding import content_head
 from shared.source.readers.jsonl_reader import JsonLinesReader
@@ -22,7 +23,7 @@ def kind_of(name: str) -> str:
     saying why anything else is not a segment file."""
     leaf = name.rsplit("/", 1)[-1]
     lower = leaf.lower()
-    if leaf == MODEL_JSON:
+    if is_model_json(name):
         return "cdm"
     if lower.endswith(ENCRYPTED_SUFFIXES):
         raise SegmentFileError(name, "encrypted file: decrypt it before it is dropped into storage "
