@@ -3,7 +3,7 @@
 A segment whose every row is bad must cost disk, not memory: each reject goes straight into a temporary
 file that already is the rejects CSV (`source,row,field,reason,value`, cells a spreadsheet would run as a
 formula prefixed with `'`), and the run store uploads it from that file in blocks. The run report keeps only
-counts and the first rejects (shared/run_report.py). This file is the one place rejected values are kept.
+counts and the first rejects (shared/pipeline/report.py). This file is the one place rejected values are kept.
 """
 
 from __future__ import annotations
