@@ -127,7 +127,12 @@ if topics="$(az eventgrid system-topic list --subscription "$seg_subscription" \
     fi
   done <<<"$topics"
   own=false
-  [ -n "$found_id" ] && [ -n "${AZURE_ENV_NAME:-}" ] && [ "$found_env" = "$AZURE_ENV_NAME" ] && own=true
+  # Ours only if this template made it (evgt-segments-<token>, tagged with this environment): a topic an
+  # earlier version made on the app's own account carries the tag too, and must be reused, not made again.
+  case "${found_id##*/}" in
+    evgt-segments-*) [ -n "$found_id" ] && [ -n "${AZURE_ENV_NAME:-}" ] && [ "$found_env" = "$AZURE_ENV_NAME" ] \
+                       && own=true ;;
+  esac
   if [ -n "$found_id" ] && [ "$own" = false ]; then
     echo "pre-provision: reusing the account's Event Grid system topic ${found_id##*/} (an account has at most one)"
     [ "$found_id" = "$current_topic" ] || azd_set SEGMENTS_SYSTEM_TOPIC_ID "$found_id"

@@ -180,11 +180,12 @@ def test_roles_on_the_segments_container() -> None:
     assert granted == {
         ("identityPrincipalId", "Storage Blob Data Owner", (None, None)),
         ("writerId", "Storage Blob Data Contributor",
-         ("[for writerId in writerIds: ", "!empty(writerId) && !(grantDeployer && writerId == deployerPrincipalId)")),
+         ("[for writerId in writerIds: ",
+          "!empty(writerId) && !(grantDeployer && writerId == toLower(deployerPrincipalId))")),
         ("deployerPrincipalId", "Storage Blob Data Contributor", (None, "grantDeployer")),
     }
     variables = _vars(access)
-    assert variables["writerIds"] == "split(replace(writerPrincipalIds, ' ', ''), ',')"
+    assert variables["writerIds"] == "union(split(toLower(replace(writerPrincipalIds, ' ', '')), ','), [])"
     assert variables["grantDeployer"] == "grantDeployerDataAccess && !empty(deployerPrincipalId)"
     assert re.search(r"^\s*principalType:\s*'ServicePrincipal'", access, flags=re.MULTILINE), "the app's identity"
 
@@ -202,13 +203,15 @@ def test_roles_on_the_segments_container() -> None:
 def test_writer_ids_split_like_the_template() -> None:
     """The Bicep expression, evaluated by hand: spaces and empty entries do not make role assignments."""
     def writers(value: str, deployer: str = "", grant: bool = True) -> list[str]:
-        ids = value.replace(" ", "").split(",")  # split(replace(writerPrincipalIds, ' ', ''), ',')
-        return [i for i in ids if i and not (grant and deployer and i == deployer)]
+        # union(split(toLower(replace(writerPrincipalIds, ' ', '')), ','), []): lower-cased, each once
+        ids = list(dict.fromkeys(value.replace(" ", "").lower().split(",")))
+        return [i for i in ids if i and not (grant and deployer and i == deployer.lower())]
 
     assert writers("") == []
     assert writers("aaa, bbb,,ccc ") == ["aaa", "bbb", "ccc"]
     assert writers("aaa,me", deployer="me") == ["aaa"]
     assert writers("aaa,me", deployer="me", grant=False) == ["aaa", "me"]
+    assert writers("AAA,aaa,ME", deployer="me") == ["aaa"]  # one assignment per principal, whatever the case
 
 
 # ---------------------------------------------------------------------------------------------- 3. shared keys
@@ -346,12 +349,21 @@ def test_preprovision_reuses_the_existing_accounts_own_topic(tmp_path: Path) -> 
     _assert_read_only(calls)
 
 
+OWN_TOPIC_ID = (f"/subscriptions/{SEG_SUB}/resourceGroups/rg-data/providers/Microsoft.EventGrid/systemTopics/"
+                "evgt-segments-abc")
+
+
 def test_preprovision_leaves_the_templates_own_topic_to_the_template(tmp_path: Path) -> None:
-    topics = f"{TOPIC_ID}\t{ACCOUNT_ID}\tprod\n"
+    topics = f"{OWN_TOPIC_ID}\t{ACCOUNT_ID}\tprod\n"
     env = {"SEGMENTS_STORAGE_ACCOUNT_ID": ACCOUNT_ID}
     result, _, azd_calls = _run_preprovision(tmp_path, env, topics=topics)
     assert result.returncode == 0 and azd_calls == [], result.stdout + result.stderr
-    result, _, azd_calls = _run_preprovision(tmp_path, {**env, "SEGMENTS_SYSTEM_TOPIC_ID": TOPIC_ID}, topics=topics)
+    # a topic an earlier version made (evgt-<token>, tagged with this environment) is reused, not made twice
+    old_topic = OWN_TOPIC_ID.replace("evgt-segments-abc", "evgt-abc")
+    result, _, azd_calls = _run_preprovision(tmp_path, env, topics=f"{old_topic}\t{ACCOUNT_ID}\tprod\n")
+    assert result.returncode == 0 and azd_calls == [f"env set SEGMENTS_SYSTEM_TOPIC_ID {old_topic}|"]
+    result, _, azd_calls = _run_preprovision(tmp_path, {**env, "SEGMENTS_SYSTEM_TOPIC_ID": OWN_TOPIC_ID},
+                                             topics=topics)
     assert result.returncode == 0 and azd_calls == ['env set SEGMENTS_SYSTEM_TOPIC_ID |'], "a stale reuse is cleared"
     result, _, azd_calls = _run_preprovision(tmp_path, env, topics="")
     assert result.returncode == 0 and azd_calls == [] and "the template creates one" in result.stdout

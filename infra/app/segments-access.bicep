@@ -34,8 +34,9 @@ var roles = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 }
 
-// '' -> [''], and 'a, b' -> ['a', 'b']: empty entries are skipped by the loop's condition.
-var writerIds = split(replace(writerPrincipalIds, ' ', ''), ',')
+// '' -> [''], and 'a, b' -> ['a', 'b']: empty entries are skipped by the loop's condition. Lower-cased and
+// de-duplicated (union with []): the same principal twice would be a second assignment, which ARM refuses.
+var writerIds = union(split(toLower(replace(writerPrincipalIds, ' ', '')), ','), [])
 var grantDeployer = grantDeployerDataAccess && !empty(deployerPrincipalId)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -66,7 +67,7 @@ resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 
 // principalType is left out: a writer may be a service principal, a group or a user. The deployer, when it gets
 // the same role below, is skipped here (one assignment per principal, role and scope).
-resource writerBlobDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for writerId in writerIds: if (!empty(writerId) && !(grantDeployer && writerId == deployerPrincipalId)) {
+resource writerBlobDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for writerId in writerIds: if (!empty(writerId) && !(grantDeployer && writerId == toLower(deployerPrincipalId))) {
   name: guid(segmentsContainer.id, writerId, roles.storageBlobDataContributor)
   scope: segmentsContainer
   properties: {
