@@ -16,6 +16,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 
 from shared.errors import ConfigurationError, ExportError
+from shared.service.erasure_service import ERASURES_PREFIX, handle_erasure_file
 from shared.service.export_service import (
     EXPORT_QUEUE,
     ExportService,
@@ -24,6 +25,7 @@ from shared.service.export_service import (
     new_run_id,
     run_store_from_environment,
 )
+from shared.service.queued import fail_run
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment")
@@ -42,6 +44,10 @@ def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
     service = get_service()
     if client.container_name != service.settings.segments_container:
         log.warning("blob trigger fired for another container; ignored")
+        return
+    if client.blob_name.startswith(ERASURES_PREFIX):  # an erasure request, never a segment
+        erasure = handle_erasure_file(service, client.blob_name)
+        log.info("erasure %s: %s", erasure and erasure["erasure_id"], erasure and erasure["status"])
         return
     for outcome in service.handle_new_blob(client.blob_name):
         if outcome.report is None:
@@ -82,14 +88,14 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         return _error(exc.status, exc.message, **exc.details)
     run_id = new_run_id(destination.name)
     if dry_run:
-        result = service.export_with_preview(destination, blob_name, run_id=run_id, dry_run=True)
+        result = service.export_with_preview(destination, blob_name, run_id=run_id, dry_run=True, trigger="http")
         payload = result.report.to_dict()
         payload["preview"] = [json.loads(contact) for contact in result.preview]
         status = 200 if result.report.status == "dry_run" else 422
         return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json")
     # Without a blob the message names none: the run reads the segments' current files when it starts, so a
     # message the queue delivers late never exports older files over newer ones.
-    service.mark_queued(destination, blob_name, run_id, dry_run=False)
+    service.mark_queued(destination, blob_name, run_id, dry_run=False, trigger="http", full=full)
     queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": full}))
     status_url = _status_url(req, run_id)
     return func.HttpResponse(json.dumps({"run_id": run_id, "status": "queued", "status_url": status_url}),
@@ -100,7 +106,7 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("run_id", "")
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSZ>-<hex>
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSmmmZ>-<hex>
         return _error(400, "malformed run ID")
     service = _service()
     if isinstance(service, func.HttpResponse):
@@ -151,10 +157,11 @@ def run_queued_export(message: func.QueueMessage) -> None:
         log.error("queued run %s names a destination that no longer exists", run_id)
         service.fail_queued(run_id, f"destination {destination_name!r} is no longer configured; nothing was sent")
         return
-    service.runs.mark_running(run_id, attempt)
+    queued_report = service.runs.mark_running(run_id, attempt) or {}
     try:
-        report = service.export(destination, blob_name, run_id=run_id,
-                                full=bool(request.get("full", False)), lock_wait=service.trigger_lock_wait)
+        report = service.export(destination, blob_name, run_id=run_id, full=bool(request.get("full", False)),
+                                lock_wait=service.trigger_lock_wait,
+                                trigger=str(queued_report.get("triggered_by") or "queue"))
     except ExportError as exc:
         log.error("queued run %s failed: %s", run_id, exc)
         return
@@ -171,7 +178,7 @@ def run_queued_export(message: func.QueueMessage) -> None:
 def _record_failure(run_id: str, error: str) -> None:
     """Say on the run's status URL why it will not run; built from the storage settings alone."""
     try:
-        run_store_from_environment().fail_queued(run_id, error)
+        fail_run(run_store_from_environment(), run_id, error)  # and its telemetry record
     except Exception:  # storage may be what failed: the original error is the one to report
         log.exception("queued run %s: could not record its failure", run_id)
 

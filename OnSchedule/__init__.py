@@ -8,6 +8,7 @@ import typing
 
 import azure.functions as func
 
+from shared.service.erasure_service import resume_erasures
 from shared.service.export_service import EXPORT_QUEUE, get_service
 
 bp = func.Blueprint()
@@ -29,6 +30,11 @@ def scheduled_refresh(timer: func.TimerRequest, queued: func.Out[typing.List[str
     service = get_service()
     for earlier in service.finish_pending_runs():
         log.info("run %s: pending import jobs now %s", earlier.get("run_id"), earlier.get("status"))
+    try:  # unfinished erasures (killed, failed, SendGrid still deleting): never in the way of the refresh
+        for erasure in resume_erasures(service):
+            log.info("erasure %s: %s", erasure["erasure_id"], erasure["status"])
+    except Exception as exc:
+        log.error("unfinished erasures could not be resumed now (%s); the next run tries again", type(exc).__name__)
     messages = service.queue_refresh()
     queued.set([json.dumps(message) for message in messages])
     log.info("scheduled refresh queued %d of %d destination(s)", len(messages), len(service.destinations.destinations))

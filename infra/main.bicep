@@ -38,6 +38,7 @@ param identityName string = ''
 param logAnalyticsName string = ''
 param applicationInsightsName string = ''
 param systemTopicName string = ''
+param vNetName string = ''
 
 // azd passes an empty string for an azd environment value that is not set: empty means "the default" below.
 @description('NCRONTAB (six fields, UTC) of the scheduled refresh of every destination. Empty = 0 0 6 * * *.')
@@ -102,6 +103,21 @@ param storageSkuName string = 'Standard_ZRS'
 @description('Days after which rejected-row files, reports and segment files are deleted (lifecycle policy). azd value PERSONAL_DATA_RETENTION_DAYS.')
 param personalDataRetentionDays int = 30
 
+@description('Mail address that gets the alerts (a run ended failed, partial or refused; a destination without a successful run for staleAfterHours). azd value ALERT_EMAIL. Empty = no action group and no alert rules.')
+param alertEmail string = ''
+
+@minValue(1)
+@maxValue(47)
+@description('Hours without a successful run after which a destination alerts. azd value ALERT_STALE_HOURS. Default 26 (a daily refresh plus slack).')
+param staleAfterHours int = 26
+
+@description('Private networking as in Microsoft\'s Flex Consumption azd templates: a VNet (a subnet delegated to Microsoft.App/environments for the app\'s outbound integration, one for private endpoints), private endpoints for blob/queue/table of the run-state account, blob of the dedicated segments account and the Key Vault, and public network access Disabled on those. The app\'s own inbound endpoint stays public (Event Grid webhook). azd value VNET_ENABLED; docs/deploy.md "Private networking".')
+param vnetEnabled bool = false
+
+@description('Generation of the Key Vault name: empty or 1 = kv-<token>, n = kv-<token>-n. scripts/pre-provision.sh sets it (azd value KEY_VAULT_GENERATION) when the vault of the current generation is soft-deleted and purge-protected, which keeps its name for 90 days after `azd down`.')
+@maxLength(4)
+param keyVaultGeneration string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -125,6 +141,9 @@ var segmentsResourceGroupName = useExistingSegments ? split(segmentsStorageAccou
 var segmentsAccountName = useExistingSegments ? last(split(segmentsStorageAccountId, '/')) : dedicatedSegmentsName
 var reuseSystemTopic = !empty(segmentsSystemTopicId)
 var newSystemTopicName = !empty(systemTopicName) ? systemTopicName : 'evgt-segments-${resourceToken}'
+var generatedKeyVaultName = empty(keyVaultGeneration) || keyVaultGeneration == '1' ? 'kv-${resourceToken}' : 'kv-${resourceToken}-${keyVaultGeneration}'
+var vaultName = !empty(keyVaultName) ? keyVaultName : generatedKeyVaultName
+var dataPublicNetworkAccess = vnetEnabled ? 'Disabled' : 'Enabled'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -165,6 +184,7 @@ module storage 'app/storage.bicep' = {
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     skuName: storageSku
     personalDataRetentionDays: personalDataRetentionDays
+    publicNetworkAccess: dataPublicNetworkAccess
   }
 }
 
@@ -180,6 +200,7 @@ module segmentsStorage 'app/segments-storage.bicep' = if (empty(segmentsStorageA
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     skuName: storageSku
     allowSharedKeyAccess: allowSharedKeyOnSegments
+    publicNetworkAccess: dataPublicNetworkAccess
     personalDataRetentionDays: personalDataRetentionDays
   }
 }
@@ -209,10 +230,54 @@ module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
   params: {
-    name: !empty(keyVaultName) ? keyVaultName : 'kv-${resourceToken}'
+    name: vaultName
     location: location
     tags: tags
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    publicNetworkAccess: dataPublicNetworkAccess
+  }
+}
+
+// vnetEnabled: the VNet, and private endpoints (with their DNS zones) for the storage accounts and the vault.
+module vnet 'app/vnet.bicep' = if (vnetEnabled) {
+  name: 'vnet'
+  scope: rg
+  params: {
+    name: !empty(vNetName) ? vNetName : 'vnet-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module privateEndpoints 'app/private-endpoints.bicep' = if (vnetEnabled) {
+  name: 'private-endpoints'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    vnetId: vnetEnabled ? vnet.outputs.id : ''
+    subnetId: vnetEnabled ? vnet.outputs.privateEndpointSubnetId : ''
+    storageAccountName: storage.outputs.name
+    segmentsStorageAccountName: useExistingSegments ? '' : dedicatedSegmentsName
+    keyVaultName: keyVault.outputs.name
+  }
+  dependsOn: [
+    segmentsStorage
+  ]
+}
+
+// Alert rules on the run records in Application Insights, and the action group that mails alertEmail.
+module alerts 'app/alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    alertEmail: alertEmail
+    staleAfterHours: staleAfterHours
+    actionGroupName: 'ag-${resourceToken}'
+    namePrefix: 'alert-${resourceToken}'
   }
 }
 
@@ -251,10 +316,13 @@ module api 'app/api.bicep' = {
     sendGridBaseUrl: sendGridBaseUrl
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    virtualNetworkSubnetId: vnetEnabled ? vnet.outputs.appSubnetId : ''
   }
-  // The app starts with identity-based connections: let the role assignments exist first.
+  // The app starts with identity-based connections: let the role assignments (and, with vnetEnabled, the private
+  // endpoints it reaches storage through) exist first.
   dependsOn: [
     rbac
+    privateEndpoints
   ]
 }
 
@@ -274,6 +342,8 @@ output EVENT_GRID_SYSTEM_TOPIC_NAME string = reuseSystemTopic ? last(split(segme
 output EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP string = reuseSystemTopic ? split(segmentsSystemTopicId, '/')[4] : segmentsResourceGroupName
 output EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID string = reuseSystemTopic ? split(segmentsSystemTopicId, '/')[2] : segmentsSubscriptionId
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output VNET_ENABLED bool = vnetEnabled
+output ALERTS_ENABLED bool = !empty(alertEmail)
 output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
 output SENDGRID_SECRET_NAME string = secretName
 output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId

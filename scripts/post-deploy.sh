@@ -114,7 +114,8 @@ if [ -n "${AZURE_KEY_VAULT_NAME:-}" ] && [ -n "${SENDGRID_SECRET_NAME:-}" ]; the
     0) echo "post-deploy: NOTE: Key Vault $AZURE_KEY_VAULT_NAME has no secret '$SENDGRID_SECRET_NAME' yet;" \
             "exports fail until you add the SendGrid API key (docs/deploy.md, step 3)." ;;
     *) echo "post-deploy: could not list the secrets of $AZURE_KEY_VAULT_NAME (no access? a role assigned by" \
-            "the first azd provision can take a few minutes to apply); make sure the secret" \
+            "the first azd provision can take a few minutes to apply; with vnetEnabled the vault takes no public" \
+            "calls); make sure the secret" \
             "'$SENDGRID_SECRET_NAME' exists (docs/deploy.md, step 3)." ;;
   esac
 fi

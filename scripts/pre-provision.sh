@@ -24,6 +24,9 @@
 #     not create (no tag azd-env-name=AZURE_ENV_NAME) is reused: its ID goes into the azd value
 #     SEGMENTS_SYSTEM_TOPIC_ID, which the template reads instead of creating a second topic (which ARM refuses).
 #     azd reloads its environment after a hook, so the same `azd provision` sees it.
+# Key Vault: after `azd down` the purge-protected vault stays soft-deleted under its name for 90 days; when the
+# name of the current generation is taken so, the next generation is recorded (azd value KEY_VAULT_GENERATION,
+# main.bicep keyVaultGeneration: kv-<token>-<n>) and the hook says how to recover the old vault instead.
 # Without SEGMENTS_STORAGE_ACCOUNT_ID a leftover SEGMENTS_SYSTEM_TOPIC_ID is cleared (the dedicated account's topic
 # is the template's own).
 # Needs the Azure CLI (`az login`); `azd` to record SEGMENTS_SYSTEM_TOPIC_ID (else it prints the command).
@@ -66,6 +69,47 @@ azd_set() {
     echo "pre-provision: azd not found: run  azd env set $1 \"$2\"  before azd provision"
   fi
 }
+
+# ---------------------------------------------------------------------------------------------- Key Vault name
+# The vault is purge-protected: after `azd down` it stays soft-deleted, its name taken, for its retention (90 days),
+# and a new vault of that name fails to deploy. Soft-deleted vaults keep their tags, so this finds the ones this azd
+# environment made (tag azd-env-name, same location: the name's token comes from both) and, when the name of the
+# current generation (azd value KEY_VAULT_GENERATION, default 1) is among them, moves to the next generation
+# (kv-<token>-<n>): a new, empty vault. Names of the form main.bicep generates only.
+generation="${KEY_VAULT_GENERATION:-1}"
+[[ "$generation" =~ ^[0-9]{1,4}$ ]] || fail "KEY_VAULT_GENERATION must be a number (1, 2, ...), not '$generation'"
+if [ -z "${AZURE_ENV_NAME:-}" ]; then
+  echo "pre-provision: AZURE_ENV_NAME is not set: not checking for a soft-deleted Key Vault of this environment"
+elif deleted="$(az keyvault list-deleted --resource-type vault ${subscription[@]+"${subscription[@]}"} \
+                  --query '[].[name, properties.location, properties.tags."azd-env-name", properties.scheduledPurgeDate]' \
+                  -o tsv 2>/dev/null)"; then
+  location="$(printf '%s' "${AZURE_LOCATION:-}" | tr -d ' ' | tr '[:upper:]' '[:lower:]')"
+  taken=""; base=""; highest="$generation"; until_date=""
+  while IFS=$'\t' read -r vault vault_location vault_env purge_date; do
+    [ -n "$vault" ] && [ "$vault_env" = "$AZURE_ENV_NAME" ] || continue
+    [ -z "$location" ] || [ "$(printf '%s' "$vault_location" | tr -d ' ' | tr '[:upper:]' '[:lower:]')" = "$location" ] \
+      || continue
+    [[ "$vault" =~ ^(kv-[a-z0-9]{13})(-([0-9]{1,4}))?$ ]] || continue
+    base="${BASH_REMATCH[1]}"; vault_generation="${BASH_REMATCH[3]:-1}"
+    [ "$vault_generation" -le "$highest" ] || highest="$vault_generation"
+    if [ "$vault_generation" = "$generation" ]; then taken="$vault"; until_date="$purge_date"; fi
+  done <<<"$deleted"
+  if [ -n "$taken" ]; then
+    next=$((highest + 1))
+    echo "pre-provision: Key Vault $taken (generation $generation) was deleted and is purge-protected: its name is" \
+         "taken until ${until_date:-its retention ends}. Using generation $next ($base-$next), a new and empty vault:" \
+         "put the SendGrid API key into it after provisioning (docs/deploy.md, step 3). To keep the old vault and its" \
+         "secret instead: az keyvault recover --name $taken (its resource group must exist again), then" \
+         "azd env set KEY_VAULT_GENERATION $generation"
+    azd_set KEY_VAULT_GENERATION "$next"
+  else
+    echo "pre-provision: Key Vault: no soft-deleted vault holds the name of generation $generation"
+  fi
+else
+  echo "pre-provision: WARNING: could not list soft-deleted Key Vaults (az keyvault list-deleted). If azd provision" \
+       "fails because a vault of that name exists in the deleted state (after azd down), run" \
+       "azd env set KEY_VAULT_GENERATION $((generation + 1)) and provision again"
+fi
 
 if [ -z "$account_id" ]; then
   echo "pre-provision: segments: the dedicated segments account (SEGMENTS_STORAGE_ACCOUNT_ID is not set)"

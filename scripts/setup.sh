@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the local run and the tests need, from scratch or incrementally:
-# a Python 3.11+ virtualenv in .venv with requirements-dev.txt, and Azurite from package-lock.json.
+# a Python 3.11+ virtualenv in .venv with requirements-dev.txt, Azurite from package-lock.json, and
+# Debian's chromium for the console's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,15 @@ fi
 if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing Azurite (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+# The console's browser test drives Debian's Chromium through Playwright (whose own browser download is
+# blocked here and not used). CI runs as root on a fresh machine: install it there; elsewhere say how.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium is missing: 'sudo apt-get install chromium' for the console's browser test" >&2
+  fi
 fi

@@ -54,6 +54,25 @@ class Api:
         job = self.sim.submit_upsert(contacts, list_ids)
         return 202, {"job_id": job.id}
 
+    def delete_contacts(self, request: Request) -> Answer:
+        """DELETE /v3/marketing/contacts: `ids` or `delete_all_contacts=true` (not both), processed as a job.
+        IDs of contacts already gone are accepted and ignored (deleting twice is how a retry looks)."""
+        raw, everything = request.one("ids"), request.one("delete_all_contacts")
+        if (raw is None) == (everything is None):
+            raise ApiError.one(400, None, "set either ids or delete_all_contacts")
+        if everything is not None and everything != "true":
+            raise ApiError.one(400, "delete_all_contacts", "delete_all_contacts must be \"true\"")
+        ids = [x for x in (raw or "").split(",") if x]
+        if raw is not None and not ids:
+            raise ApiError.one(400, "ids", "ids must name at least one contact ID")
+        keys = self.store.keys_of(ids) if raw is not None else None
+        job = self.sim.submit_contact_deletion(keys)
+        return 202, {"job_id": job.id}
+
+    def contact_count(self, request: Request) -> Answer:
+        with self.store.lock:
+            return 200, {"contact_count": len(self.store.contacts), "billable_count": self.store.billable_count}
+
     def get_import(self, request: Request) -> Answer:
         job = self.store.jobs.get(request.params["id"])
         if job is None:

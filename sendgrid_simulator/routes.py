@@ -15,6 +15,8 @@ class Route(NamedTuple):
 _READ, _WRITE = "marketing.read", "marketing.write"
 _TABLE: list[tuple[str, tuple[str, ...], str, str | None]] = [
     ("PUT", ("v3", "marketing", "contacts"), "upsert_contacts", _WRITE),
+    ("DELETE", ("v3", "marketing", "contacts"), "delete_contacts", _WRITE),
+    ("GET", ("v3", "marketing", "contacts", "count"), "contact_count", _READ),
     ("GET", ("v3", "marketing", "contacts", "imports", "{id}"), "get_import", _READ),
     ("POST", ("v3", "marketing", "contacts", "search", "emails"), "search_emails", _READ),
     ("GET", ("v3", "marketing", "lists"), "get_lists", _READ),

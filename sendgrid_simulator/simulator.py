@@ -286,6 +286,12 @@ class Simulator:
                   payload=(contact_list, keys))
         return self._enqueue(job)
 
+    def submit_contact_deletion(self, keys: list[str] | None) -> Job:
+        """keys None: every contact (delete_all_contacts)."""
+        job = Job(new_job_id(), "delete_contacts", len(keys) if keys is not None else len(self.store.contacts),
+                  now_iso(), time.monotonic() + self.job_delay, payload=keys)
+        return self._enqueue(job)
+
     def _enqueue(self, job: Job) -> Job:
         with self.store.lock:
             self.store.jobs[job.id] = job
@@ -365,6 +371,9 @@ def _admin(sim: Simulator, method: str, path: str, query: dict[str, list[str]],
             sim.set_rate_limit(data["rate_limit"])
         if "api_keys" in data:
             sim.set_api_keys(data["api_keys"])
+        if "billable_count" in data:
+            with sim.store.lock:
+                sim.store.billable_count = int(data["billable_count"])
         if "validate_openapi" in data:
             sim.set_validation(bool(data["validate_openapi"]))
         return 200, {}, js

@@ -132,6 +132,8 @@ class Store:
         self._ids: dict[str, str] = {}  # contact key -> contact id
         self._keys_by_id: dict[str, str] = {}
         self._field_counter = 0
+        # Contacts billed this month: each contact created counts, and deleting one does not give it back.
+        self.billable_count = 0
 
     def reset(self, *, everything: bool = False) -> None:
         with self.lock:
@@ -141,6 +143,7 @@ class Store:
             self.upsert_batches.clear()
             self._ids.clear()
             self._keys_by_id.clear()
+            self.billable_count = 0
             for contact_list in self.lists.values():
                 contact_list.members.clear()
             if everything:
@@ -305,8 +308,16 @@ class Store:
 
     # -- applying jobs (worker thread) -------------------------------------------------------------
 
+    def keys_of(self, contact_ids: Iterable[str]) -> list[str]:
+        """The contact keys of these IDs that still exist (a contact deleted already is left out)."""
+        with self.lock:
+            keys = (self._keys_by_id.get(contact_id) for contact_id in contact_ids)
+            return [key for key in keys if key is not None and key in self.contacts]
+
     def apply(self, job: Job) -> None:
-        if job.job_type == "delete":
+        if job.job_type == "delete_contacts":
+            self._apply_contact_deletion(job)
+        elif job.job_type == "delete":
             self._apply_removal(job)
         else:
             self._apply_upsert(job)
@@ -340,6 +351,7 @@ class Store:
                     contact["created_at"] = contact["updated_at"] = stamp
                     store[key] = contact
                     created += 1
+                    self.billable_count += 1
                 else:
                     missing = [name for name in _OTHER_IDENTIFIERS if name in existing and name not in contact]
                     if missing:
@@ -359,6 +371,19 @@ class Store:
                     members.add(key)
         job.created_count, job.updated_count, job.errored_count = created, updated, len(errors)
         job.status = "completed" if not errors else ("failed" if not created + updated else "errored")
+
+    def _apply_contact_deletion(self, job: Job) -> None:
+        keys = job.payload
+        with self.lock:
+            doomed = list(self.contacts) if keys is None else [key for key in keys if key in self.contacts]
+            for key in doomed:
+                contact = self.contacts.pop(key)
+                for alternate in contact.get("alternate_emails") or []:
+                    self.alternates.pop(alternate, None)
+                for contact_list in self.lists.values():
+                    contact_list.members.discard(key)
+            job.deleted_count = len(doomed)
+        job.status = "completed"
 
     def _apply_removal(self, job: Job) -> None:
         contact_list, keys = job.payload

@@ -3,6 +3,9 @@
     python -m shared.cli export samples/segments/vip-customers/vip_customers_1.csv \
         --config samples/destinations.local.json --destination vip-customers [--dry-run]
     python -m shared.cli sync vip-customers [--blob NAME] [--full]
+    python -m shared.cli erase [EMAIL ...] [--file CSV] [--reference REF] | erase --resume
+    python -m shared.cli lift-suppression EMAIL ...
+    python -m shared.cli forget-destination NAME [--remove-from-list]
 
 `export --rejects FILE` also writes every rejected row with its value to a local CSV.
 `export` sends one file and keeps no sync state (every contact is sent, nothing is removed); `sync` runs a
@@ -30,7 +33,17 @@ from shared.config.settings import AppSettings, setting
 from shared.errors import ExportError
 from shared.pipeline.engine import ExportOptions, export_segment
 from shared.pipeline.report import MAX_REPORTED_DETAILS
+from shared.privacy.requests import parse_csv
 from shared.sendgrid.client import SendGridClient
+from shared.sendgrid.errors import SendGridError
+from shared.service.erasure_service import (
+    InvalidErasureRequest,
+    forget_destination,
+    lift_suppression,
+    resume_erasures,
+    submit_erasure,
+    suppression_from_environment,
+)
 from shared.service.export_service import ExportService, new_run_id
 from shared.source.sources import source_for
 
@@ -64,12 +77,54 @@ def _parser() -> argparse.ArgumentParser:
                                      "(default: every segment's current file)")
     sync.add_argument("--full", action="store_true", help="re-send every contact, not only new and changed ones")
     sync.add_argument("--report", help="also write the run report to this file")
+    _privacy_commands(sub)
     return parser
+
+
+def _privacy_commands(sub: Any) -> None:
+    erase = sub.add_parser("erase", help="erase people: delete their contacts, clean the state, never export "
+                                         "them again (as POST /api/erasures)")
+    erase.add_argument("emails", nargs="*", help="addresses to erase")
+    erase.add_argument("--file", help="a CSV of addresses (first column)")
+    erase.add_argument("--reference", default="", help="the request's ticket or case ID (no address)")
+    erase.add_argument("--resume", action="store_true", help="run every unfinished erasure again")
+    lift = sub.add_parser("lift-suppression", help="let addresses be exported again (a person who opted in again)")
+    lift.add_argument("emails", nargs="+")
+    forget = sub.add_parser("forget-destination", help="delete a destination's state (snapshot, checkpoint, "
+                                                       "receipts, rejects files)")
+    forget.add_argument("name")
+    forget.add_argument("--remove-from-list", action="store_true",
+                        help="first take its exported contacts off its list (contacts are never deleted)")
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    """erase, lift-suppression, forget-destination: through the service, as the functions do."""
+    try:
+        service = ExportService.from_environment()
+        if args.command == "forget-destination":
+            result: Any = forget_destination(service, args.name, remove_from_list=args.remove_from_list)
+        elif args.command == "lift-suppression":
+            result = {"lifted": lift_suppression(service, args.emails)}
+        elif args.resume:
+            result = {"erasures": resume_erasures(service)}
+        else:
+            emails = list(args.emails)
+            if args.file:
+                emails += parse_csv(Path(args.file).read_bytes(), args.file)
+            result = submit_erasure(service, {"emails": emails, "reference": args.reference})
+    except KeyError as exc:
+        return _print_result({"status": "failed", "error": f"unknown destination {exc}"}, None, 2)
+    except (ExportError, AzureError, InvalidErasureRequest, SendGridError) as exc:
+        error = str(exc) if not isinstance(exc, AzureError) else f"storage unavailable ({type(exc).__name__})"
+        return _print_result({"status": "failed", "error": error}, None, 2)
+    return _print_result(result, None, 0 if result.get("status", "completed") == "completed" else 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command in ("erase", "lift-suppression", "forget-destination"):
+        return _privacy(args)
     if args.command == "sync":
         return _sync(args.destination, args.blob, full=args.full, report_path=args.report)
 
@@ -85,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                                   "exporting"}, args.report, 2)
         source, name = source_for(args.segment)
         client = None
+        keys = ApiKeyProvider.from_settings()
+        suppression = suppression_from_environment(keys)  # erased people are never sent, from here either
         if not args.dry_run or destination.field_mapping.custom_fields:
-            keys = ApiKeyProvider.from_settings()
             secret = destination.api_key_secret
-            client = SendGridClient(keys.get(secret), base_url=AppSettings.from_environment().sendgrid_base_url,
-                                    on_unauthorized=lambda: keys.refresh(secret))
+            base_url = AppSettings.from_environment().base_url_for(destination.region)
+            client = SendGridClient(keys.get(secret), base_url=base_url, on_unauthorized=lambda: keys.refresh(secret))
         run_id = f"cli-{uuid.uuid4().hex[:12]}"
         try:
             result = export_segment(destination, source, name, client, run_id=run_id,
-                                    options=ExportOptions(dry_run=args.dry_run, preview_limit=args.preview))
+                                    options=ExportOptions(dry_run=args.dry_run, preview_limit=args.preview,
+                                                          suppression=suppression))
         finally:
             if client is not None:
                 client.close()
@@ -127,7 +184,7 @@ def _sync(name: str, blob: str | None, *, full: bool, report_path: str | None) -
         if blob is None and service.latest_segment(destination) is None:
             raise ExportError(f"no segment file under {destination.segments} in the segments container")
         report = service.export(destination, blob, run_id=new_run_id(destination.name), full=full,
-                                lock_wait=service.trigger_lock_wait)
+                                lock_wait=service.trigger_lock_wait, trigger="cli")
         stored = service.report(report.run_id)
     except (ExportError, AzureError) as exc:
         error = str(exc) if isinstance(exc, ExportError) else f"storage unavailable ({type(exc).__name__})"

@@ -11,11 +11,9 @@ the message the HTTP function put in its output binding; the timer gets a `Timer
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
-import re
 import threading
 import time
 import typing
@@ -24,26 +22,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
-import azurefunctions.extensions.bindings.blob as blob_binding
 import pytest
 from azure.functions.meta import Datum
-from azure.functions.queue import QueueMessageInConverter, QueueMessageOutConverter
 from azure.functions.timer import TimerRequestConverter
 from azure.storage.blob import BlobServiceClient, ContainerClient
-from azurefunctions.extensions.base import Datum as ExtensionDatum
-from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
 
 import ExportSegment as export_segment_module
-from function_app import app
+from devtools.functions_host import (
+    CapturedOut,
+    bindings,
+    deliver_queue_message,
+    find_route,
+    fire_blob_trigger,
+    invoke_http,
+    queue_function,
+    registered,
+    registered_functions,
+)
 from sendgrid_simulator import Simulator
 from shared.config.secrets import ApiKeyProvider
 from shared.errors import ConfigurationError
 from shared.pipeline.engine import ExportOptions
-from shared.service.export_service import ExportService, get_service, reset_service
+from shared.service.export_service import EXPORT_QUEUE, ExportService, get_service, reset_service
 from tests.azurite import Azurite
 from tests.keyvault_standin import KeyVaultStandIn
 from tests.sendgrid_fixture import running_simulator
@@ -185,53 +189,6 @@ def env(azurite: Azurite, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> It
 
 # -- invoking the registered functions as the host does ---------------------------------------------------
 
-@functools.cache
-def registered_functions() -> tuple[Any, ...]:
-    """`app.get_functions()` indexes the app and may run once per process (a second call raises on the
-    'duplicate' names), like the host's single indexing; every test shares this one result."""
-    return tuple(app.get_functions())
-
-
-def registered(name: str) -> Any:
-    return next(f for f in registered_functions() if f.get_function_name() == name)
-
-
-def bindings(name: str) -> list[dict[str, Any]]:
-    data: dict[str, Any] = json.loads(registered(name).get_function_json())
-    return list(data["bindings"])
-
-
-def fire_blob_trigger(container: str, blob_name: str) -> None:
-    """What the worker does for `ExportOnNewSegmentFile`: decode the host's model_binding_data into the SDK
-    type the function's annotation asks for (through the extension's converter), then call the function."""
-    fn = registered("ExportOnNewSegmentFile").get_user_function()
-    annotation = typing.get_type_hints(fn)["client"]
-    assert annotation is blob_binding.BlobClient  # streamed through the SDK, not a func.InputStream in memory
-    assert BlobClientConverter.check_input_type_annotation(annotation)
-    trigger = next(b for b in bindings("ExportOnNewSegmentFile") if b["type"] == "blobTrigger")
-    content = json.dumps({"Connection": trigger["connection"], "ContainerName": container, "BlobName": blob_name})
-    model_binding_data = SimpleNamespace(version="1.0", source="AzureStorageBlobs",
-                                         content_type="application/json", content=content)
-    client = BlobClientConverter.decode(ExtensionDatum(model_binding_data, "model_binding_data"),
-                                        trigger_metadata={}, pytype=annotation)
-    assert (client.container_name, client.blob_name) == (container, blob_name)
-    fn(client)
-
-
-class CapturedOut(func.Out[Any]):
-    """The worker's output-binding holder: the function sets the value, the host then sends it."""
-
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def set(self, val: Any) -> None:
-        self.value = val
-
-    def get(self) -> Any:
-        assert self.value is not None
-        return self.value
-
-
 @dataclass
 class HttpResult:
     response: func.HttpResponse
@@ -246,42 +203,27 @@ class HttpResult:
         return json.loads(self.response.get_body())
 
 
-def _route_params(template: str, path: str) -> dict[str, str] | None:
-    pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
-    match = re.fullmatch(pattern, path)
-    return match.groupdict() if match else None
-
-
-def http(method: str, path: str, body: bytes | dict[str, Any] | None = None) -> HttpResult:
-    """Route `METHOD /api/<path>` to the registered HTTP function whose route and methods match it."""
+def http(method: str, path: str, body: bytes | dict[str, Any] | None = None, *,
+         headers: dict[str, str] | None = None) -> HttpResult:
+    """Route `METHOD /api/<path>[?query]` to the registered HTTP function whose route and methods match it
+    (devtools.functions_host, which the local development server uses too)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    for fn in registered_functions():
-        binds = json.loads(fn.get_function_json())["bindings"]
-        trigger = next((b for b in binds if b["type"] == "httpTrigger"), None)
-        if trigger is None or method not in trigger["methods"]:
-            continue
-        params = _route_params(trigger["route"], path)
-        if params is None:
-            continue
-        request = func.HttpRequest(method, f"{HOST}/api/{path}", body=raw, route_params=params,
-                                   headers={"Content-Type": "application/json"} if raw else {})
-        kwargs: dict[str, Any] = {trigger["name"]: request}
-        out = None
-        for binding in binds:
-            if binding["type"] == "queue" and binding["direction"] == "OUT":
-                out = kwargs[binding["name"]] = CapturedOut()
-        return HttpResult(fn.get_user_function()(**kwargs), out)
-    raise AssertionError(f"no registered function serves {method} /api/{path}")
+    split = urlsplit(path)
+    found = find_route(method, split.path)
+    if found is None:
+        raise AssertionError(f"no registered function serves {method} /api/{path}")
+    route, params = found
+    request = func.HttpRequest(method, f"{HOST}/api/{path}", body=raw, route_params=params,
+                               params=dict(parse_qsl(split.query, keep_blank_values=True)),
+                               headers={**({"Content-Type": "application/json"} if raw else {}), **(headers or {})})
+    response, outputs = invoke_http(route, request)
+    return HttpResult(response, next(iter(outputs.values()), None))
 
 
 def run_queue_message(out: CapturedOut | str, *, dequeue_count: int = 1) -> None:
     """Send what StartExport put in its output binding to RunQueuedExport, through both converters."""
-    encoded = QueueMessageOutConverter.encode(out if isinstance(out, str) else out.get(), expected_type=str)
-    message = QueueMessageInConverter.decode(
-        Datum(encoded.value, encoded.type),
-        trigger_metadata={"Id": Datum(uuid.uuid4().hex, "string"), "DequeueCount": Datum(dequeue_count, "int")})
-    assert isinstance(message, func.QueueMessage)
-    registered("RunQueuedExport").get_user_function()(message)
+    deliver_queue_message(EXPORT_QUEUE, out if isinstance(out, str) else out.get(), dequeue_count=dequeue_count)
+    assert queue_function(EXPORT_QUEUE) is registered("RunQueuedExport")
 
 
 def fire_timer(past_due: bool = False, *, run_queued: bool = True) -> list[str]:
@@ -320,7 +262,10 @@ def test_every_function_is_registered_with_its_trigger() -> None:
                                      if b["direction"] == "IN"] for f in registered_functions()}
     assert kinds == {"ExportOnNewSegmentFile": ["blobTrigger"], "StartExport": ["httpTrigger"],
                      "GetExportRun": ["httpTrigger"], "RunQueuedExport": ["queueTrigger"],
-                     "ScheduledRefresh": ["timerTrigger"]}
+                     "ScheduledRefresh": ["timerTrigger"], "Console": ["httpTrigger"],
+                     "ListDestinations": ["httpTrigger"], "ListDestinationRuns": ["httpTrigger"],
+                     "GetRunRejects": ["httpTrigger"], "StartErasure": ["httpTrigger"],
+                     "GetErasure": ["httpTrigger"]}
     blob = next(b for b in bindings("ExportOnNewSegmentFile") if b["type"] == "blobTrigger")
     assert blob["source"] == "EventGrid" and blob["path"] == "%SEGMENTS_CONTAINER%/{name}"
     timer = next(b for b in bindings("ScheduledRefresh") if b["type"] == "timerTrigger")

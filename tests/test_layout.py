@@ -1,7 +1,7 @@
 """The shape of shared/: packages that import one way only, small modules, short functions.
 
     triggers (function_app, ExportSegment/, OnSchedule/), shared.cli
-      -> shared.service -> shared.pipeline -> shared.mapping, shared.staging
+      -> shared.service -> shared.pipeline, shared.privacy (beside it) -> shared.mapping, shared.staging
       -> shared.sendgrid, shared.state, shared.source -> shared.config, shared.errors
 
 A package may import its own modules and any package of a lower layer, never one of its own layer or above;
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / "shared"
-LAYER = {"cli": 7, "service": 6, "pipeline": 5, "mapping": 4, "staging": 4,
+LAYER = {"cli": 7, "service": 6, "pipeline": 5, "privacy": 5, "mapping": 4, "staging": 4,
          "sendgrid": 3, "state": 3, "source": 3, "config": 2, "errors": 1}
 MAX_MODULE_LINES = 320  # "about 300"
 MAX_FUNCTION_LINES = 60

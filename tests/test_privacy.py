@@ -213,6 +213,12 @@ def test_functions_leak_neither_key_nor_personal_data(env: Env, evidence: Eviden
     assert failed["status"] == "failed" and "401" in failed["error"]
     evidence.call("timer, 401", fire_timer)
 
+    # The operate API's listings (the rejects download is the documented exception, as the rejects CSV).
+    http_body(evidence, "ListDestinations", http("GET", "destinations"))
+    for name in ("vip-customers", "newsletter", "no-consent"):
+        page = http_body(evidence, f"ListDestinationRuns {name}", http("GET", f"destinations/{name}/runs?limit=100"))
+        assert page["runs"], name
+
     gather_logs(evidence, caplog, capsys)
     kept = gather_runs_container(evidence, env)
     evidence.assert_clean()

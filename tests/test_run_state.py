@@ -68,8 +68,7 @@ def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container:
     state = SyncState(container, "vip", config_digest="c1")
     state.load(source_id="a", full=False)
     assert state.snapshot is None
-    count = state.write_snapshot(keys, fps, iter(range(2000)), emails.__getitem__,
-                                 confirmed=lambda i: i % 2 == 0, keep_absent=lambda p: True)
+    count = state.write_snapshot(keys, fps, range(0, 2000, 2), emails.__getitem__, dropped=set())  # odd: unconfirmed
     assert count == 1000
 
     again = SyncState(container, "vip", config_digest="c1")
@@ -83,8 +82,7 @@ def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container:
     # next run: everything confirmed, but with new content for user0 -> new fingerprint replaces old
     bodies2 = [b'{"email":"user0@example.com","first_name":"A"}', *bodies[1:]]
     keys2, fps2 = _arrays(emails, bodies2)
-    again.write_snapshot(keys2, fps2, iter(range(2000)), emails.__getitem__,
-                         confirmed=lambda i: True, keep_absent=lambda p: True)
+    again.write_snapshot(keys2, fps2, range(2000), emails.__getitem__, dropped=set())
     third = SyncState(container, "vip", config_digest="c1")
     third.load(source_id="c", full=False)
     assert third.snapshot is not None and len(third.snapshot) == 2000
@@ -104,17 +102,15 @@ def test_absent_contacts_are_dropped_only_when_asked_and_emails_read_back(contai
     keys, fps = _arrays(emails, [e.encode() for e in emails])
     state = SyncState(container, "d", config_digest="c")
     state.load(source_id="1", full=False)
-    state.write_snapshot(keys, fps, iter(range(3)), emails.__getitem__, confirmed=lambda i: True,
-                         keep_absent=lambda p: True)
+    state.write_snapshot(keys, fps, range(3), emails.__getitem__, dropped=set())
     state.load(source_id="2", full=False)
     assert state.snapshot is not None
     by_position = {p: state.snapshot.keys[p] for p in range(3)}
     position_of_b = next(p for p, k in by_position.items() if k == keys[1])
     assert state.snapshot_emails({position_of_b}) == {position_of_b: "b@example.com"}
     # next run: only a and c remain in the segment; b is dropped (mirror removal succeeded)
-    state.write_snapshot(array("q", [keys[0], keys[2]]), array("q", [fps[0], fps[2]]), iter(range(2)),
-                         ["a@example.com", "c@example.com"].__getitem__, confirmed=lambda i: True,
-                         keep_absent=lambda p: p != position_of_b)
+    state.write_snapshot(array("q", [keys[0], keys[2]]), array("q", [fps[0], fps[2]]), range(2),
+                         ["a@example.com", "c@example.com"].__getitem__, dropped={position_of_b})
     state.load(source_id="3", full=False)
     assert state.snapshot is not None
     assert sorted(state.snapshot.keys) == sorted([keys[0], keys[2]])

@@ -48,6 +48,7 @@ from shared.pipeline.report import RunReport
 from shared.sendgrid.client import RetryPolicy, SendGridClient
 from shared.service.export_service import ExportService
 from shared.staging.spool import email_key, fingerprint
+from shared.state.snapshot import SNAPSHOT_FORMAT
 from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 from tests.azurite import Azurite
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
@@ -632,7 +633,7 @@ def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClie
         checkpoint = json.loads(container.download_blob(f"state/{NAME}/checkpoint.json").readall())
         assert checkpoint["accepted"] == {"1": "job-1"}
         with pytest.raises(LockLost):
-            holder.write_snapshot(*_one_contact(), confirmed=lambda i: True, keep_absent=lambda p: True)
+            holder.write_snapshot(*_one_contact(), dropped=set())
         assert not container.get_blob_client(f"state/{NAME}/snapshot.txt").exists()
         holder.release()  # does not release the other run's lease
         with pytest.raises(DestinationBusy):
@@ -775,7 +776,7 @@ def test_a_snapshot_of_the_first_format_is_upgraded_and_mirror_still_removes_who
     assert sorted(env.sent(sent_before)) == sorted(e for e, _ in rows[:22])
     assert report.removed_from_list == 3 and env.members() == dict(rows[:22])
     header, *lines = (env.state("snapshot.txt") or b"").decode().splitlines()
-    assert json.loads(header)["format"] == "segment-to-sendgrid snapshot v2"
+    assert json.loads(header)["format"] == SNAPSHOT_FORMAT
     keys = [int(line.split(" ")[0]) for line in lines]
     assert keys == sorted(keys) == sorted(email_key(e) for e, _ in rows[:22])
     again = env.export(env.upload(rows[:22]), dest)

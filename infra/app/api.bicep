@@ -30,6 +30,8 @@ param sendGridBaseUrl string
 @maxValue(1000)
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
+@description('(main.bicep vnetEnabled.) Subnet delegated to Microsoft.App/environments for outbound VNet integration; empty = none.')
+param virtualNetworkSubnetId string = ''
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -59,7 +61,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   location: location
   tags: union(tags, { 'azd-service-name': 'api' })
   kind: 'functionapp,linux'
-  //checkov:skip=CKV_AZURE_222:Event Grid delivers blob events to the public webhook endpoint (no VNet/private endpoint in this design); HTTP functions need function keys.
+  //checkov:skip=CKV_AZURE_222:Event Grid delivers blob events to the public webhook endpoint (Event Grid cannot deliver to a private endpoint, so inbound stays public with vnetEnabled too); HTTP functions need function keys.
   //checkov:skip=CKV_AZURE_17:Event Grid webhook deliveries cannot present client certificates; HTTP functions are protected by function keys instead.
   //checkov:skip=CKV_AZURE_212:Flex Consumption scales to zero by design; always-ready instances would only add cost for a batch export app.
   //checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check feature; failures surface in Application Insights.
@@ -74,7 +76,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
+    // Stays Enabled with vnetEnabled too: Event Grid delivers blob events to the public webhook (docs/deploy.md).
     publicNetworkAccess: 'Enabled'
+    virtualNetworkSubnetId: !empty(virtualNetworkSubnetId) ? virtualNetworkSubnetId : null
     siteConfig: {
       minTlsVersion: '1.2'
       http20Enabled: true

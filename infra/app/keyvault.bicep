@@ -4,6 +4,12 @@ param name string
 param location string
 param tags object = {}
 param logAnalyticsWorkspaceId string
+@description('(main.bicep vnetEnabled.) Disabled: reachable only through the private endpoints of private-endpoints.bicep ; putting the SendGrid key in then needs a machine in the VNet, or your IP allowed for a moment (docs/deploy.md).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
 
 @minValue(7)
 @maxValue(90)
@@ -13,8 +19,8 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
   location: location
   tags: tags
-  //checkov:skip=CKV_AZURE_109:Default action Allow is needed: the Flex app has no VNet integration and no fixed outbound IPs; every call needs Entra ID + the Key Vault Secrets User role.
-  //checkov:skip=CKV_AZURE_189:Public endpoint is needed for the same reason; access is RBAC-only (no access policies, no shared secrets).
+  //checkov:skip=CKV_AZURE_109:Default action is Deny with vnetEnabled (private endpoint); without it Allow is needed: the Flex app then has no VNet and no fixed outbound IPs; every call needs Entra ID + the Key Vault Secrets User role.
+  //checkov:skip=CKV_AZURE_189:Public access is Disabled with vnetEnabled; without it the public endpoint is needed for the same reason; access is RBAC-only (no access policies, no shared secrets).
   properties: {
     tenantId: subscription().tenantId
     sku: {
@@ -28,10 +34,10 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
   }
 }

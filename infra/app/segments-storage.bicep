@@ -13,6 +13,12 @@ param location string
 param tags object = {}
 param containerName string
 param logAnalyticsWorkspaceId string
+@description('(main.bicep vnetEnabled.) Disabled: reachable only through the private endpoint of private-endpoints.bicep and trusted Azure services: the platforms that write segment files need Private Link too (docs/deploy.md, Private networking).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
 
 @allowed([
   'Standard_LRS'
@@ -44,8 +50,8 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   sku: {
     name: skuName
   }
-  //checkov:skip=CKV_AZURE_35:Default action Allow is needed: the platforms writing segments (Customer Insights, warehouses, CDPs) and the Flex app have no fixed IPs; access is Entra ID + RBAC (shared keys off unless explicitly opted in).
-  //checkov:skip=CKV_AZURE_59:Public endpoint is needed for the same reason; Customer Insights' Private Link needs public access disabled, which is the future vnetEnabled option (docs/deploy.md).
+  //checkov:skip=CKV_AZURE_35:Default action is Deny with vnetEnabled; without it Allow is needed: the platforms writing segments (Customer Insights, warehouses, CDPs) and the Flex app have no fixed IPs; access is Entra ID + RBAC (shared keys off unless explicitly opted in).
+  //checkov:skip=CKV_AZURE_59:Public access is Disabled with vnetEnabled (Customer Insights then writes over its Private Link); without it the public endpoint is needed for the same reason (docs/deploy.md).
   //checkov:skip=CKV_AZURE_206:Replication is a parameter (azd value STORAGE_SKU, default ZRS; LRS where the region has no availability zones); geo-replication of personal data is a data-residency decision left to the owner.
   properties: {
     accessTier: 'Hot'
@@ -55,11 +61,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     dnsEndpointType: 'Standard'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
     // Only used when shared keys are on: key-signed SAS valid longer than a day are logged, keys older than 90
     // days are flagged for rotation (Azure Policy / Defender). Neither blocks a request.

@@ -9,6 +9,12 @@ param tags object = {}
 param runsContainerName string
 param deploymentContainerName string
 param logAnalyticsWorkspaceId string
+@description('(main.bicep vnetEnabled.) Disabled: reachable only through the private endpoints of private-endpoints.bicep (and trusted Azure services).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
 
 @description('Queue the HTTP function uses to hand exports to the queue-triggered worker (ExportSegment.EXPORT_QUEUE).')
 param exportQueueName string = 'export-requests'
@@ -40,8 +46,8 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   sku: {
     name: skuName
   }
-  //checkov:skip=CKV_AZURE_35:Default action Allow is needed: the Flex app has no VNet integration (see docs/deploy.md, Private Link) and no fixed IPs; access is Entra ID only (shared keys off).
-  //checkov:skip=CKV_AZURE_59:Public endpoint is needed for the same reason; anonymous access and shared keys are disabled, every request needs an Entra ID token and RBAC.
+  //checkov:skip=CKV_AZURE_35:Default action is Deny with vnetEnabled (private endpoints); without it Allow is needed: the Flex app then has no VNet and no fixed IPs; access is Entra ID only (shared keys off).
+  //checkov:skip=CKV_AZURE_59:Public access is Disabled with vnetEnabled; without it the public endpoint is needed for the same reason; anonymous access and shared keys are disabled, every request needs an Entra ID token and RBAC.
   //checkov:skip=CKV_AZURE_206:Replication is a parameter (azd value STORAGE_SKU, default ZRS; LRS where the region has no availability zones); geo-replication of personal data is a data-residency decision left to the owner.
   properties: {
     accessTier: 'Hot'
@@ -51,11 +57,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     dnsEndpointType: 'Standard'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
     encryption: {
       keySource: 'Microsoft.Storage'
@@ -132,6 +138,7 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
               prefixMatch: [
                 '${runsContainerName}/rejects/'
                 '${runsContainerName}/reports/'
+                '${runsContainerName}/index/' // the run history's entries go with their reports
               ]
             }
             actions: {

@@ -22,6 +22,9 @@ from shared.errors import ConfigurationError
 MODEL_JSON = "model.json"
 
 
+ERASURES_PREFIX = "erasures/"  # CSVs of addresses to erase, dropped in the segments container (shared.privacy)
+
+
 def is_model_json(blob_name: str) -> bool:
     """The one test of "is this a CDM manifest?" (shared.source.segment_files re-exports it)."""
     return blob_name.rsplit("/", 1)[-1] == MODEL_JSON
@@ -135,6 +138,12 @@ class Destination(_Strict):
                     "run removes nobody, since an empty export is more often a broken one)")
     consent: Consent | None = None
     file_format: FileFormat = Field(default_factory=FileFormat)
+    region: Literal["global", "eu"] = Field(
+        default="global", description="The SendGrid account's region: 'eu' (EU subusers) calls api.eu.sendgrid.com")
+    max_billable_contacts: int | None = Field(
+        default=None, ge=1, description="Refuse a run that could take the account's billable contacts (GET "
+                                         "/v3/marketing/contacts/count) past this; warn above 90%. Default: the "
+                                         "document's max_billable_contacts")
 
     @field_validator("name")
     @classmethod
@@ -151,6 +160,8 @@ class Destination(_Strict):
                 raise ValueError(f"segment prefix {prefix!r} must be a path inside the segments container")
             if not prefix.strip("/"):
                 raise ValueError("an empty segment prefix would match every file in the container; name a folder")
+            if prefix.startswith(ERASURES_PREFIX) or ERASURES_PREFIX.startswith(prefix):
+                raise ValueError(f"{ERASURES_PREFIX} holds erasure requests, never segments; name another folder")
         if len(set(value)) != len(value):
             raise ValueError("a segment prefix is listed twice")
         return value
@@ -198,6 +209,11 @@ class Destination(_Strict):
 
 class DestinationsDocument(_Strict):
     destinations: list[Destination]
+    max_billable_contacts: int | None = Field(
+        default=None, ge=1, description="App-wide contact budget, for destinations that set none of their own")
+
+    def billable_limit(self, destination: Destination) -> int | None:
+        return destination.max_billable_contacts or self.max_billable_contacts
 
     @model_validator(mode="after")
     def _unique_names(self) -> DestinationsDocument:

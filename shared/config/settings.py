@@ -40,6 +40,12 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
     "KEY_VAULT_URL": (True, "https://<vault>.vault.azure.net/ holding the SendGrid API key secrets."),
     "AZURE_CLIENT_ID": (True, "Client ID of the user-assigned managed identity (Key Vault, storage)."),
     "SENDGRID_BASE_URL": (False, "SendGrid API base URL; default https://api.sendgrid.com."),
+    "SENDGRID_EU_BASE_URL": (
+        False, "Base URL for destinations with region 'eu'; default SENDGRID_BASE_URL when that is set (tests, "
+               "the simulator), else https://api.eu.sendgrid.com."),
+    "ERASURE_KEY_SECRET": (
+        False, "Key Vault secret NAME holding the key of the do-not-export set's HMAC digests; default "
+               "erasure-hmac-key (locally without KEY_VAULT_URL: LOCAL_DEV_SENDGRID_API_KEY)."),
     "REFRESH_SCHEDULE": (True, "NCRONTAB (6 fields, UTC) of the scheduled refresh, e.g. '0 0 6 * * *'."),
     "LOCAL_DEV_SENDGRID_API_KEY": (
         False,
@@ -48,6 +54,8 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
 }
 
 DEFAULT_SENDGRID_BASE_URL = "https://api.sendgrid.com"
+EU_SENDGRID_BASE_URL = "https://api.eu.sendgrid.com"
+DEFAULT_ERASURE_KEY_SECRET = "erasure-hmac-key"  # noqa: S105 - a secret NAME, not a value
 
 
 def setting(name: str, default: str | None = None) -> str | None:
@@ -65,6 +73,12 @@ class AppSettings:
     sendgrid_base_url: str
     key_vault_url: str | None
     azure_client_id: str | None
+    sendgrid_eu_base_url: str = EU_SENDGRID_BASE_URL
+    erasure_key_secret: str = DEFAULT_ERASURE_KEY_SECRET
+
+    def base_url_for(self, region: str) -> str:
+        """The SendGrid base URL of a destination's region (SENDGRID_EU_BASE_URL overrides the EU one)."""
+        return self.sendgrid_eu_base_url if region == "eu" else self.sendgrid_base_url
 
     @classmethod
     def from_environment(cls) -> AppSettings:
@@ -75,4 +89,7 @@ class AppSettings:
                                or DEFAULT_SENDGRID_BASE_URL).rstrip("/"),
             key_vault_url=setting("KEY_VAULT_URL"),
             azure_client_id=setting("AZURE_CLIENT_ID"),
+            sendgrid_eu_base_url=(setting("SENDGRID_EU_BASE_URL") or setting("SENDGRID_BASE_URL")
+                                  or EU_SENDGRID_BASE_URL).rstrip("/"),
+            erasure_key_secret=setting("ERASURE_KEY_SECRET") or DEFAULT_ERASURE_KEY_SECRET,
         )

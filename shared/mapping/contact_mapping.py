@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from json.encoder import encode_basestring
 
+from email_validator import __version__ as _validator_version
+
 from shared.config.destinations import Destination
 from shared.errors import ConfigurationError
 from shared.mapping.email_rules import normalise_email
@@ -41,6 +43,10 @@ _ALTERNATE_SPLIT = re.compile(r"[;,\s]+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _quote = encode_basestring  # JSON string literal (C implementation), non-ASCII kept as UTF-8 like SendGrid's
 MAX_NUMBER = 1.7976931348623157e308  # the largest double; SendGrid stores Number fields as doubles
+# The version of the rules that turn a row into a contact (this module and email_rules). Bump it with any
+# change to what a row becomes (a check, a normalisation, the JSON written): the snapshot's fingerprints are
+# of source values under these rules, so a new version makes every row look changed and be sent again.
+RULES_VERSION = 1
 
 
 @dataclass(slots=True)
@@ -109,6 +115,15 @@ class ContactMapper:
 
     def _place(self, column: str) -> int:
         return self._position.setdefault(column, len(self._position))
+
+    def rules(self) -> str:
+        """Everything this mapper's contacts depend on besides a row's values: the columns it reads, the
+        fields they fill (with their limits and custom field IDs and types), the policies, and the version of
+        the rules and of email-validator. A source fingerprint is taken under these (shared.state.keys)."""
+        custom = [(name, position, definition.id, definition.field_type)
+                  for name, position, definition, _ in self._custom]
+        return repr((RULES_VERSION, _validator_version, self.columns, self._plain, self._alternate, custom,
+                     self._truncate, self._clear_empty))
 
     def value_of(self, values: Sequence[str | None], column: str) -> str:
         """The raw value of a mapped column in a projected row ("" if the row lacks it)."""

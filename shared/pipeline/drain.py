@@ -1,9 +1,9 @@
 """Stage 3, drain: the contacts to send, in batches within SendGrid's limits, each checkpointed once accepted.
 
-Unchanged contacts (same fingerprint as in the snapshot) are skipped; batches an interrupted run of the same
-plan had accepted are taken from its checkpoint instead of being sent again; contacts SendGrid names in a 400
-are set aside (rejected with its reason) and the rest of their batch is sent again. The first failure stops
-sending: the batches after it are counted as not sent.
+Unchanged contacts (same source fingerprint as in the snapshot) were never mapped, so are not here; batches
+an interrupted run of the same plan had accepted are taken from its checkpoint instead of being sent again;
+contacts SendGrid names in a 400 are set aside (rejected with its reason) and the rest of their batch is sent
+again. The first failure stops sending: the batches after it are counted as not sent.
 """
 
 from __future__ import annotations
@@ -73,17 +73,12 @@ def drain(run: Run) -> Drained:
 
 
 def _outgoing(run: Run) -> Iterator[tuple[int, bytes]]:
-    """(position, contact JSON) of every contact to send: not merged into a later row, not unchanged."""
-    spool, superseded, report, outcome_of = run.spool, run.superseded, run.report, run.outcome_of
-    snapshot = run.sync.snapshot if run.sync is not None else None
-    for index, body in spool.contacts():
-        if index in superseded:
-            continue
-        if snapshot is not None and snapshot.fingerprint(spool.keys[index]) == spool.fingerprints[index]:
-            report.unchanged_skipped += 1
-            outcome_of[index] = Outcome.UNCHANGED
-            continue
-        yield index, body
+    """(position, contact JSON) of every contact to send: not merged into a later row. Rows known unchanged
+    were never mapped (shared.pipeline.read): the spool's contacts are the others only."""
+    superseded = run.superseded
+    for index, body in run.spool.contacts():
+        if index not in superseded:
+            yield index, body
 
 
 def _checkpoint(run: Run, outcome: BatchResult, set_aside: list[SetAside]) -> Failure | None:

@@ -22,9 +22,10 @@ from shared.config.destinations import Destination
 from shared.config.time_budgets import CHANGE_SHARE_OF_LEASE
 from shared.errors import ExportError, ProfileCapExceeded, SendGridRefused
 from shared.mapping.contact_mapping import ContactMapper, resolve_custom_fields
+from shared.pipeline.budget import within_budget
 from shared.pipeline.drain import drain
 from shared.pipeline.plan import plan_removals
-from shared.pipeline.read import describe_sources, read_segments, reader_options
+from shared.pipeline.read import Known, describe_sources, read_segments, reader_options
 from shared.pipeline.report import BatchResult, RunReport, SegmentPart
 from shared.pipeline.result import ExportOptions, ExportResult, Outcome, Run, SegmentRead
 from shared.pipeline.settle import settle
@@ -39,6 +40,9 @@ from shared.state.sync_state import SyncState
 
 __all__ = ["ExportOptions", "ExportResult", "Outcome", "RunArguments", "describe_sources", "export_segment",
            "export_segments", "reader_options"]
+
+
+_UNCHANGED_CODE = bytes([Outcome.NOT_SENT, Outcome.UNCHANGED]).ljust(256, b"\0")  # Spool.unchanged -> codes
 
 
 class RunArguments(TypedDict, total=False):
@@ -82,12 +86,14 @@ def export_segments(
     result = ExportResult(report, rejects=RejectsFile(options.spool_dir))
     spool = Spool(options.spool_dir)
     try:
-        read_segments(destination, source, files, ContactMapper(destination, custom), spool, result, options)
+        known = Known(sync.snapshot) if sync is not None and not options.dry_run else None
+        read_segments(destination, source, files, ContactMapper(destination, custom), spool, result, options, known)
         superseded = spool.superseded()
         report.duplicates_merged = len(superseded)
-        outcome_of = array("b", bytes(len(spool)))
+        outcome_of = array("b", spool.unchanged.translate(_UNCHANGED_CODE))  # the rows known unchanged, unmapped
         for index in superseded:
             outcome_of[index] = Outcome.MERGED
+        report.unchanged_skipped = outcome_of.tobytes().count(Outcome.UNCHANGED)
         unique = len(spool) - len(superseded)
         if unique > destination.max_profiles:
             raise ProfileCapExceeded(unique, destination.max_profiles)
@@ -127,7 +133,7 @@ def _send(run: Run) -> None:
     guard = (client.guarded(sync.guard_change, sync.lease_seconds * CHANGE_SHARE_OF_LEASE)
              if sync is not None else contextlib.nullcontext())
     with guard:
-        removals = plan_removals(run)
+        removals = plan_removals(run) if within_budget(run) else None
         if removals is not None:  # None: refused by the safety valve, nothing is sent
             settle(run, drain(run), removals)
     run.report.requests_sent = client.stats.requests
@@ -143,7 +149,8 @@ def _segment_parts(reads: Sequence[SegmentRead], outcome_of: array[int]) -> list
                            unchanged_skipped=count(Outcome.UNCHANGED),
                            rejected_count=read.rejected + count(Outcome.SET_ASIDE),
                            duplicates_merged=count(Outcome.MERGED), in_failed_jobs=count(Outcome.IN_FAILED_JOB),
-                           pending=count(Outcome.PENDING), not_sent=count(Outcome.NOT_SENT))
+                           pending=count(Outcome.PENDING), not_sent=count(Outcome.NOT_SENT),
+                           suppressed=read.suppressed)
         if read.file.name is None:
             part.note = "no file yet: nothing was read for this segment"
         parts.append(part)

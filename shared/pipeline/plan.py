@@ -6,13 +6,10 @@ was not read, a row could not be read, or an export came out empty.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from array import array
 
 from shared.config.destinations import Destination
 from shared.pipeline.result import ExportResult, Run
-from shared.staging.spool import Spool
 from shared.state.snapshot import Snapshot
 
 
@@ -22,7 +19,7 @@ def plan_removals(run: Run) -> set[int] | None:
     snapshot = sync.snapshot if sync is not None else None
     if snapshot is None or destination.mode != "mirror":
         return set()
-    removals = _left_the_segments(run.spool, snapshot, run.result.rejected_keys)
+    removals = _left_the_segments(snapshot, run.result.rejected_keys)
     withheld = _why_removals_are_withheld(destination, run.result) if removals else None
     if withheld is not None:
         # Who left cannot be told apart from who could not be read: keep them all. They stay in the
@@ -70,12 +67,12 @@ def _why_removals_are_withheld(destination: Destination, result: ExportResult) -
     return None
 
 
-def _left_the_segments(spool: Spool, snapshot: Snapshot, rejected_keys: array[int]) -> set[int]:
-    """Snapshot positions whose email is in no segment file (a row rejected for another field is in one)."""
-    present = array("q", sorted(itertools.chain(spool.keys, rejected_keys)))
-    gone: set[int] = set()
-    for position, key in enumerate(snapshot.keys):
-        at = bisect.bisect_left(present, key)
-        if at == len(present) or present[at] != key:
-            gone.add(position)
-    return gone
+def _left_the_segments(snapshot: Snapshot, rejected_keys: array[int]) -> set[int]:
+    """Snapshot positions whose email is in no segment file (a row rejected for another field is in one).
+
+    The read stage marked every entry whose email a row of this run had (shared.pipeline.read.Known); the
+    rows rejected for a field other than their email are marked here.
+    """
+    for key in rejected_keys:
+        snapshot.mark(key)
+    return snapshot.unseen()

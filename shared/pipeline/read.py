@@ -7,23 +7,37 @@ contact (the row read last wins) and each segment's share is a range of spool po
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from shared.config.destinations import Destination
 from shared.errors import ConfigurationError, SegmentFileError
 from shared.mapping.contact_mapping import ContactMapper, MappedContact, Rejection, missing_columns
 from shared.mapping.email_rules import normalise_email
 from shared.pipeline.report import RejectedRow, TruncatedField
-from shared.pipeline.result import ExportOptions, ExportResult, SegmentRead
+from shared.pipeline.result import ExportOptions, ExportResult, SegmentRead, Suppression
 from shared.source.readers import ReaderOptions, open_segment
 from shared.source.readers.base import KEYS_SEEN_KEPT
 from shared.source.segment_files import SegmentFile
 from shared.source.sources import ByteSource
 from shared.staging.spool import Spool
-from shared.state.keys import email_key
+from shared.state.keys import SIGNED, email_key, fingerprint_seed, source_fingerprint, xxh3
+from shared.state.snapshot import Snapshot
+
+
+@dataclass
+class Known:
+    """What the destination's sync state knows of the rows (None for a run without state: nothing is skipped).
+
+    Every row is fingerprinted (its mapped source values, shared.state.keys.source_fingerprint) for the next
+    run's snapshot; a row whose fingerprint is the trusted snapshot's for its email is unchanged, and goes into
+    the spool unmapped. Every row whose email the snapshot holds is marked in it, for mirror's removals.
+    """
+
+    snapshot: Snapshot | None
 
 
 def read_segments(destination: Destination, source: ByteSource, files: Sequence[SegmentFile], mapper: ContactMapper,
-                  spool: Spool, result: ExportResult, options: ExportOptions) -> None:
+                  spool: Spool, result: ExportResult, options: ExportOptions, known: Known | None = None) -> None:
     """Each file in turn into the spool; a segment without a file is recorded, with nothing read."""
     report = result.report
     for file in files:
@@ -31,9 +45,11 @@ def read_segments(destination: Destination, source: ByteSource, files: Sequence[
         result.reads.append(read)
         if file.name is not None:
             rows, rejected, unknown = report.rows_read, report.rejected_count, result.email_rejected
-            _read_into_spool(destination, source, file, mapper, spool, result, options)
+            suppressed = report.suppressed
+            _read_into_spool(destination, source, file, mapper, spool, result, options, known)
             read.rows_read, read.rejected = report.rows_read - rows, report.rejected_count - rejected
             read.email_rejected = result.email_rejected - unknown
+            read.suppressed = report.suppressed - suppressed
         read.end = len(spool)
     report.contacts_valid = len(spool)
 
@@ -53,14 +69,14 @@ def describe_sources(source: ByteSource, files: Sequence[SegmentFile]) -> str:
 
 def _read_into_spool(
     destination: Destination, source: ByteSource, file: SegmentFile, mapper: ContactMapper, spool: Spool,
-    result: ExportResult, options: ExportOptions,
+    result: ExportResult, options: ExportOptions, known: Known | None,
 ) -> None:
     report = result.report
     assert file.name is not None
     where = source.describe(file.name)
     try:
         _read_file(destination, source, file.name, where, reader_options(destination, file.entity), mapper, spool,
-                   result, options)
+                   result, options, known)
     except UnicodeError as exc:  # a decoder failing as a whole, past the reader's own checks: the file is unreadable
         raise SegmentFileError(where, f"cannot be decoded ({exc}); check file_format.encoding",
                                row=report.rows_read + 1) from None
@@ -68,20 +84,12 @@ def _read_into_spool(
 
 def _read_file(
     destination: Destination, source: ByteSource, name: str, where: str, reading: ReaderOptions,
-    mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,
+    mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions, known: Known | None,
 ) -> None:
+    """Why long: the loop every row goes through; its locals are bound once, as a million rows feel each call."""
     report = result.report
     with open_segment(source, name, reading) as reader:
-        missing = missing_columns(destination, reader.columns)
-        if missing:
-            header = reader.columns or []
-            found = f"columns found: {', '.join(header) or 'none'}"
-            if len(missing) == len(set(destination.field_mapping.columns())) or any("@" in c for c in header):
-                # Likely a file without its header row: its "columns" are a profile, which must not reach a
-                # report or log. A real header has at least one mapped column and no addresses.
-                found = (f"the first row has none of the mapped columns or holds an email address, so it may be "
-                         f"data, not column names ({len(header)} values): is the header row missing?")
-            raise SegmentFileError(where, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
+        _check_columns(destination, where, reader.columns)
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
         # has is a misspelled mapping, which would silently drop that field for every contact (and, for the
@@ -89,6 +97,13 @@ def _read_file(
         unseen = set(range(len(columns))) if reader.columns is None else set()
         map_values, add, reject = mapper.map_values, spool.add, result.reject
         preview = options.preview_limit if options.dry_run else 0
+        erased = options.suppression or None  # None when nobody was erased: no HMAC at all per row
+        seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
+        snapshot = known.snapshot if known is not None else None
+        position = snapshot.position if snapshot is not None else None
+        trusted = snapshot.fingerprints if snapshot is not None and snapshot.trusted else None
+        seen = snapshot.seen if snapshot is not None else bytearray()
+        add_unchanged, fp, key, at, lowered = spool.add_unchanged, 0, None, -1, ""
         for origin, row, values, error in reader.project(columns):
             report.rows_read += 1
             if error is not None:
@@ -97,9 +112,29 @@ def _read_file(
                 continue
             if unseen:
                 unseen.difference_update([i for i in unseen if values[i] is not None])
+            if seed is not None:
+                fp = source_fingerprint(values, seed)
+                if position is not None:
+                    lowered = (values[0] or "").strip().lower()
+                    address = lowered.encode("utf-8", "surrogatepass")
+                    key = xxh3(address) - SIGNED
+                    at = position(key)
+                    if at >= 0 and trusted is not None and trusted[at] == fp:  # as the list holds it: not mapped
+                        seen[at] = 1
+                        add_unchanged(origin, row, address, key, fp)
+                        continue
             mapped = map_values(values)
+            if erased is not None and _erased(mapped, values, erased):
+                report.suppressed += 1
+                continue
             if type(mapped) is MappedContact:
-                add(origin, row, mapped.email, mapped.body)
+                if position is not None:
+                    if mapped.email != lowered:  # normalised past lower-casing: its own key
+                        key = email_key(mapped.email)
+                        at = position(key)
+                    if at >= 0:
+                        seen[at] = 1
+                add(origin, row, mapped.email, mapped.body, fp, key)
                 if mapped.truncated:
                     for truncated in mapped.truncated:
                         report.add_truncated(TruncatedField(origin, row, truncated))
@@ -118,6 +153,32 @@ def _read_file(
                     result.rejected_keys.append(email_key(email))
         if unseen and reader.keys_seen:
             raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
+
+
+def _check_columns(destination: Destination, where: str, columns: list[str] | None) -> None:
+    missing = missing_columns(destination, columns)
+    if missing:
+        header = columns or []
+        found = f"columns found: {', '.join(header) or 'none'}"
+        if len(missing) == len(set(destination.field_mapping.columns())) or any("@" in c for c in header):
+            # Likely a file without its header row: its "columns" are a profile, which must not reach a
+            # report or log. A real header has at least one mapped column and no addresses.
+            found = (f"the first row has none of the mapped columns or holds an email address, so it may be "
+                     f"data, not column names ({len(header)} values): is the header row missing?")
+        raise SegmentFileError(where, f"mapped column(s) {', '.join(missing)} not in the file; {found}")
+
+
+def _erased(mapped: MappedContact | Rejection, values: Sequence[str | None], erased: Suppression) -> bool:
+    """The do-not-export check, on the normalised email of a row that became a contact, or was rejected for
+    another field than its email (an erased person's bad row: its value is not kept in the rejects file either).
+
+    A row skipped earlier as unchanged is in the destination's snapshot, and an erasure removes erased people
+    from every snapshot: such a row is never an erased person's, so checking here misses nobody.
+    """
+    if type(mapped) is MappedContact:
+        return mapped.email in erased
+    assert isinstance(mapped, Rejection)
+    return mapped.field != "email" and normalise_email(values[0] or "")[0] in erased
 
 
 def _never_seen(destination: Destination, source: str, unseen: set[str],

@@ -93,12 +93,14 @@ class SegmentPart:
     in_failed_jobs: int = 0
     pending: int = 0
     not_sent: int = 0
+    suppressed: int = 0  # rows of erased people (shared.privacy): never exported again
     note: str | None = None
 
     @property
     def balanced(self) -> bool:
         return self.rows_read == (self.exported + self.unchanged_skipped + self.rejected_count
-                                  + self.duplicates_merged + self.in_failed_jobs + self.pending + self.not_sent)
+                                  + self.duplicates_merged + self.in_failed_jobs + self.pending + self.not_sent
+                                  + self.suppressed)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RunReport:
     in_failed_jobs: int = 0
     not_sent: int = 0
     pending: int = 0
+    suppressed: int = 0  # rows of erased people, in the do-not-export set: not sent, not rejected (no value kept)
     removed_from_list: int = 0
     removals_withheld: int = 0  # mirror: contacts that left but were kept on the list this run (see notes)
     requests_sent: int = 0
@@ -135,6 +138,7 @@ class RunReport:
     failed_job_rows_omitted: int = 0  # rows of failed jobs past the first MAX_REPORTED_DETAILS ranges
     batches: list[BatchResult] = field(default_factory=list)
     segments: list[SegmentPart] = field(default_factory=list)  # the destination's segments, in reading order
+    budget: dict[str, int] | None = None  # max_billable_contacts: the numbers the run was checked against
     notes: list[str] = field(default_factory=list)
 
     def add_rejected(self, rejected: RejectedRow) -> None:
@@ -175,7 +179,7 @@ class RunReport:
         """Every row read is exported, unchanged, rejected, merged, pending, in a failed job or not sent; in
         total, and within each segment (whose parts add up to the total)."""
         outcomes = (self.exported + self.unchanged_skipped + self.rejected_count + self.duplicates_merged
-                    + self.in_failed_jobs + self.not_sent + self.pending)
+                    + self.in_failed_jobs + self.not_sent + self.pending + self.suppressed)
         if self.rows_read != outcomes:
             return False
         if not self.segments:
@@ -193,7 +197,8 @@ class RunReport:
         return (f"run {self.run_id} destination={self.destination} status={self.status} rows={self.rows_read} "
                 f"exported={self.exported} unchanged={self.unchanged_skipped} rejected={self.rejected_count} "
                 f"merged={self.duplicates_merged} failed_jobs={self.in_failed_jobs} not_sent={self.not_sent} "
-                f"pending={self.pending} removed={self.removed_from_list} requests={self.requests_sent}")
+                f"pending={self.pending} suppressed={self.suppressed} removed={self.removed_from_list} "
+                f"requests={self.requests_sent}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

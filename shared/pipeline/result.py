@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shared.config.destinations import Destination
 from shared.pipeline.report import BatchResult, RejectedRow, RunReport
@@ -16,6 +17,15 @@ from shared.state.rejects import RejectsFile
 from shared.state.sync_state import SyncState
 
 
+class Suppression(Protocol):
+    """The do-not-export set as the pipeline sees it (shared.privacy.DoNotExport): false when empty, so a
+    run with nobody erased costs nothing per row; `in` takes a normalised email."""
+
+    def __bool__(self) -> bool: ...
+
+    def __contains__(self, email: object) -> bool: ...
+
+
 @dataclass
 class ExportOptions:
     dry_run: bool = False
@@ -25,6 +35,8 @@ class ExportOptions:
     poll_interval: float = 1.0
     poll_timeout: float = 600.0  # well inside the 30-minute function timeout; later jobs are settled by the timer
     spool_dir: str | None = None
+    suppression: Suppression | None = None  # erased people: their rows are counted `suppressed`, never sent
+    max_billable_contacts: int | None = None  # the contact budget (shared.pipeline.budget)
 
 
 @dataclass
@@ -38,6 +50,7 @@ class SegmentRead:
     rows_read: int = 0
     rejected: int = 0
     email_rejected: int = 0  # of `rejected`: rows rejected on their email (people of unknown identity)
+    suppressed: int = 0  # rows of erased people
 
 
 @dataclass
@@ -95,4 +108,5 @@ class Run:
 
     @property
     def unique(self) -> int:
-        return len(self.spool) - len(self.superseded)
+        """The contacts this run has to send: one per person, not those known unchanged (counted already)."""
+        return len(self.spool) - len(self.superseded) - self.report.unchanged_skipped

@@ -16,10 +16,10 @@ import httpx
 
 from shared.sendgrid.auth import ApiKeyAuth
 from shared.sendgrid.errors import InvalidRequest, NotFound, SendGridError, answer, error_for, template
-from shared.sendgrid.models import ClientStats, CustomField, ImportJob, RetryPolicy
+from shared.sendgrid.models import ClientStats, ContactCount, CustomField, ImportJob, RetryPolicy
 from shared.sendgrid.transport import BEFORE_ATTEMPT, IDEMPOTENT, RetryTransport, environment_proxy, tls_context
 
-__all__ = ["ClientStats", "CustomField", "ImportJob", "RetryPolicy", "SendGridClient"]
+__all__ = ["ClientStats", "ContactCount", "CustomField", "ImportJob", "RetryPolicy", "SendGridClient"]
 
 SEARCH_EMAILS_MAX = 100
 SEARCH_EMAIL_MAX_LENGTH = 100  # maxLength of an `emails` item of POST /v3/marketing/contacts/search/emails
@@ -168,6 +168,23 @@ class SendGridClient:
         data = answer(self._request("GET", f"/v3/marketing/lists/{list_id}/contacts/count"))
         return int(data.get("contact_count") or 0)
 
+    def contact_count(self) -> ContactCount:
+        data = answer(self._request("GET", "/v3/marketing/contacts/count"))
+        return ContactCount(int(data.get("contact_count") or 0), int(data.get("billable_count") or 0))
+
+    def delete_contacts(self, contact_ids: Iterable[str]) -> list[str]:
+        """Delete contacts from the account (every list, for good); chunked by URL length. Returns job IDs.
+
+        SendGrid deletes asynchronously: a contact may still be found for a while after its job was accepted,
+        so whoever must know it is gone searches for it again (shared.privacy.erasure does).
+        """
+        jobs: list[str] = []
+        path = "/v3/marketing/contacts"
+        for chunk in _url_chunks(path, list(dict.fromkeys(contact_ids)), parameter="ids"):
+            response = self._request("DELETE", path, params={"ids": ",".join(chunk)}, idempotent=True, changes=True)
+            jobs.append(str(answer(response).get("job_id", "")))
+        return jobs
+
     def search_emails(self, emails: Sequence[str], refused: list[str] | None = None) -> dict[str, str]:
         """email -> contact ID for those that exist as a contact's own email (SendGrid answers 404 when none
         does; an address found only as another contact's alternate email is left out).
@@ -282,9 +299,9 @@ class SendGridClient:
         raise error_for(response, f"{method} {template(path)}")
 
 
-def _url_chunks(path: str, ids: list[str]) -> Iterator[list[str]]:
-    """IDs in groups whose `?contact_ids=a,b,...` stays under SendGrid's URL limit (',' is sent as %2C)."""
-    base = len(path) + len("?contact_ids=")
+def _url_chunks(path: str, ids: list[str], parameter: str = "contact_ids") -> Iterator[list[str]]:
+    """IDs in groups whose `?<parameter>=a,b,...` stays under SendGrid's URL limit (',' is sent as %2C)."""
+    base = len(path) + len(parameter) + 2
     chunk: list[str] = []
     length = base
     for contact_id in ids:

@@ -40,6 +40,15 @@ class ImportJob:
         return self.status in FINAL_IMPORT_STATUSES
 
 
+@dataclass(frozen=True)
+class ContactCount:
+    """GET /v3/marketing/contacts/count: contacts stored now, and those billed this month (uploads count toward
+    the monthly allotment and deleting a contact does not give it back, so billable_count never falls)."""
+
+    contact_count: int
+    billable_count: int
+
+
 @dataclass
 class ClientStats:
     requests: int = 0

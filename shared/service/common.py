@@ -28,7 +28,10 @@ def config_digest(destination: Destination) -> str:
 
 
 def new_run_id(destination: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """`<destination>-<YYYYMMDDTHHMMSSmmmZ>-<hex>`: the milliseconds order a destination's runs in its run
+    index (shared.state.run_index) even when several start within one second."""
+    now = datetime.now(UTC)
+    stamp = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
     return f"{destination}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 

@@ -25,7 +25,7 @@ from shared.errors import ConfigurationError, ExportError
 from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
 from shared.pipeline.report import RunReport
 from shared.sendgrid.client import SendGridClient
-from shared.service import pending, queued, requests, triggers
+from shared.service import pending, queued, requests, telemetry, triggers
 from shared.service.common import (
     EXPORT_QUEUE,
     RequestRejected,
@@ -35,6 +35,7 @@ from shared.service.common import (
     config_digest,
     new_run_id,
 )
+from shared.service.erasure_service import load_suppression
 from shared.service.pending import PENDING_BUDGET_SECONDS
 from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_segment_entry
 from shared.source.sources import BlobContainerSource
@@ -117,7 +118,7 @@ class ExportService:
 
         if self._client_factory is not None:
             return self._client_factory(self.keys.get(secret), reread)
-        return SendGridClient(self.keys.get(secret), base_url=self.settings.sendgrid_base_url,
+        return SendGridClient(self.keys.get(secret), base_url=self.settings.base_url_for(destination.region),
                               on_unauthorized=reread)
 
     # -- finding files --------------------------------------------------------------------------------
@@ -145,28 +146,32 @@ class ExportService:
         """Blob trigger: see shared.service.triggers."""
         return triggers.handle_new_blob(self, blob_name, etag)
     def export(self, destination: Destination, blob_name: str | None = None, *, run_id: str, dry_run: bool = False,
-               full: bool = False, lock_wait: float = 0.0, triggered_by: str | None = None) -> RunReport:
+               full: bool = False, lock_wait: float = 0.0, triggered_by: str | None = None,
+               trigger: str | None = None) -> RunReport:
         """Run the destination once and persist its report (and rejected rows) in the runs container."""
         return self.export_with_preview(destination, blob_name, run_id=run_id, dry_run=dry_run, full=full,
-                                        lock_wait=lock_wait, triggered_by=triggered_by).report
+                                        lock_wait=lock_wait, triggered_by=triggered_by, trigger=trigger).report
 
     def export_with_preview(self, destination: Destination, blob_name: str | None = None, *, run_id: str,
                             dry_run: bool = False, full: bool = False, lock_wait: float = 0.0,
-                            triggered_by: str | None = None) -> ExportResult:
+                            triggered_by: str | None = None, trigger: str | None = None) -> ExportResult:
         """One run of the destination: the union of its segments' current files, resolved under its lock.
 
         `blob_name` replaces its segment's current file for this run only (HTTP `blob`, CLI `--blob`); in
         mirror mode a file older than that segment's current one is refused. `triggered_by` (the blob trigger):
         SupersededFile, before anything is read or sent, when that file is no longer its segment's current one.
+        `trigger` (http | schedule | cli; the blob trigger by default) goes into the report for the run history.
         """
+        run = {"triggered_by": trigger or ("blob" if triggered_by is not None else None), "full": full}
         source = BlobContainerSource(self.segments)
         if not destination.has_consent and not dry_run:
             report = self._blank_report(destination, run_id, blob_name or "(current segment files)")
             report.finish("refused", "no recorded consent for this destination: record who agreed to the "
                                      "data-privacy terms in its 'consent' before exporting")
-            self._persist(ExportResult(report))
+            self._persist(ExportResult(report), run)
             return ExportResult(report)
-        options = ExportOptions(**{**self.options.__dict__, "dry_run": dry_run})
+        options = ExportOptions(**{**self.options.__dict__, "dry_run": dry_run,
+                                   "max_billable_contacts": self.destinations.billable_limit(destination)})
         client: SendGridClient | None = None
         sync: SyncState | None = None
         files: list[SegmentFile] = []
@@ -176,6 +181,7 @@ class ExportService:
                                  list_id=destination.list_id_str)
                 sync.acquire(wait=lock_wait)
             files = self._files_of_run(destination, blob_name)  # under the lock: no run changes them now
+            options.suppression = load_suppression(self)  # under the lock too: an erasure adds before it locks
             if triggered_by is not None and triggered_by not in {f.name for f in files}:
                 newer = [f.name for f in files if f.segment == destination.segment_for(triggered_by)]
                 raise SupersededFile(f"{destination.name} already has a newer file for this segment "
@@ -200,7 +206,7 @@ class ExportService:
             result.report.notes.append("this destination has no recorded consent: a real run would be refused "
                                        "until its 'consent' says who agreed to the data-privacy terms")
         log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
-        self._persist(result)
+        self._persist(result, run)
         return result
 
     def _files_of_run(self, destination: Destination, blob_name: str | None) -> list[SegmentFile]:
@@ -241,7 +247,7 @@ class ExportService:
         return RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                          source=source, mode=destination.mode, dry_run=dry_run, status=status)
 
-    def _persist(self, result: ExportResult) -> None:
+    def _persist(self, result: ExportResult, run: dict[str, Any] | None = None) -> None:
         """Store the report and the rejects file (uploaded from local disk), then delete the local file."""
         report = result.report
         try:
@@ -250,6 +256,8 @@ class ExportService:
             rejects = self.runs.upload_rejects(report.run_id, result.rejects)
             data = report.to_dict()
             data["rejects_blob"] = rejects
+            data.update(run or {})  # how the run was started: triggered_by, full (the run history lists them)
+            telemetry.emit_run(data)  # before saving: the record reaches Application Insights if storage fails
             self.runs.save_report(report.run_id, data)
         finally:
             result.close()
@@ -258,14 +266,15 @@ class ExportService:
         """A run's stored report (see shared.service.queued: a killed last attempt reads `failed`)."""
         return queued.report_of(self, run_id, last_attempt=last_attempt)
 
-    def mark_queued(self, destination: Destination, blob_name: str | None, run_id: str, dry_run: bool) -> None:
+    def mark_queued(self, destination: Destination, blob_name: str | None, run_id: str, dry_run: bool, *,
+                    trigger: str = "http", full: bool = False) -> None:
         """`blob_name` None: the run reads the segments' current files when it starts, not those of now."""
         report = self._blank_report(destination, run_id, blob_name or "(current segment files when the run starts)",
                                     dry_run=dry_run, status="queued")
-        self.runs.save_report(run_id, report.to_dict())
+        self.runs.save_report(run_id, {**report.to_dict(), "triggered_by": trigger, "full": full})
 
     def fail_queued(self, run_id: str, error: str) -> None:
-        self.runs.fail_queued(run_id, error)
+        queued.fail_run(self.runs, run_id, error)
 
     def finish_pending_runs(self, budget: float = PENDING_BUDGET_SECONDS) -> list[dict[str, Any]]:
         """Timer: see shared.service.pending."""

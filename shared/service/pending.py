@@ -102,7 +102,7 @@ def queue_refresh(service: ExportService) -> list[dict[str, Any]]:
                 log.warning("destination %s: no segment file under %s", destination.name, destination.segments)
                 continue
             run_id = new_run_id(destination.name)
-            service.mark_queued(destination, None, run_id, dry_run=False)
+            service.mark_queued(destination, None, run_id, dry_run=False, trigger="schedule")
         except Exception:  # one destination's trouble must not stop the refresh of the others
             log.exception("destination %s: could not queue its scheduled refresh", destination.name)
             continue

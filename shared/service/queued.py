@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.service import telemetry
+from shared.state.run_store import RunStore
 from shared.state.sync_state import SyncState
 
 if TYPE_CHECKING:
@@ -29,6 +31,16 @@ def report_of(service: ExportService, run_id: str, *, last_attempt: int | None =
     state = SyncState(service.runs.container, str(data.get("destination")), config_digest="")
     if datetime.now(UTC) - since < KILLED_AFTER or state.held_by_a_run():
         return data
-    service.runs.fail_queued(run_id, "the last attempt stopped without finishing (the function timeout, or the "
-                                  "worker ran out of memory) and nothing retries it: start the export again")
-    return service.runs.load_report(run_id)
+    return fail_run(service.runs, run_id, "the last attempt stopped without finishing (the function timeout, or "
+                                          "the worker ran out of memory) and nothing retries it: start the export "
+                                          "again")
+
+
+def fail_run(runs: RunStore, run_id: str, error: str) -> dict[str, Any] | None:
+    """Fail a queued or running run (RunStore.fail_queued) and, when this call is what ended it, emit its one
+    telemetry record; returns the report as stored now."""
+    runs.fail_queued(run_id, error)
+    data = runs.load_report(run_id)
+    if data and data.get("status") == "failed" and data.get("error") == error:
+        telemetry.emit_run(data)
+    return data

@@ -4,6 +4,11 @@ Why a spool: "last row wins" for duplicate emails and the profile cap both need 
 before the first request, and SendGrid bodies are built from the serialised contacts. Keeping them on
 disk (not in memory) makes memory grow with one batch, not with the file; re-reading the spool costs a
 fraction of re-parsing the source file.
+
+A row known unchanged (its source fingerprint is the snapshot's, see shared.pipeline.read) is never mapped:
+it takes a position like any contact (key, fingerprint, where it came from) but only its email is kept, in a
+second file, so the duplicates check can still compare real emails. `contacts()` yields the mapped ones only:
+an unchanged refresh re-reads nothing.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ __all__ = ["Spool", "email_key", "fingerprint"]
 class Spool:
     def __init__(self, directory: str | None = None) -> None:
         self._file: BinaryIO = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
+        self._known = _EmailFile(directory)  # the emails of the unchanged rows
         self.keys = array("q")  # email_key per contact
-        self.fingerprints = array("q")
+        self.fingerprints = array("q")  # source fingerprint per contact (shared.state.keys), 0 without a snapshot
         self.sources = array("I")  # index into source_names (a CDM folder may have many partitions)
         self.rows = array("L")
-        self._offsets = array("Q")  # where each contact's line starts in the spool file
+        self.unchanged = bytearray()  # 1 per position whose row is unchanged (not mapped, not in `contacts()`)
+        self._offsets = array("Q")  # where each contact's line starts in its file (the spool's or `_known`'s)
+        self._mapped = array("L")  # the position of each line of the spool file
         self._end = 0
         self._unwritten: list[bytes] = []  # contacts not yet in the file: one write per _WRITE_EVERY
         self.source_names: list[str] = []
@@ -45,24 +53,42 @@ class Spool:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def add(self, source: str, row: int, email: str, body: bytes) -> None:
+    def add(self, source: str, row: int, email: str, body: bytes, fingerprint: int = 0,
+            key: int | None = None) -> None:
+        """A mapped contact; `key` when the caller has email_key(email) already."""
         if source is not self._last_source:
-            index = self._source_index.get(source)
-            if index is None:
-                index = self._source_index[source] = len(self.source_names)
-                self.source_names.append(source)
-            self._last_source, self._last_index = source, index
-        # email_key() and fingerprint(), inlined: this runs once per contact
-        self.keys.append(_xxh3(email.encode()) - _SIGNED)
-        self.fingerprints.append(_xxh3(body) - _SIGNED)
+            self._switch_source(source)
+        self._mapped.append(len(self.keys))
+        # email_key(), inlined: this runs once per contact
+        self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
+        self.fingerprints.append(fingerprint)
         self.sources.append(self._last_index)
         self.rows.append(row)
+        self.unchanged.append(0)
         self._offsets.append(self._end)
         self._end += len(body) + 1
         unwritten = self._unwritten
         unwritten.append(body)
         if len(unwritten) >= _WRITE_EVERY:
             self._write()
+
+    def add_unchanged(self, source: str, row: int, email: bytes, key: int, fingerprint: int) -> None:
+        """A row whose contact the list holds as it is: its key, fingerprint and (UTF-8) email only."""
+        if source is not self._last_source:
+            self._switch_source(source)
+        self.keys.append(key)
+        self.fingerprints.append(fingerprint)
+        self.sources.append(self._last_index)
+        self.rows.append(row)
+        self.unchanged.append(1)
+        self._offsets.append(self._known.add(email))
+
+    def _switch_source(self, source: str) -> None:
+        index = self._source_index.get(source)
+        if index is None:
+            index = self._source_index[source] = len(self.source_names)
+            self.source_names.append(source)
+        self._last_source, self._last_index = source, index
 
     def _write(self) -> None:
         """Write the contacts added since the last write, and flush, so the file can be read back."""
@@ -78,25 +104,19 @@ class Spool:
     def email_at(self, index: int) -> str:
         """Read one contact's email back from the spool: a read at its offset, which leaves the file's
         position (maybe mid-iteration of `contacts()`) alone."""
+        if self.unchanged[index]:
+            return self._known.at(self._offsets[index]).decode()
         if self._unwritten:
             self._write()
-        start = self._offsets[index]
-        end = self._offsets[index + 1] if index + 1 < len(self._offsets) else self._end
-        if _pread is not None:
-            line = _pread(self._file.fileno(), end - start, start)
-        else:  # no os.pread (Windows): seek, read, and go back
-            position = self._file.tell()
-            self._file.seek(start)
-            line = self._file.read(end - start)
-            self._file.seek(position)
-        return _email_of(line).decode()
+        return _email_of(_read_line(self._file, self._offsets[index])).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
-        """(index, contact JSON) in file order."""
+        """(index, contact JSON) of the mapped contacts, in file order (unchanged rows are not in it)."""
         self._write()
         self._file.seek(0)
-        for index, line in enumerate(self._file):
-            yield index, line[:-1]
+        mapped = self._mapped
+        for number, line in enumerate(self._file):
+            yield mapped[number], line[:-1]
 
     def superseded(self) -> set[int]:
         """Indices of contacts whose email appears again later in the file (last row wins).
@@ -107,11 +127,11 @@ class Spool:
         repeated = self._repeated_keys()
         if not repeated:
             return set()
-        last: dict[bytes, int] = {}
-        candidates: list[tuple[int, bytes]] = []
-        for index, body in self.contacts():
-            if self.keys[index] in repeated:
-                email = _email_of(body)
+        last: dict[str, int] = {}
+        candidates: list[tuple[int, str]] = []
+        for index, key in enumerate(self.keys):
+            if key in repeated:
+                email = self.email_at(index)
                 candidates.append((index, email))
                 last[email] = index
         return {index for index, email in candidates if last[email] != index}
@@ -136,6 +156,61 @@ class Spool:
 
     def close(self) -> None:
         self._file.close()
+        self._known.close()
+
+
+class _EmailFile:
+    """Emails one a line on local disk, each read back by its offset (the unchanged rows' emails)."""
+
+    def __init__(self, directory: str | None) -> None:
+        self._directory = directory
+        self._file: BinaryIO | None = None  # made at the first email: most runs of a new segment need none
+        self._unwritten: list[bytes] = []
+        self._end = 0
+
+    def add(self, email: bytes) -> int:
+        offset = self._end
+        self._end += len(email) + 1
+        self._unwritten.append(email)
+        if len(self._unwritten) >= _WRITE_EVERY:
+            self._write()
+        return offset
+
+    def _write(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 - closed in close()
+        if self._unwritten:
+            self._file.seek(0, io.SEEK_END)
+            self._file.write(b"\n".join(self._unwritten) + b"\n")
+            self._unwritten.clear()
+        self._file.flush()
+
+    def at(self, offset: int) -> bytes:
+        self._write()
+        assert self._file is not None
+        return _read_line(self._file, offset)[:-1]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _read_line(file: BinaryIO, offset: int) -> bytes:
+    """The line at `offset` (with its newline), leaving the file's position (maybe mid-iteration) alone.
+    An email fits in the first read (254 characters); a longer contact line takes more."""
+    size = 512
+    while True:
+        if _pread is not None:
+            data = _pread(file.fileno(), size, offset)
+        else:  # no os.pread (Windows): seek, read, and go back
+            position = file.tell()
+            file.seek(offset)
+            data = file.read(size)
+            file.seek(position)
+        end = data.find(b"\n")
+        if end >= 0 or len(data) < size:
+            return bytes(data[:end + 1] if end >= 0 else data)
+        size *= 4
 
 
 def _repeated(keys: array[int]) -> set[int]:

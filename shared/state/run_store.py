@@ -22,6 +22,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 
 from shared.state.rejects import RejectsFile
+from shared.state.run_index import RunIndex
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RunStore:
         self.container = container
         self._container = container
         self._ensured = False
+        self.index = RunIndex(container)
 
     def _ensure_container(self) -> None:
         if not self._ensured:
@@ -62,8 +64,9 @@ class RunStore:
 
     def save_report(self, run_id: str, report: dict[str, Any]) -> None:
         self._ensure_container()
-        self._container.upload_blob(self.report_path(run_id), json.dumps(report, indent=2).encode(),
-                                    overwrite=True, content_settings=_JSON)
+        blob = self._container.get_blob_client(self.report_path(run_id))
+        written = blob.upload_blob(json.dumps(report, indent=2).encode(), overwrite=True, content_settings=_JSON)
+        self._index(run_id, report, written.get("etag"))
 
     def update_report(self, run_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """Read-modify-write a report under its ETag: `change` edits it in place and says whether to save.
@@ -77,25 +80,50 @@ class RunStore:
             if data is None or not change(data):
                 return None
             try:
-                self._container.upload_blob(self.report_path(run_id), json.dumps(data, indent=2).encode(),
-                                            overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified,
-                                            content_settings=_JSON)
+                written = self._container.get_blob_client(self.report_path(run_id)).upload_blob(
+                    json.dumps(data, indent=2).encode(), overwrite=True, etag=etag,
+                    match_condition=MatchConditions.IfNotModified, content_settings=_JSON)
             except HttpResponseError as exc:
                 if exc.status_code == 412:
                     continue  # someone wrote it since we read it: apply the change to their version
                 raise
+            self._index(run_id, data, written.get("etag"))
             return data
         raise ResourceModifiedError(f"report {run_id} kept changing while it was being updated")
 
-    def mark_running(self, run_id: str, attempt: int) -> None:
-        """A queued run a worker has started (attempt n of the queue's deliveries): no longer `queued`."""
+    def _index(self, run_id: str, report: dict[str, Any], etag: str | None) -> None:
+        """Rewrite the run's index entry after its report (the report stays the truth). A failure is logged,
+        not raised: the run's work is done and stored, and the next write of its report rewrites the entry.
+
+        Two writers of one report (the timer failing a killed run while it finishes) could write the entries
+        in the other order than the reports; so after writing, the report's ETag is checked (one HEAD), and a
+        report that changed meanwhile is indexed again from what it says now: the last entry follows the last
+        report whichever order the writes came in.
+        """
+        try:
+            for _ in range(3):
+                self.index.record(report)
+                current = self._container.get_blob_client(self.report_path(run_id)).get_blob_properties().etag
+                if current == etag:
+                    return
+                newer, etag = self._read(self.report_path(run_id))
+                if newer is None:
+                    return
+                report = newer
+        except Exception:
+            log.warning("run %s: its report is stored but its run-index entry could not be updated",
+                        report.get("run_id"), exc_info=True)
+
+    def mark_running(self, run_id: str, attempt: int) -> dict[str, Any] | None:
+        """A queued run a worker has started (attempt n of the queue's deliveries): no longer `queued`.
+        Returns the updated report (None: no queued report), which says who queued the run (`triggered_by`)."""
         def start(report: dict[str, Any]) -> bool:
             if report.get("status") not in ("queued", "running"):
                 return False
             report.update(status="running", attempt=attempt, running_since=utc_now())
             return True
 
-        self.update_report(run_id, start)
+        return self.update_report(run_id, start)
 
     def fail_queued(self, run_id: str, error: str) -> None:
         """A queued run that cannot start or finish: its status URL must say why instead of `queued` (or

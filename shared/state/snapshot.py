@@ -1,47 +1,64 @@
 """The snapshot of what a destination's list holds (`state/<destination>/snapshot.txt`).
 
-One line per exported contact, sorted by email key: `<key> <fingerprint> <email>`. Keys and fingerprints
-load into two arrays (16 bytes a contact), so an unchanged refresh is a binary search per contact, not a
-dictionary of a million strings. Emails are only read back for contacts that left the segments (mirror).
+One line per exported contact, sorted by email key: `<key> <fingerprint> <email>`. The fingerprint is of the
+row's mapped source values under the destination's mapping rules (shared.state.keys.source_fingerprint), so
+a row that did not change is known before it is mapped. Keys and fingerprints load into two arrays (16 bytes
+a contact), with a bucket index over the keys so a look-up is a few comparisons, not a dictionary of a
+million strings. Emails are only read back for contacts that left the segments (mirror), and a new snapshot
+copies the stored lines of the contacts that did not change as they are, in runs: a refresh costs what
+changed, not the list's size.
+
 A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
 fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
-that left. A different list (or an unknown list) discards it.
+that left. A different list (or an unknown list) discards it. Older formats are loaded as membership only
+too (v2 held fingerprints of the contacts' JSON, v1 blake2b keys): every contact is sent once more, and
+no one is taken off the list on their account who is still in a segment.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import json
 import logging
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.state.keys import email_key
+from shared.state.snapshot_lines import Concat, DigestWriter, OldLines, line_blocks, parse_block
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v2"  # v2: xxh3 keys and fingerprints (shared.state.keys)
-V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten as v2 when first loaded
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v3"  # v3: fingerprints of the rows' source values
+V2_FORMAT = "segment-to-sendgrid snapshot v2"  # xxh3 keys, fingerprints of the contact JSON: membership only
+V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys again) when first loaded
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
+_INDEX_BITS_MAX = 16  # bucket index: up to 65,536 buckets, about 16 keys each
 
 
 class Snapshot:
     def __init__(self, header: dict[str, Any], keys: array[int], fingerprints: array[int], *,
-                 trusted: bool = True) -> None:
+                 trusted: bool = True, etag: str | None = None) -> None:
         self.header = header
         self.keys = keys
         self.fingerprints = fingerprints
-        # False: membership only (full re-sync, or mapping changed): no contact counts as unchanged.
+        # False: membership only (full re-sync, mapping changed, older format): no contact counts as unchanged.
         self.trusted = trusted
+        self.etag = etag  # the stored version these arrays were read from (the merge reads its lines again)
+        # 1 per entry whose person a segment of this run holds (pipeline.read marks them; plan removes the rest)
+        self.seen = bytearray(len(keys))
+        bits = max(0, min(_INDEX_BITS_MAX, len(keys).bit_length() - 4))
+        self._shift = 64 - bits
+        self._index = array("L", (bisect.bisect_left(keys, (bucket << self._shift) - (1 << 63))
+                                  for bucket in range((1 << bits) + 1))) if bits else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -50,13 +67,38 @@ class Snapshot:
     def digest(self) -> str:
         return str(self.header.get("digest", ""))
 
+    def position(self, key: int) -> int:
+        """The entry of this email key, or -1."""
+        keys, index = self.keys, self._index
+        if index is None:
+            at = bisect.bisect_left(keys, key)
+            end = len(keys)
+        else:
+            bucket = (key + (1 << 63)) >> self._shift
+            at = bisect.bisect_left(keys, key, index[bucket], index[bucket + 1])
+            end = index[bucket + 1]
+        return at if at < end and keys[at] == key else -1
+
     def fingerprint(self, key: int) -> int | None:
         if not self.trusted:
             return None
-        position = bisect.bisect_left(self.keys, key)
-        if position < len(self.keys) and self.keys[position] == key:
-            return self.fingerprints[position]
-        return None
+        position = self.position(key)
+        return self.fingerprints[position] if position >= 0 else None
+
+    def mark(self, key: int) -> None:
+        """This email key is in a segment this run (a row rejected for another field counts)."""
+        position = self.position(key)
+        if position >= 0:
+            self.seen[position] = 1
+
+    def unseen(self) -> set[int]:
+        """Positions of the entries no segment of this run holds (after every row was read and marked)."""
+        gone: set[int] = set()
+        seen, at = self.seen, self.seen.find(0)
+        while at >= 0:
+            gone.add(at)
+            at = seen.find(0, at + 1)
+        return gone
 
 
 def _sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
@@ -78,7 +120,7 @@ class SnapshotStore:
         self.destination = destination
         self.config_digest = config_digest
         self.list_id = list_id  # the snapshot's membership is kept across a config change only on the same list
-        self._prefix = f"state/{destination}/"
+        self._path = f"state/{destination}/snapshot.txt"
         self.ensure_lock = ensure_lock
         self.snapshot: Snapshot | None = None
 
@@ -88,127 +130,122 @@ class SnapshotStore:
 
     def _load_snapshot(self, upgraded: bool = False) -> Snapshot | None:
         try:
-            stream = self._container.download_blob(self._prefix + "snapshot.txt")
+            stream = self._container.download_blob(self._path)
         except ResourceNotFoundError:
             return None
-        keys, fingerprints = array("q"), array("q")
-        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
-            header = json.loads(text.readline())
-            if header.get("format") == V1_FORMAT and not upgraded:
-                text.close()
-                self._upgrade_v1()
-                return self._load_snapshot(upgraded=True)
-            if header.get("format") != SNAPSHOT_FORMAT:
+        blocks = line_blocks(stream.chunks())
+        header = json.loads(next(blocks, b"{}"))
+        if header.get("format") == V1_FORMAT and not upgraded:
+            self._upgrade_v1()
+            return self._load_snapshot(upgraded=True)
+        if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
+            return None
+        trusted = header.get("config") == self.config_digest and header.get("format") == SNAPSHOT_FORMAT
+        if header.get("config") != self.config_digest:
+            if self.list_id is None or header.get("list") != self.list_id:
+                log.info("destination %s: list changed since the last export; full sync", self.destination)
                 return None
-            trusted = header.get("config") == self.config_digest
-            if not trusted:
-                if self.list_id is None or header.get("list") != self.list_id:
-                    log.info("destination %s: list changed since the last export; full sync", self.destination)
-                    return None
-                log.info("destination %s: mapping changed since the last export; full sync", self.destination)
-            for line in text:
-                key, fp, _ = line.split(" ", 2)
-                keys.append(int(key))
-                fingerprints.append(int(fp))
-        return Snapshot(header, keys, fingerprints, trusted=trusted)
+            log.info("destination %s: mapping changed since the last export; full sync", self.destination)
+        elif not trusted:
+            log.info("destination %s: snapshot of an older version; every contact is sent once more",
+                     self.destination)
+        keys, fingerprints = array("q"), array("q")
+        for block in blocks:
+            parse_block(block, keys, fingerprints)
+        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=stream.properties.etag)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
         """Emails of the snapshot entries at these positions (contacts that left the segment)."""
         if not positions:
             return {}
-        stream = self._container.download_blob(self._prefix + "snapshot.txt")
         found: dict[int, str] = {}
-        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
-            text.readline()
-            for position, line in enumerate(text):
-                if position in positions:
-                    found[position] = line.rstrip("\n").split(" ", 2)[2]
+        wanted = sorted(positions)
+        first = 0  # the position of the block's first line
+        blocks = line_blocks(self._container.download_blob(self._path).chunks())
+        next(blocks, None)
+        for block in blocks:
+            lines = block.split(b"\n")
+            at = bisect.bisect_left(wanted, first)
+            while at < len(wanted) and wanted[at] < first + len(lines):
+                found[wanted[at]] = lines[wanted[at] - first].split(b" ", 2)[2].decode()
+                at += 1
+            first += len(lines)
         return found
 
-    def write_snapshot(
-        self,
-        segment_keys: array[int],
-        segment_fingerprints: array[int],
-        segment_indices: Iterator[int],
-        email_of: Callable[[int], str],
-        confirmed: Callable[[int], bool],
-        keep_absent: Callable[[int], bool],
-    ) -> int:
+    def write_snapshot(self, keys: array[int], fingerprints: array[int], exported: Iterable[int],
+                       email_of: Callable[[int], str], dropped: set[int]) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
-        Why long: one streaming merge of two sorted sequences (the stored lines and this run's contacts), whose
-        cases share the output file and its digest; split up, each piece would need all of that state.
-
-        A contact of this segment takes its new fingerprint only if `confirmed` (its import job completed,
-        or it was unchanged); otherwise its previous entry stays, so the next refresh sends it again.
-        Entries of contacts no longer in the segment stay while `keep_absent(position)` says so.
-        A snapshot that would come out as it was (an unchanged refresh) is not uploaded again, and an
-        unchanged contact keeps its stored line, so its email is not read back from the spool.
+        `exported`: positions (into `keys`/`fingerprints`) of the contacts SendGrid confirmed this run: each
+        takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged contact, or
+        one whose import did not complete, so the next refresh sends it again), except the `dropped`
+        positions of the previous snapshot (mirror: contacts taken off the list). The stored lines between
+        the changes are copied as they are; a snapshot that would come out as it was is not uploaded again.
         """
         self.ensure_lock()
         old = self.snapshot
         carried_fp = None if old is None or old.trusted else UNTRUSTED
-        changed = old is None or not old.trusted
+        changed = old is None or not old.trusted or bool(dropped)
+        # The changes in the previous snapshot's order: (position, 0 = insert before it / 1 = drop it, key, fp, i)
+        drops = set(dropped)
+        events: list[tuple[int, int, int, int, int]] = []
+        for index in exported:
+            key, fp = keys[index], fingerprints[index]
+            at = old.position(key) if old is not None else -1
+            if at >= 0 and old is not None and old.fingerprints[at] == fp and carried_fp is None:
+                continue  # the same source values: its stored line stays
+            if at >= 0:
+                drops.add(at)  # replaced by its new line, in the same place
+            else:
+                at = bisect.bisect_left(old.keys, key) if old is not None else 0
+            events.append((at, 0, key, fp, index))
+            changed = True
+        if not changed:
+            return len(old) if old is not None else 0
+        events += [(position, 1, 0, 0, -1) for position in drops]
+        events.sort()
         with tempfile.TemporaryFile() as out:
-            digest = hashlib.sha256()
-            count = 0
-
-            def emit(key: int, fp: int, email: str) -> None:
-                nonlocal count
-                line = f"{key} {fp} {email}\n".encode()
-                out.write(line)
-                digest.update(line)
-                count += 1
-
-            old_lines = self._old_lines(carried_fp) if old is not None else iter(())
-            pending_old = next(old_lines, None)
-            old_position = 0
-            for index in _sorted_by_key(segment_keys, segment_indices):
-                key = segment_keys[index]
-                while pending_old is not None and pending_old[0] < key:
-                    if keep_absent(old_position):
-                        emit(*pending_old)
-                    else:
-                        changed = True
-                    pending_old, old_position = next(old_lines, None), old_position + 1
-                previous = None
-                if pending_old is not None and pending_old[0] == key:
-                    previous = pending_old
-                    pending_old, old_position = next(old_lines, None), old_position + 1
-                if confirmed(index):
-                    fp = segment_fingerprints[index]
-                    if previous is not None and previous[1] == fp:
-                        emit(*previous)  # same key and same contact JSON (which holds the email)
-                    else:
-                        emit(key, fp, email_of(index))
-                        changed = True
-                elif previous is not None:
-                    emit(*previous)
-            while pending_old is not None:
-                if keep_absent(old_position):
-                    emit(*pending_old)
+            writer = DigestWriter(out)
+            lines = OldLines(self._old_blocks(), carried_fp)
+            cursor = 0
+            for position, kind, key, fp, index in events:
+                lines.copy(position - cursor, writer)
+                if kind:
+                    lines.skip()
+                    cursor = position + 1
                 else:
-                    changed = True
-                pending_old, old_position = next(old_lines, None), old_position + 1
-            if changed:
-                self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": count,
-                                           "digest": digest.hexdigest()})
-        return count
+                    writer.write(f"{key} {fp} {email_of(index)}\n".encode())
+                    cursor = position
+            lines.copy(None, writer)
+            self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": writer.count,
+                                       "digest": writer.digest.hexdigest()})
+        return writer.count
+
+    def _old_blocks(self) -> Iterator[bytes]:
+        """The previous snapshot's lines, as read at load (a changed blob fails the download: not merged)."""
+        if self.snapshot is None:
+            return iter(())
+        etag = self.snapshot.etag
+        blocks = line_blocks(self._container.download_blob(
+            self._path, etag=etag, match_condition=MatchConditions.IfNotModified if etag else None).chunks())
+        next(blocks, None)
+        return blocks
 
     def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:
         lines.seek(0)
-        body = _Concat(json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n", lines)
-        self._container.get_blob_client(self._prefix + "snapshot.txt").upload_blob(body, overwrite=True)
+        body = Concat(json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n", lines)
+        self.ensure_lock()
+        self._container.get_blob_client(self._path).upload_blob(body, overwrite=True)
 
     def _upgrade_v1(self) -> None:
-        """Rewrite a v1 snapshot (blake2b keys) as v2: keys computed again from its emails, and sorted again.
+        """Rewrite a v1 snapshot (blake2b keys) as v3: keys computed again from its emails, and sorted again.
 
-        Its fingerprints cannot be recomputed (the contacts' JSON is not stored), so they become UNTRUSTED:
-        each contact is sent once more, while mirror mode keeps the membership and still removes those who
+        Its fingerprints cannot be recomputed (the rows are not stored), so they become UNTRUSTED: each
+        contact is sent once more, while mirror mode keeps the membership and still removes those who
         left. Memory: two arrays (16 bytes an entry); the lines wait in a local file.
         """
         self.ensure_lock()
-        stream = self._container.download_blob(self._prefix + "snapshot.txt")
+        stream = self._container.download_blob(self._path)
         with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
             for chunk in stream.chunks():
                 old.write(chunk)
@@ -231,54 +268,3 @@ class SnapshotStore:
                                        "count": len(keys), "digest": digest.hexdigest()})
         log.info("destination %s: snapshot upgraded to %s; every contact is sent once more", self.destination,
                  SNAPSHOT_FORMAT)
-
-    def _old_lines(self, fingerprint: int | None) -> Iterator[tuple[int, int, str]]:
-        """The stored entries; with `fingerprint`, carried over under that one instead of their own."""
-        stream = self._container.download_blob(self._prefix + "snapshot.txt")
-        with io.TextIOWrapper(io.BufferedReader(_ChunkReader(stream.chunks())), encoding="utf-8") as text:
-            text.readline()
-            for line in text:
-                key, fp, email = line.rstrip("\n").split(" ", 2)
-                yield int(key), int(fp) if fingerprint is None else fingerprint, email
-
-class _ChunkReader(io.RawIOBase):
-    """A readable stream over the SDK's chunk iterator (the blob is never held whole in memory)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
-
-
-class _Concat(io.RawIOBase):
-    """Header bytes followed by a file, as one upload stream."""
-
-    def __init__(self, head: bytes, tail: Any) -> None:
-        self._head = head
-        self._tail = tail
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        if self._head:
-            size = min(len(target), len(self._head))
-            target[:size] = self._head[:size]
-            self._head = self._head[size:]
-            return size
-        data = self._tail.read(len(target))
-        target[: len(data)] = data
-        return len(data)

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -100,13 +100,11 @@ class SyncState:
         """Emails of the snapshot entries at these positions (contacts that left the segments)."""
         return self._snapshots.snapshot_emails(positions)
 
-    def write_snapshot(self, segment_keys: array[int], segment_fingerprints: array[int],
-                       segment_indices: Iterator[int], email_of: Callable[[int], str],
-                       confirmed: Callable[[int], bool], keep_absent: Callable[[int], bool]) -> int:
+    def write_snapshot(self, keys: array[int], fingerprints: array[int], exported: Iterable[int],
+                       email_of: Callable[[int], str], dropped: set[int]) -> int:
         """See SnapshotStore.write_snapshot; the snapshot this state loaded is the one merged."""
         self._snapshots.snapshot = self.snapshot
-        return self._snapshots.write_snapshot(segment_keys, segment_fingerprints, segment_indices, email_of,
-                                              confirmed, keep_absent)
+        return self._snapshots.write_snapshot(keys, fingerprints, exported, email_of, dropped)
 
     # -- checkpoint and current files ------------------------------------------------------------------
 

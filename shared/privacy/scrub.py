@@ -1,0 +1,118 @@
+"""Erased addresses out of stored state: every destination's snapshot and every stored rejects file.
+
+Both are streamed through a local temporary file (a snapshot may hold a million lines), and written back
+only when something was removed. A snapshot is rewritten under its destination's lock (the caller holds
+it): an export merging into it meanwhile would otherwise write the erased entries back.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Set
+from typing import IO
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import ContainerClient
+
+from shared.state.rejects import RejectsFile
+from shared.state.run_store import RunStore
+
+REJECTS_PREFIX = "rejects/"
+_ADDRESS_LIKE = re.compile(r"[^\s,;<>\"()\[\]]+@[^\s,;<>\"()\[\]]+")
+_LEADING = "'=+-@\t\r"  # a formula-safe quote, or what a spreadsheet would have evaluated
+
+
+def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str],
+                   ensure_lock: Callable[[], None]) -> int:
+    """Remove the entries of these normalised addresses from `state/<destination>/snapshot.txt`; returns how
+    many. Each line ends with the entry's email (`<key> <fingerprint> ... <email>`); the header's count and
+    digest are made again as the snapshot store makes them."""
+    path = f"state/{destination}/snapshot.txt"
+    with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
+        if not _download(container, path, old):
+            return 0
+        header = json.loads(old.readline())
+        digest = hashlib.sha256()
+        removed = kept = 0
+        for line in old:
+            if line.rstrip(b"\n").rsplit(b" ", 1)[-1].decode() in erased:
+                removed += 1
+                continue
+            out.write(line)
+            digest.update(line)
+            kept += 1
+        if not removed:
+            return 0
+        header.update(count=kept, digest=digest.hexdigest())
+        out.seek(0)
+        with tempfile.TemporaryFile() as body:
+            body.write(json.dumps(header).encode() + b"\n")
+            shutil.copyfileobj(out, body)
+            body.seek(0)
+            ensure_lock()
+            container.get_blob_client(path).upload_blob(body, overwrite=True)
+    return removed
+
+
+def mentions(value: str, erased: Set[str]) -> bool:
+    """Whether a rejected value holds one of these (lower-cased) addresses, alone or among other text."""
+    lowered = value.strip().lower()
+    if lowered.lstrip(_LEADING) in erased:
+        return True
+    return any(token.lstrip(_LEADING) in erased for token in _ADDRESS_LIKE.findall(lowered))
+
+
+def scrub_rejects(runs: RunStore, erased: Set[str]) -> tuple[int, int]:
+    """Remove every rejects-file row whose value holds an erased address: (files changed, rows removed).
+    A file left without rows is deleted. `erased` holds the addresses as given (lower-cased) and normalised."""
+    container = runs.container
+    files = rows_removed = 0
+    if not container.exists():
+        return 0, 0
+    for blob in list(container.list_blobs(name_starts_with=REJECTS_PREFIX)):
+        removed = _scrub_one(runs, blob.name, erased)
+        if removed:
+            files += 1
+            rows_removed += removed
+    return files, rows_removed
+
+
+def _scrub_one(runs: RunStore, name: str, erased: Set[str]) -> int:
+    with tempfile.TemporaryFile() as raw, RejectsFile() as kept:
+        if not _download(runs.container, name, raw):
+            return 0
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        reader = csv.reader(text)
+        next(reader, None)  # the header
+        removed = 0
+        for row in reader:
+            if len(row) >= 5 and mentions(row[4], erased):
+                removed += 1
+                continue
+            source, number, field, reason, value = (row + [""] * 5)[:5]
+            kept.write(source, int(number) if number.isdigit() else 0, field, reason, value)
+        text.detach()
+        if not removed:
+            return 0
+        if kept.count:
+            runs.upload_rejects(name.removeprefix(REJECTS_PREFIX).removesuffix(".csv"), kept)
+        else:
+            runs.container.delete_blob(name)
+        return removed
+
+
+def _download(container: ContainerClient, path: str, into: IO[bytes]) -> bool:
+    try:
+        stream = container.download_blob(path)
+    except ResourceNotFoundError:
+        return False
+    for chunk in stream.chunks():
+        into.write(chunk)
+    into.seek(0)
+    return True

@@ -1,0 +1,200 @@
+"""Erasure requests (issue 14) end to end: by HTTP and by a dropped file, against Azurite and the simulator.
+
+An erasure deletes the person's contact in SendGrid, removes the address from every snapshot and every
+stored rejects file (checked by reading every blob of the runs container), keeps only an HMAC digest in the
+do-not-export set, and every later export skips the person and counts the row `suppressed`. A run stopped
+by a fault, or still waiting for SendGrid's deletion job, says so and never counts the contact deleted;
+run again, it ends complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.cli import main as cli_main
+from shared.privacy.donotexport import SET_PATH
+from shared.service import erasure_service
+from shared.service.erasure_service import lift_suppression
+from shared.service.export_service import ExportService
+from tests.test_functions import (
+    NEWS_LIST,
+    VIP_LIST,
+    Env,
+    csv_bytes,
+    env,
+    fire_blob_trigger,
+    fire_timer,
+    http,
+    person,
+    sim,
+)
+
+__all__ = ["env", "sim"]
+
+ERASED = "Erased.Person@Example.com"
+ERASED_KEY = ERASED.lower()
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(erasure_service.ERASURE_TIMINGS, "lock_wait", 5.0)
+    monkeypatch.setitem(erasure_service.ERASURE_TIMINGS, "verify_timeout", 5.0)
+    monkeypatch.setitem(erasure_service.ERASURE_TIMINGS, "poll_interval", 0.05)
+
+
+def erased_row(tag: str = "x") -> list[str]:
+    return [f"CI-9{tag}", ERASED, "Erased", "Person", "France"]
+
+
+def export_everyone(env: Env) -> ExportService:
+    """vip and newsletter both hold the person; a vip row with the address inside a bad email value goes
+    to the rejects file (the one place rejected values are kept)."""
+    service = env.install()
+    bad = ["CI-8", f"Erased Person <{ERASED}>", "Bad", "Row", "France"]
+    fire_blob_trigger(env.segments.container_name,
+                      env.upload("vip/segment-1.csv", csv_bytes([person(1, "vip"), person(2, "vip"), erased_row(),
+                                                                  bad])))
+    fire_blob_trigger(env.segments.container_name,
+                      env.upload("news/segment-1.csv", csv_bytes([person(1, "news"), erased_row()])))
+    assert ERASED_KEY in env.sim.list_contacts(VIP_LIST) and ERASED_KEY in env.sim.list_contacts(NEWS_LIST)
+    assert any(ERASED_KEY in blob for blob in runs_blobs(env).values())  # the scan below can see it
+    return service
+
+
+def runs_blobs(env: Env) -> dict[str, str]:
+    """Every blob of the runs container, lower-cased."""
+    return {b.name: env.runs.download_blob(b.name).readall().decode("utf-8", "replace").lower()
+            for b in env.runs.list_blobs()}
+
+
+def assert_forgotten(env: Env) -> None:
+    holding = sorted(name for name, text in runs_blobs(env).items() if ERASED_KEY in text)
+    assert holding == []
+    assert env.sim.contact(ERASED) is None
+    assert env.runs.get_blob_client(SET_PATH).exists()  # digests only: the scan above read it too
+
+
+def test_an_erasure_by_http_deletes_the_contact_cleans_every_blob_and_later_exports_suppress(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    export_everyone(env)
+    with caplog.at_level(logging.DEBUG):
+        answer = http("POST", "erasures", {"emails": [ERASED, "nobody@example.com"], "reference": "DSR-1"})
+    assert caplog.records and ERASED_KEY not in caplog.text.lower()  # every logger, at DEBUG
+    assert answer.status == 200, answer.json()
+    report = answer.json()
+    assert report["status"] == "completed"
+    assert (report["requested"], report["found"], report["deleted"], report["not_found"], report["errors"],
+            report["still_present"]) == (2, 1, 1, 1, 0, 0)
+    assert report["snapshot_entries_removed"] == 2 and report["rejects_rows_removed"] == 1
+    assert "@" not in json.dumps(report)
+    assert_forgotten(env)
+    assert {person(1, "vip")[1], person(2, "vip")[1]} <= set(env.sim.list_contacts(VIP_LIST))
+    status = http("GET", f"erasures/{report['erasure_id']}")
+    assert status.status == 200 and status.json()["status"] == "completed"
+    assert "@" not in json.dumps(status.json())
+
+    # The CDP's next file still holds the person: everyone else is sent, the person counted suppressed.
+    before = len(env.sim.upsert_batches)
+    fire_blob_trigger(env.segments.container_name, env.upload(
+        "vip/segment-2.csv", csv_bytes([person(1, "vip"), person(2, "vip"), person(3, "vip"), erased_row("y")])))
+    run = newest_report(env, "vip-customers")
+    assert run["status"] == "succeeded" and run["balanced"]
+    assert (run["rows_read"], run["suppressed"], run["exported"], run["unchanged_skipped"]) == (4, 1, 1, 2)
+    assert run["segments"][0]["suppressed"] == 1 and run["segments"][0]["balanced"]
+    sent = [email for batch in env.sim.upsert_batches[before:] for email in batch.emails]
+    assert sent == [person(3, "vip")[1]] and env.sim.contact(ERASED) is None
+    assert_forgotten(env)
+
+
+def newest_report(env: Env, destination: str) -> dict[str, Any]:
+    reports = [r for r in env.reports() if r.get("destination") == destination]
+    return max(reports, key=lambda r: (r["started_at"], r["rows_read"]))
+
+
+def test_an_erasure_by_file_is_picked_up_by_the_trigger_and_the_file_deleted(env: Env) -> None:
+    export_everyone(env)
+    name = env.upload("erasures/request-7.csv", f"email\n{ERASED.upper()}\n".encode())
+    fire_blob_trigger(env.segments.container_name, name)
+    assert not env.segments.get_blob_client(name).exists()
+    stored = [json.loads(env.runs.download_blob(b.name).readall())
+              for b in env.runs.list_blobs(name_starts_with="erasures/reports/")]
+    assert len(stored) == 1 and stored[0]["status"] == "completed" and stored[0]["deleted"] == 1
+    assert stored[0]["via"] == "file" and not list(env.runs.list_blobs(name_starts_with="erasures/requests/"))
+    assert_forgotten(env)
+    fire_blob_trigger(env.segments.container_name, name)  # a redelivered event: the file is gone, nothing to do
+
+
+def test_a_failed_erasure_says_so_keeps_the_request_and_the_timer_finishes_it(env: Env) -> None:
+    export_everyone(env)
+    env.sim.inject("status", status=403, method="DELETE", path="/v3/marketing/contacts")
+    answer = http("POST", "erasures", {"emails": [ERASED], "reference": "DSR-2"})
+    assert answer.status == 202
+    report = answer.json()
+    assert report["status"] == "failed" and report["deleted"] == 0 and "PermissionDenied" in report["error"]
+    assert env.sim.contact(ERASED) is not None  # not deleted, and not reported so
+    assert len(list(env.runs.list_blobs(name_starts_with="erasures/requests/"))) == 1
+    env.sim.faults.clear()
+    fire_timer(run_queued=False)
+    done = http("GET", f"erasures/{report['erasure_id']}").json()
+    assert done["status"] == "completed" and done["deleted"] == 1 and done["attempts"] == 2
+    assert_forgotten(env)
+
+
+def test_a_deletion_sendgrid_has_not_finished_is_never_reported_deleted(env: Env,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    service = export_everyone(env)
+    monkeypatch.setitem(erasure_service.ERASURE_TIMINGS, "verify_timeout", 0.2)
+    env.sim.job_delay = 2.0  # SendGrid's deletion job outlasts the wait
+    report = http("POST", "erasures", {"emails": [ERASED]}).json()
+    assert report["status"] == "incomplete" and report["found"] == 1
+    assert report["deleted"] == 0 and report["still_present"] == 1
+    assert env.sim.wait_for_jobs(10)
+    env.sim.job_delay = 0.01
+    again = erasure_service.resume_erasures(service)  # what the timer and `cli erase --resume` do
+    # SendGrid no longer finds the contact: the first attempt's find now counts as deleted.
+    assert [(r["status"], r["found"], r["deleted"], r["not_found"], r["still_present"]) for r in again] == [
+        ("completed", 1, 1, 0, 0)]
+    assert_forgotten(env)
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"emails": []}, "non-empty list"),
+    ({"emails": ["a@example.com"] * 10_001}, "at most 10000"),
+    ({"emails": ["not-an-address"]}, "emails[0]"),
+    ({"emails": ["a@example.com"], "reference": "from bob@example.com"}, "reference"),
+    ({"emails": ["a@example.com"], "extra": 1}, "unknown field"),
+])
+def test_erasure_requests_are_validated(env: Env, body: dict[str, Any], fragment: str) -> None:
+    env.install()
+    answer = http("POST", "erasures", body)
+    assert answer.status == 400 and fragment in answer.json()["error"]
+    assert "example.com" not in answer.json()["error"]  # never an address
+    assert not env.runs.exists() or not list(env.runs.list_blobs(name_starts_with="erasures/"))
+
+
+def test_a_lifted_suppression_lets_the_person_be_exported_again(env: Env) -> None:
+    export_everyone(env)
+    assert http("POST", "erasures", {"emails": [ERASED]}).json()["status"] == "completed"
+    service = env.install()
+    assert lift_suppression(service, [ERASED]) == 1
+    fire_blob_trigger(env.segments.container_name, env.upload(
+        "vip/segment-3.csv", csv_bytes([person(1, "vip"), erased_row("z")])))
+    run = newest_report(env, "vip-customers")
+    assert run["suppressed"] == 0 and env.sim.contact(ERASED) is not None
+
+
+def test_cli_export_of_a_local_file_skips_erased_people_too(env: Env, tmp_path: Path) -> None:
+    export_everyone(env)
+    assert http("POST", "erasures", {"emails": [ERASED]}).json()["status"] == "completed"
+    local = tmp_path / "segment.csv"
+    local.write_bytes(csv_bytes([person(5, "vip"), erased_row("c")]))
+    report_file = tmp_path / "report.json"
+    assert cli_main(["export", str(local), "--destination", "vip-customers", "--report", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    assert (report["suppressed"], report["exported"], report["balanced"]) == (1, 1, True)
+    assert env.sim.contact(ERASED) is None

@@ -1,0 +1,154 @@
+"""Rows known unchanged are never mapped: their source fingerprint (mapped values under the destination's rules)
+is the snapshot's. Everything that decides the contact is in the fingerprint, so a change of any of it sends
+again; the skipped rows are still counted `unchanged`, every report balances, and mirror still removes exactly
+the people who left.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared.mapping import contact_mapping
+from shared.mapping.contact_mapping import ContactMapper
+from shared.pipeline.read import reader_options
+from shared.sendgrid.models import CustomField
+from shared.state.keys import fingerprint_seed, source_fingerprint
+from shared.state.snapshot import V2_FORMAT
+from tests.test_sync import NAME, PUT, Env, destination, env, profiles
+
+__all__ = ["env"]  # test_sync's fixture: Azurite, the simulator, a service per run
+
+
+def _sent_emails(env: Env, since: int) -> list[str]:
+    return sorted(env.sent(since))
+
+
+def test_an_unchanged_refresh_maps_no_row_sends_nothing_and_still_counts_every_row(env: Env,
+                                                                                  monkeypatch: Any) -> None:
+    rows = profiles(40)
+    first = env.export(env.upload(rows))
+    assert (first.exported, first.unchanged_skipped) == (40, 0) and first.balanced
+    mapped: list[int] = []
+    original = ContactMapper.map_values
+
+    def counting(self: ContactMapper, values: Any) -> Any:
+        mapped.append(1)
+        return original(self, values)
+
+    monkeypatch.setattr(ContactMapper, "map_values", counting)
+    puts = env.count(PUT)
+    again = env.export(env.upload(rows))
+    assert (again.status, again.exported, again.unchanged_skipped, again.rows_read) == ("succeeded", 0, 40, 40)
+    assert again.balanced and all(part.balanced for part in again.segments)
+    assert again.segments[0].unchanged_skipped == 40
+    assert mapped == [] and env.count(PUT) == puts  # no row mapped, no request carrying contacts
+
+
+def test_only_the_changed_and_new_rows_are_mapped_and_sent(env: Env) -> None:
+    rows = profiles(30)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    changed = [(email, "Changed") if i in (3, 7) else (email, first) for i, (email, first) in enumerate(rows)]
+    changed = changed[:-2] + profiles(3, prefix="new")  # two gone, three new
+    since = len(env.sim.upsert_batches)
+    report = env.export(env.upload(changed), destination(mode="mirror"))
+    assert report.status == "succeeded" and report.balanced, report.summary()
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (5, 26, 2)
+    assert _sent_emails(env, since) == sorted([rows[3][0], rows[7][0], *(e for e, _ in profiles(3, prefix="new"))])
+    assert env.members() == dict(changed)
+    # and the next run knows the new state: nothing changed since
+    again = env.export(env.upload(changed), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 31, 0)
+
+
+@pytest.mark.parametrize("change", [
+    {"field_mapping": {"email": "Email", "first_name": "First", "last_name": "First"}},  # mapping
+    {"length_policy": "truncate"},  # a policy
+    {"empty_values": "clear"},  # a policy
+    {"file_format": {"quotechar": "'"}},  # reader options (the file reads the same)
+], ids=["mapping", "length_policy", "empty_values", "reader_options"])
+def test_a_change_of_what_decides_the_contact_sends_every_row_again(env: Env, change: dict[str, Any]) -> None:
+    rows = profiles(12)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    since = len(env.sim.upsert_batches)
+    report = env.export(env.upload(rows), destination(mode="mirror", **change))
+    assert (report.status, report.exported, report.unchanged_skipped) == ("succeeded", 12, 0), report.error
+    assert report.balanced and report.removed_from_list == 0
+    assert _sent_emails(env, since) == sorted(e for e, _ in rows)
+    settled = env.export(env.upload(rows), destination(mode="mirror", **change))
+    assert (settled.exported, settled.unchanged_skipped) == (0, 12)
+
+
+def test_a_new_version_of_the_rules_sends_every_row_again(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not in the destination's config digest: only the fingerprints' seed tells the rules changed.
+    rows = profiles(10)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    monkeypatch.setattr(contact_mapping, "RULES_VERSION", contact_mapping.RULES_VERSION + 1)
+    report = env.export(env.upload(rows), destination(mode="mirror"))
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (10, 0, 0) and report.balanced
+    again = env.export(env.upload(rows), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped) == (0, 10)
+
+
+def test_the_seed_covers_mapping_policies_reader_options_rules_and_custom_field_types() -> None:
+    base: dict[str, Any] = {"field_mapping": {"email": "Email", "first_name": "First",
+                                              "custom_fields": {"tier": "Tier"}}}
+    text = {"tier": CustomField(id="e1_T", field_type="Text")}
+
+    def seed(custom: dict[str, CustomField] = text, **overrides: Any) -> int:
+        dest = destination(**{**base, **overrides})
+        return fingerprint_seed(ContactMapper(dest, custom).rules(), repr(reader_options(dest)))
+
+    seeds = {seed(), seed(length_policy="truncate"), seed(empty_values="clear"),
+             seed(file_format={"delimiter": ";"}), seed(file_format={"encoding": "latin-1"}),
+             seed(field_mapping={"email": "Email", "first_name": "Other", "custom_fields": {"tier": "Tier"}}),
+             seed(field_mapping={"email": "Email", "last_name": "First", "custom_fields": {"tier": "Tier"}}),
+             seed({"tier": CustomField(id="e1_N", field_type="Number")}),
+             seed({"tier": CustomField(id="e2_T", field_type="Text")})}
+    assert len(seeds) == 9 and seed() == seed()
+
+
+def test_source_fingerprints_tell_apart_rows_a_plain_join_would_not() -> None:
+    seed = 42
+    rows = [("a@x.com", "b\x1fc", "d"), ("a@x.com", "b", "c\x1fd"), ("a@x.com", None, ""), ("a@x.com", "", None),
+            ("a@x.com", "", ""), ("a@x.com", "None", "")]
+    assert len({source_fingerprint(row, seed) for row in rows}) == len(rows)
+    assert source_fingerprint(rows[4], seed) != source_fingerprint(rows[4], seed + 1)
+
+
+def test_a_snapshot_of_the_previous_format_sends_once_more_and_mirror_stays_exact(env: Env) -> None:
+    # v2 held fingerprints of the contact JSON, which no source fingerprint equals: membership only.
+    rows = profiles(20)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    path = f"state/{NAME}/snapshot.txt"
+    header, *lines = env.runs.download_blob(path).readall().decode().splitlines()
+    old = json.loads(header)
+    old["format"] = V2_FORMAT
+    env.runs.upload_blob(path, "\n".join([json.dumps(old), *lines, ""]).encode(), overwrite=True)
+    report = env.export(env.upload(rows[:17]), destination(mode="mirror"))
+    assert (report.status, report.exported, report.unchanged_skipped) == ("succeeded", 17, 0), report.error
+    assert report.removed_from_list == 3 and env.members() == dict(rows[:17]) and report.balanced
+    again = env.export(env.upload(rows[:17]), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 17, 0)
+
+
+def test_a_duplicate_whose_last_row_is_unchanged_wins_over_an_earlier_changed_one(env: Env) -> None:
+    rows = profiles(5)
+    env.export(env.upload(rows))
+    # the same person twice: an earlier row with new values, then the row as exported last time
+    twice = [(rows[0][0], "Earlier"), *rows]
+    since = len(env.sim.upsert_batches)
+    report = env.export(env.upload(twice))
+    assert (report.exported, report.unchanged_skipped, report.duplicates_merged) == (0, 5, 1) and report.balanced
+    assert env.sent(since) == [] and env.members()[rows[0][0]] == rows[0][1]
+
+
+def test_a_row_rejected_for_another_field_keeps_its_person_on_a_mirror_list(env: Env) -> None:
+    rows = profiles(6)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    bad = [(e, "x" * 60) if i == 2 else (e, f) for i, (e, f) in enumerate(rows)]  # first_name past 50: rejected
+    report = env.export(env.upload(bad), destination(mode="mirror"))
+    assert (report.unchanged_skipped, report.rejected_count, report.removed_from_list) == (5, 1, 0)
+    assert report.balanced and rows[2][0] in env.members()
