@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reset_service(service)
     SendGridClient(KEY, base_url=args.base_url).close()  # httpx's lazy imports, once per worker
     client = _blob_client(fn, trigger, args.segments, args.blob)
+    runs = service.runs.container
+    before = {b.name for b in runs.list_blobs(name_starts_with="reports/")} if runs.exists() else set()
     profile = cProfile.Profile() if args.profile else None
     start, cpu_start = time.perf_counter(), time.process_time()
     if profile is not None:
@@ -107,8 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if profile is not None:
         profile.dump_stats(args.profile)
     peak_kb = peak_rss_kb()
-    names = sorted(b.name for b in service.runs.container.list_blobs(name_starts_with="reports/"))
-    report = json.loads(service.runs.container.download_blob(names[-1]).readall()) if names else {}
+    names = [b.name for b in runs.list_blobs(name_starts_with="reports/") if b.name not in before]
+    report = json.loads(runs.download_blob(names[0]).readall()) if len(names) == 1 else {"status": "no report"}
     return {"wall": wall, "cpu": cpu, "peak_mb": peak_kb / 1024, "status": report.get("status"),
             "rows": report.get("rows_read"), "exported": report.get("exported"),
             "unchanged": report.get("unchanged_skipped"), "removed": report.get("removed_from_list"),

@@ -27,16 +27,15 @@ from azure.functions.queue import QueueMessageInConverter, QueueMessageOutConver
 from azurefunctions.extensions.base import Datum as ExtensionDatum
 from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
 
+from function_app import app  # reads no setting at import: callers may set them later
+
 ROUTE_PREFIX = "api"  # host.json extensions.http.routePrefix (not set: the host's default)
 
 
 @functools.cache
 def registered_functions() -> tuple[Any, ...]:
     """`app.get_functions()` indexes the app and may run once per process (a second call raises on the
-    'duplicate' names), like the host's single indexing; every caller shares this one result. Imported here,
-    not at the top, so a caller can put the app's settings in place first (the app reads none at import)."""
-    from function_app import app  # noqa: PLC0415
-
+    'duplicate' names), like the host's single indexing; every caller shares this one result."""
     return tuple(app.get_functions())
 
 

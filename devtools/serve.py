@@ -21,6 +21,7 @@ import json
 import logging
 import queue
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -97,8 +98,17 @@ class DevServer:
     # -- the queue worker ---------------------------------------------------------------------------------
 
     def enqueue(self, queue_name: str, body: str, dequeue_count: int = 1) -> None:
+        self.reserve(1)
+        self.deliver_later(queue_name, body, dequeue_count)
+
+    def reserve(self, count: int) -> None:
+        """Count messages about to be queued (before the response leaves, so `wait_until_idle` after the
+        answer never sees an empty queue that is about to be filled)."""
         with self._idle:
-            self._unfinished += 1
+            self._unfinished += count
+
+    def deliver_later(self, queue_name: str, body: str, dequeue_count: int = 1) -> None:
+        """Queue a message already counted by `reserve`."""
         self._messages.put((queue_name, body, dequeue_count))
 
     def wait_until_idle(self, timeout: float = 60.0) -> bool:
@@ -166,14 +176,20 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("%s raised; the host answers 500", route.name)
             self._send(500, {}, b"", log_as=route.name)
             return
-        self._send(int(encoded["status_code"].value),
-                   {name: datum.value for name, datum in encoded["headers"].items()},
-                   encoded["body"].value or b"", log_as=route.name)
-        for queue_name, out in outputs.items():  # the host sends output bindings once the function returned
-            for message in queued_messages(out):
-                dev.enqueue(queue_name, message)
+        # The host sends output bindings once the function returned; they run after the answer is out.
+        messages = [(queue_name, message) for queue_name, out in outputs.items() for message in queued_messages(out)]
+        dev.reserve(len(messages))
+        try:
+            self._send(int(encoded["status_code"].value),
+                       {name: datum.value for name, datum in encoded["headers"].items()},
+                       encoded["body"].value or b"", log_as=route.name)
+        finally:  # a client gone before the answer does not stop the host sending them
+            for queue_name, message in messages:
+                dev.deliver_later(queue_name, message)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes, *, log_as: str = "") -> None:
+        # The path only: the query string may hold the function key. Logged before the answer leaves.
+        log.info("%s %s -> %d %s", self.command, urlsplit(self.path).path, status, log_as)
         self.send_response(status)
         for name, value in headers.items():
             if name.lower() != "content-length":
@@ -182,8 +198,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        # The path only: the query string may hold the function key.
-        log.info("%s %s -> %d %s", self.command, urlsplit(self.path).path, status, log_as)
 
 
 def describe(server: DevServer) -> str:
@@ -232,11 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         server.start()
         print(describe(server), flush=True)
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # `kill`: stop as Ctrl-C does
         try:
-            threading.Event().wait()
+            stopping.wait()
         except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
+            pass
         finally:
+            print("stopping: the server, then Azurite and the simulator", file=sys.stderr)
             server.stop()
     finally:
         services.stop()

@@ -15,11 +15,14 @@ Choices where SendGrid is vague (documented so tests can rely on them):
 - scopes: GETs and the email search need "marketing.read", PUT/POST/DELETE "marketing.write"; /v3/scopes any key.
 - rate limits are counted before the key is checked, so 401/403 answers carry the headers too.
 - custom field IDs are `e<n>_<T|N|D>`; contact IDs are minted when a contact is first shown (search, inspection).
+- DELETE /v3/marketing/contacts takes `ids` or `delete_all_contacts=true` (neither or both: 400) and deletes in
+  a job; IDs of contacts already gone are ignored. GET /v3/marketing/contacts/count's `billable_count` counts
+  every contact created since the last reset and never falls on a delete (settable: /__sim/settings).
 
 Out-of-process control (no auth, JSON): GET /__sim/stats | /__sim/contacts?list_id= | /__sim/batches |
 /__sim/requests | /__sim/violations | /__sim/faults; POST /__sim/faults ({"kind", "count", "method", "path",
 "status", "seconds", "errored"} or a list), DELETE /__sim/faults, POST /__sim/reset ({"everything": bool}),
-POST /__sim/settings ({"latency", "job_delay", "rate_limit", "api_keys", "validate_openapi"}),
+POST /__sim/settings ({"latency", "job_delay", "rate_limit", "api_keys", "validate_openapi", "billable_count"}),
 POST /__sim/lists ({"name", "id"}), POST /__sim/fields ({"name", "field_type"}), POST /__sim/wait ({"timeout"}),
 GET /__sim/imports/<job id>/errors.csv (the job's `errors_url`).
 """

@@ -78,7 +78,7 @@ def test_the_stale_rule_defaults_to_26_hours_and_fits_its_window() -> None:
     assert re.search(r"param staleAfterHours int = 26\b", code)
     assert "ago(STALE_AFTER_HOURSh)" in queries()["destinationStaleQuery"]
     assert "replace(destinationStaleQuery, 'STALE_AFTER_HOURS', string(staleAfterHours))" in code
-    assert "@maxValue(47)" in code and "windowSize: 'P2D'" in code  # the look-back sees a run 47 h old
+    assert "@maxValue(47)" in code and "overrideQueryTimeRange: 'P2D'" in code  # the look-back sees a run 47 h old
     main = _code(MAIN)
     assert re.search(r"param staleAfterHours int = 26\b", main)
     assert _module_params(main, "alerts")["staleAfterHours"] == "staleAfterHours"

@@ -159,6 +159,7 @@ def test_a_deletion_sendgrid_has_not_finished_is_never_reported_deleted(env: Env
     # SendGrid no longer finds the contact: the first attempt's find now counts as deleted.
     assert [(r["status"], r["found"], r["deleted"], r["not_found"], r["still_present"]) for r in again] == [
         ("completed", 1, 1, 0, 0)]
+    assert (again[0]["snapshot_entries_removed"], again[0]["rejects_rows_removed"]) == (2, 1)  # both attempts'
     assert_forgotten(env)
 
 
@@ -198,3 +199,46 @@ def test_cli_export_of_a_local_file_skips_erased_people_too(env: Env, tmp_path: 
     report = json.loads(report_file.read_text())
     assert (report["suppressed"], report["exported"], report["balanced"]) == (1, 1, True)
     assert env.sim.contact(ERASED) is None
+
+
+def test_a_dropped_file_that_is_no_list_of_addresses_is_refused_and_its_report_names_no_address(env: Env) -> None:
+    env.install()
+    name = env.upload("erasures/from-bob@example.com.csv", b"email\nnot an address\n")
+    fire_blob_trigger(env.segments.container_name, name)
+    (report,) = [json.loads(env.runs.download_blob(b.name).readall())
+                 for b in env.runs.list_blobs(name_starts_with="erasures/reports/")]
+    assert report["status"] == "refused" and "not an email address" in report["error"]
+    assert "example.com" not in json.dumps(report)
+    assert env.segments.get_blob_client(name).exists()  # left for the operator to fix; nothing was stored
+    assert not list(env.runs.list_blobs(name_starts_with="erasures/requests/"))
+
+
+def test_an_erasure_stopped_after_the_delete_was_accepted_counts_it_deleted_when_run_again(env: Env) -> None:
+    service = export_everyone(env)
+    env.sim.job_delay = 0.5
+    # The delete is accepted; the search that checks it is refused: the run stops before it can count.
+    first_search = len([r for r in env.sim.request_log if r.endpoint.endswith("search/emails")])
+    calls: list[int] = []
+
+    def refuse_the_check(*_: object) -> None:
+        calls.append(1)
+        env.sim.inject("status", status=403, method="POST", path="/v3/marketing/contacts/search/emails")
+
+    env.sim.store.keys_of = _after(env.sim.store.keys_of, refuse_the_check)  # type: ignore[method-assign]
+    report = http("POST", "erasures", {"emails": [ERASED]}).json()
+    assert calls and report["status"] == "failed" and report["deleted"] == 0
+    assert len([r for r in env.sim.request_log if r.endpoint.endswith("search/emails")]) > first_search
+    assert env.sim.wait_for_jobs(10)
+    env.sim.faults.clear()
+    (again,) = erasure_service.resume_erasures(service)
+    assert (again["status"], again["found"], again["deleted"], again["not_found"]) == ("completed", 1, 1, 0)
+    assert_forgotten(env)
+
+
+def _after(function: Any, then: Any) -> Any:
+    """`function`, then `then` (the simulator's DELETE handler calls store.keys_of once per accepted delete)."""
+    def wrapped(*args: Any) -> Any:
+        result = function(*args)
+        then()
+        return result
+    return wrapped

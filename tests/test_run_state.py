@@ -1,6 +1,7 @@
 """Run state in real Blob Storage (Azurite): receipts, reports, destination lock, snapshot, checkpoint."""
 
 from array import array
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -61,6 +62,11 @@ def _arrays(emails: list[str], bodies: list[bytes]) -> tuple["array[int]", "arra
     return array("q", map(email_key, emails)), array("q", map(fingerprint, bodies))
 
 
+def _entries(keys: "array[int]", fps: "array[int]", emails: list[str],
+             confirmed: Iterable[int]) -> list[tuple[int, int, bytes]]:
+    return [(keys[i], fps[i], emails[i].encode()) for i in confirmed]
+
+
 def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container: ContainerClient) -> None:
     emails = [f"user{i}@example.com" for i in range(2000)]
     bodies = [f'{{"email":"{e}"}}'.encode() for e in emails]
@@ -68,7 +74,7 @@ def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container:
     state = SyncState(container, "vip", config_digest="c1")
     state.load(source_id="a", full=False)
     assert state.snapshot is None
-    count = state.write_snapshot(keys, fps, range(0, 2000, 2), emails.__getitem__, dropped=set())  # odd: unconfirmed
+    count = state.write_snapshot(_entries(keys, fps, emails, range(0, 2000, 2)), dropped=set())  # odd: unconfirmed
     assert count == 1000
 
     again = SyncState(container, "vip", config_digest="c1")
@@ -82,7 +88,7 @@ def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container:
     # next run: everything confirmed, but with new content for user0 -> new fingerprint replaces old
     bodies2 = [b'{"email":"user0@example.com","first_name":"A"}', *bodies[1:]]
     keys2, fps2 = _arrays(emails, bodies2)
-    again.write_snapshot(keys2, fps2, range(2000), emails.__getitem__, dropped=set())
+    again.write_snapshot(_entries(keys2, fps2, emails, range(2000)), dropped=set())
     third = SyncState(container, "vip", config_digest="c1")
     third.load(source_id="c", full=False)
     assert third.snapshot is not None and len(third.snapshot) == 2000
@@ -102,15 +108,14 @@ def test_absent_contacts_are_dropped_only_when_asked_and_emails_read_back(contai
     keys, fps = _arrays(emails, [e.encode() for e in emails])
     state = SyncState(container, "d", config_digest="c")
     state.load(source_id="1", full=False)
-    state.write_snapshot(keys, fps, range(3), emails.__getitem__, dropped=set())
+    state.write_snapshot(_entries(keys, fps, emails, range(3)), dropped=set())
     state.load(source_id="2", full=False)
     assert state.snapshot is not None
     by_position = {p: state.snapshot.keys[p] for p in range(3)}
     position_of_b = next(p for p, k in by_position.items() if k == keys[1])
     assert state.snapshot_emails({position_of_b}) == {position_of_b: "b@example.com"}
     # next run: only a and c remain in the segment; b is dropped (mirror removal succeeded)
-    state.write_snapshot(array("q", [keys[0], keys[2]]), array("q", [fps[0], fps[2]]), range(2),
-                         ["a@example.com", "c@example.com"].__getitem__, dropped={position_of_b})
+    state.write_snapshot(_entries(keys, fps, emails, [0, 2]), dropped={position_of_b})
     state.load(source_id="3", full=False)
     assert state.snapshot is not None
     assert sorted(state.snapshot.keys) == sorted([keys[0], keys[2]])

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 import uuid
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,9 +641,8 @@ def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClie
         other.release()
 
 
-def _one_contact() -> tuple[Any, Any, Iterator[int], Any]:
-    return (array("q", [email_key("a@example.com")]), array("q", [fingerprint(b"{}")]), iter([0]),
-            ["a@example.com"].__getitem__)
+def _one_contact() -> tuple[list[tuple[int, int, bytes]]]:
+    return ([(email_key("a@example.com"), fingerprint(b"{}"), b"a@example.com")],)
 
 
 # -- (h) what invalidates the snapshot -------------------------------------------------------------------------

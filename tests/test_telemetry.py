@@ -199,6 +199,8 @@ assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
+from azure.core.settings import settings
+assert settings.tracing_implementation() is None  # no span per storage or Key Vault call either
 telemetry.emit_run({"run_id": "r9", "destination": "vip", "status": "partial", "dry_run": False, "exported": 4,
                     "started_at": "2026-12-01T10:00:00+00:00", "finished_at": "2026-12-01T10:00:01+00:00"})
 items = [item for body in received for item in json.loads(body)]

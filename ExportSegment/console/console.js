@@ -190,6 +190,7 @@
     const { data } = await api('/destinations');
     if (token !== generation) return;
     const list = data.destinations || [];
+    document.title = 'Destinations: segment exports console';
     fill(view, h('h1', null, 'Destinations'),
       list.length ? h('div', { class: 'cards' }, list.map(destinationCard))
         : h('p', null, 'No destinations are configured (DESTINATIONS_JSON).'));
@@ -246,12 +247,15 @@
     if (token !== generation) return;
     const d = (all.destinations || []).find((x) => x.name === name);
     if (!d) throw new ApiError(404, `there is no destination named ${name}`);
+    document.title = `${d.display_name || d.name}: segment exports console`;
     let runs = page.runs || [];
     let next = page.next;
     const history = h('div', { id: 'history-box' });
     const more = h('button', { type: 'button', class: 'secondary', id: 'older' }, 'Show older runs');
+    const latest = h('span', { id: 'latest-status' });
     const draw = () => {
       fill(history, runs.length ? [chart(runs), historyTable(runs)] : h('p', null, 'No runs yet.'));
+      fill(latest, badge(runs.length ? runs[0].status : d.last_run && d.last_run.status));
       more.hidden = !next;
     };
     more.addEventListener('click', async () => {
@@ -267,7 +271,7 @@
     draw();
     fill(view,
       h('p', { class: 'crumbs' }, h('a', { href: '#/' }, 'Destinations'), ' / ', d.name),
-      h('div', { class: 'title-row' }, h('h1', null, d.display_name || d.name), badge(d.last_run && d.last_run.status)),
+      h('div', { class: 'title-row' }, h('h1', null, d.display_name || d.name), latest),
       actions(d, reload),
       h('section', { 'aria-labelledby': 'history-title' }, h('h2', { id: 'history-title' }, 'Run history'), history, more));
   }
@@ -408,6 +412,7 @@
     const { data: r } = await api(`/runs/${encodeURIComponent(runId)}`);
     if (token !== generation) return;
     const sections = [];
+    document.title = `Run ${r.run_id || runId}: segment exports console`;
     const section = (id, title, ...content) => sections.push(h('section', { 'aria-labelledby': id }, h('h2', { id }, title), ...content));
     section('accounting-title', 'Accounting', accounting(r), definitions([
       ['Removed from the list', num(r.removed_from_list)], ['Removals withheld', num(r.removals_withheld)],

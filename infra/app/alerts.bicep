@@ -5,7 +5,7 @@
 // what the app really emits.
 //  - run-not-succeeded: any run that ended failed, partial or refused, one alert per destination and status.
 //  - destination-stale: a destination with no successful run for more than staleAfterHours (default 26 h: a daily
-//    refresh plus two hours of slack). The query looks back over the rule's 2-day window, so a destination that
+//    refresh plus two hours of slack). The query looks back 2 days (overrideQueryTimeRange), so a destination that
 //    sent no record at all for 2 days drops out of it: the run-not-succeeded rule and the host's own failures
 //    (Application Insights > Failures) cover an app that stopped altogether.
 param location string
@@ -125,7 +125,9 @@ resource destinationStale 'Microsoft.Insights/scheduledQueryRules@2023-03-15-pre
       applicationInsights.id
     ]
     evaluationFrequency: 'PT1H'
-    windowSize: 'P2D'
+    windowSize: 'PT1H'
+    // The query looks back 2 days (the longest a log search alert reads), not just the last hour.
+    overrideQueryTimeRange: 'P2D'
     // Stateful: one alert per destination, resolved by itself once a run of it succeeds.
     autoMitigate: true
     criteria: {

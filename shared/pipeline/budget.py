@@ -8,8 +8,6 @@ destination's snapshot) must stay within the limit; above 90% of it the report w
 
 from __future__ import annotations
 
-import bisect
-
 from shared.pipeline.result import Run
 from shared.sendgrid.errors import SendGridError
 
@@ -47,15 +45,8 @@ def within_budget(run: Run) -> bool:
 def _not_in_snapshot(run: Run) -> int:
     """The run's contacts (one per person) whose key the snapshot lacks: SendGrid may not hold them yet."""
     snapshot = run.sync.snapshot if run.sync is not None else None
-    keys = snapshot.keys if snapshot is not None else None
     superseded = run.superseded
-    new = 0
-    for index, key in enumerate(run.spool.keys):
-        if index in superseded:
-            continue
-        if keys is not None:
-            at = bisect.bisect_left(keys, key)
-            if at < len(keys) and keys[at] == key:
-                continue
-        new += 1
-    return new
+    if snapshot is None:
+        return len(run.spool) - len(superseded)
+    position = snapshot.position
+    return sum(1 for index, key in enumerate(run.spool.keys) if index not in superseded and position(key) < 0)

@@ -6,7 +6,8 @@ contact (the row read last wins) and each segment's share is a range of spool po
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.config.destinations import Destination
@@ -86,7 +87,7 @@ def _read_file(
     destination: Destination, source: ByteSource, name: str, where: str, reading: ReaderOptions,
     mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions, known: Known | None,
 ) -> None:
-    """Why long: the loop every row goes through; its locals are bound once, as a million rows feel each call."""
+    """Every row of one file into the spool: known unchanged (unmapped), mapped, or rejected."""
     report = result.report
     with open_segment(source, name, reading) as reader:
         _check_columns(destination, where, reader.columns)
@@ -98,11 +99,7 @@ def _read_file(
         map_values, add, reject = mapper.map_values, spool.add, result.reject
         preview = options.preview_limit if options.dry_run else 0
         erased = options.suppression or None  # None when nobody was erased: no HMAC at all per row
-        seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
-        snapshot = known.snapshot if known is not None else None
-        position = snapshot.position if snapshot is not None else None
-        trusted = snapshot.fingerprints if snapshot is not None and snapshot.trusted else None
-        seen = snapshot.seen if snapshot is not None else bytearray()
+        seed, position, trusted, seen = _known_rows(known, mapper, reading)
         add_unchanged, fp, key, at, lowered = spool.add_unchanged, 0, None, -1, ""
         for origin, row, values, error in reader.project(columns):
             report.rows_read += 1
@@ -141,18 +138,33 @@ def _read_file(
                 if preview and len(result.preview) < preview:
                     result.preview.append(mapped.body)
             else:
-                assert isinstance(mapped, Rejection)
-                column = mapped.column or columns[0]
-                reject(RejectedRow(origin, row, mapped.field, mapped.reason, mapped.column),
-                       mapper.value_of(values, column))
-                if mapped.field == "email":
-                    result.email_rejected += 1
-                    continue
-                email = normalise_email(values[0] or "")[0]
-                if email is not None:
-                    result.rejected_keys.append(email_key(email))
+                _rejected(result, mapper, origin, row, mapped, values)
         if unseen and reader.keys_seen:
             raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
+
+
+def _known_rows(known: Known | None, mapper: ContactMapper, reading: ReaderOptions) -> tuple[
+        int | None, Callable[[int], int] | None, array[int] | None, bytearray]:
+    """The fingerprints' seed, the snapshot's look-up, its trusted fingerprints and its marks (or Nones)."""
+    seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
+    snapshot = known.snapshot if known is not None else None
+    if snapshot is None:
+        return seed, None, None, bytearray()
+    return seed, snapshot.position, snapshot.fingerprints if snapshot.trusted else None, snapshot.seen
+
+
+def _rejected(result: ExportResult, mapper: ContactMapper, origin: str, row: int, mapped: MappedContact | Rejection,
+              values: Sequence[str | None]) -> None:
+    """A row the mapping rejected: into the rejects, and its person (when known) is still in the segment."""
+    assert isinstance(mapped, Rejection)
+    column = mapped.column or mapper.columns[0]
+    result.reject(RejectedRow(origin, row, mapped.field, mapped.reason, mapped.column), mapper.value_of(values, column))
+    if mapped.field == "email":
+        result.email_rejected += 1
+        return
+    email = normalise_email(values[0] or "")[0]
+    if email is not None:
+        result.rejected_keys.append(email_key(email))
 
 
 def _check_columns(destination: Destination, where: str, columns: list[str] | None) -> None:

@@ -49,7 +49,7 @@ def settle(run: Run, drained: Drained, removals: set[int]) -> None:
         report.finish("failed", f"{drained.failure}; re-run to resume after the last accepted batch")
         return
     if sync is not None and not lock_lost:
-        lock_lost = not _save_snapshot(run, sync, drained, removed_ok)
+        lock_lost = not _save_snapshot(run, sync, removed_ok)
     if lock_lost:
         report.finish("failed", _taken_over(run.destination, len(removals), report.removed_from_list))
         return
@@ -59,16 +59,15 @@ def settle(run: Run, drained: Drained, removals: set[int]) -> None:
         report.finish("succeeded")
 
 
-def _save_snapshot(run: Run, sync: SyncState, drained: Drained, removed_ok: set[int]) -> bool:
+def _save_snapshot(run: Run, sync: SyncState, removed_ok: set[int]) -> bool:
     """Advance the snapshot by what SendGrid confirmed (the contacts of completed import jobs; the unchanged
     ones keep their entries, as do those of jobs not completed); False when the lock was lost meanwhile."""
     spool, outcome_of = run.spool, run.outcome_of
+    keys, fingerprints, exported = spool.keys, spool.fingerprints, Outcome.EXPORTED
     mirror = run.destination.mode == "mirror"
-    exported = (index for outcome, indices in drained.accepted for index in indices
-                if outcome_of[index] == Outcome.EXPORTED)
     try:
-        sync.write_snapshot(spool.keys, spool.fingerprints, exported, email_of=spool.email_at,
-                            dropped=removed_ok if mirror else set())
+        sync.write_snapshot(((keys[index], fingerprints[index], email) for index, email in spool.emails()
+                             if outcome_of[index] == exported), dropped=removed_ok if mirror else set())
         sync.clear_checkpoint()
     except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now
         return False

@@ -69,7 +69,7 @@ def blank_report(request: ErasureRequest, status: str = "queued") -> dict[str, A
     return {"erasure_id": request.id, "reference": request.reference, "via": request.via, "status": status,
             "requested": len(request.emails), "invalid": 0, "found": 0, "deleted": 0, "not_found": 0,
             "errors": 0, "still_present": 0, "accounts": 0, "snapshot_entries_removed": 0,
-            "rejects_files_rewritten": 0, "rejects_rows_removed": 0, "attempts": 0, "error": None,
+            "rejects_files_rewritten": 0, "rejects_rows_removed": 0, "attempts": 0, "error": None, "notes": [],
             "received_at": utc_now(), "finished_at": None}
 
 
@@ -80,7 +80,7 @@ def run_erasure(parts: EraserParts, erasure_id: str) -> dict[str, Any] | None:
     if request is None:
         return report  # done already (the request is deleted once complete), or never made
     report = report or blank_report(request)
-    report.update(status="running", attempts=int(report.get("attempts", 0)) + 1, error=None)
+    report.update(status="running", attempts=int(report.get("attempts", 0)) + 1, error=None, notes=[])
     parts.store.save_report(report)
     try:
         _erase(parts, request, report)
@@ -113,31 +113,32 @@ def _erase(parts: EraserParts, request: ErasureRequest, report: dict[str, Any]) 
             state = parts.state_for(destination)
             state.acquire(wait=parts.lock_wait)
             held.append(state)
-        found, still, refused = _delete_everywhere(parts, sorted(valid), report)
-        if not found <= set(request.found):  # kept with the request: a later attempt knows they existed
-            request.found[:] = sorted(found | set(request.found))
-            parts.store.save_request(request, new=False)
+        found, still, refused = _delete_everywhere(parts, request, sorted(valid), report)
         found |= set(request.found)
         report.update(found=len(found), still_present=len(still), deleted=len(found - still),
                       errors=len(refused), not_found=len(valid - found - refused))
         locks = {d.name: s.ensure_lock for d, s in zip(sorted(parts.destinations, key=lambda d: d.name), held,
                                                          strict=True)}
-        report["snapshot_entries_removed"] = _scrub_snapshots(parts, valid, locks)
-        lowered = {email.strip().lower() for email in request.emails} | valid
-        report["rejects_files_rewritten"], report["rejects_rows_removed"] = scrub_rejects(parts.runs, lowered)
+        report["snapshot_entries_removed"] += _scrub_snapshots(parts, valid, locks)  # over every attempt
+        files, rows = scrub_rejects(parts.runs, {email.strip().lower() for email in request.emails} | valid)
+        report["rejects_files_rewritten"] += files
+        report["rejects_rows_removed"] += rows
     finally:
         for state in held:
             state.release()
     report["status"] = "completed" if not report["still_present"] else "incomplete"
     if refused:
-        report.setdefault("notes", []).append(
+        report["notes"].append(
             f"{len(refused)} address(es) SendGrid would not search (longer than 100 characters, or invalid to "
             "it): no contact could be found or deleted for them; they are in the do-not-export set")
 
 
-def _delete_everywhere(parts: EraserParts, emails: list[str],
+def _delete_everywhere(parts: EraserParts, request: ErasureRequest, emails: list[str],
                        report: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
-    """(found in some account, still found after the wait, refused by every search) over every account."""
+    """(found in some account, still found after the wait, refused by a search) over every account.
+
+    What was found is kept with the request as soon as its deletion is accepted: an attempt stopped while
+    waiting for SendGrid, run again, finds the contacts gone and counts them deleted, not "not found"."""
     accounts: dict[tuple[str, str], Destination] = {}
     for destination in parts.destinations:
         accounts.setdefault((destination.api_key_secret, destination.region), destination)
@@ -155,6 +156,9 @@ def _delete_everywhere(parts: EraserParts, emails: list[str],
             if ids:
                 client.delete_contacts(ids.values())
                 found.update(ids)
+                if not found <= set(request.found):
+                    request.found[:] = sorted(found | set(request.found))
+                    parts.store.save_request(request, new=False)
                 still.update(_wait_until_gone(parts, client, sorted(ids)))
     return found, still, refused - found
 

@@ -137,8 +137,13 @@ class ErasureStore:
                       for blob in self.container.list_blobs(name_starts_with=REQUESTS_PREFIX))
 
     def save_report(self, report: dict[str, Any]) -> None:
-        self.container.upload_blob(REPORTS_PREFIX + str(report["erasure_id"]) + ".json",
-                                   json.dumps(report, indent=2).encode(), overwrite=True)
+        path, body = REPORTS_PREFIX + str(report["erasure_id"]) + ".json", json.dumps(report, indent=2).encode()
+        try:
+            self.container.upload_blob(path, body, overwrite=True)
+        except ResourceNotFoundError:  # the first thing this app ever stores
+            with contextlib.suppress(ResourceExistsError):
+                self.container.create_container()
+            self.container.upload_blob(path, body, overwrite=True)
 
     def load_report(self, erasure_id: str) -> dict[str, Any] | None:
         return self._json(REPORTS_PREFIX + erasure_id + ".json")

@@ -31,7 +31,7 @@ from shared.privacy.requests import (
     parse_csv,
 )
 from shared.service.common import config_digest
-from shared.state.sync_state import SyncState
+from shared.state.sync_state import DestinationBusy, SyncState
 
 if TYPE_CHECKING:
     from shared.service.export_service import ExportService
@@ -74,14 +74,17 @@ def suppression_from_environment(keys: ApiKeyProvider) -> DoNotExport:
     return DoNotExport(keys.get(settings.erasure_key_secret).encode(), digests) if digests else DoNotExport.empty()
 
 
-def _parts(service: ExportService) -> EraserParts:
+def _parts(service: ExportService, *, answering: bool = False) -> EraserParts:
+    """`answering`: inside an HTTP request (cut at 230 s), wait less for locks and for SendGrid's deletion
+    jobs; an erasure that cannot finish in time answers 202 and the scheduled run resumes it."""
     def state_for(destination: Destination) -> SyncState:
         return SyncState(service.runs.container, destination.name, config_digest=config_digest(destination),
                          list_id=destination.list_id_str)
 
     return EraserParts(ErasureStore(service.runs.container), service.runs, DoNotExportStore(service.runs.container),
                        lambda: _hmac_key(service), service.destinations.destinations, service.client_for, state_for,
-                       lock_wait=ERASURE_TIMINGS["lock_wait"], verify_timeout=ERASURE_TIMINGS["verify_timeout"],
+                       lock_wait=ERASURE_TIMINGS["lock_wait"] / (10 if answering else 1),
+                       verify_timeout=ERASURE_TIMINGS["verify_timeout"] / (2 if answering else 1),
                        poll_interval=ERASURE_TIMINGS["poll_interval"])
 
 
@@ -89,7 +92,10 @@ def submit_erasure(service: ExportService, body: Any) -> dict[str, Any]:
     """POST /api/erasures: store the request (InvalidErasureRequest when it is not one), then run it."""
     emails, reference = parse_body(body)
     request = ErasureRequest(new_erasure_id(), reference, emails, "http")
-    return _start(service, request)
+    store = ErasureStore(service.runs.container)
+    store.save_request(request)
+    store.save_report(blank_report(request))
+    return run_erasure(_parts(service, answering=True), request.id) or blank_report(request)
 
 
 def handle_erasure_file(service: ExportService, blob_name: str) -> dict[str, Any] | None:
@@ -102,28 +108,23 @@ def handle_erasure_file(service: ExportService, blob_name: str) -> dict[str, Any
     except ResourceNotFoundError:
         return None
     erasure_id = file_erasure_id(blob_name, etag)
+    # The file's name is its reference, unless it holds an address (reports and logs never do).
+    reference = blob_name if "@" not in blob_name else f"{ERASURES_PREFIX}(a name holding an address)"
     try:
-        emails = parse_csv(data, blob_name)
+        emails = parse_csv(data, reference)
     except InvalidErasureRequest as exc:
-        log.error("erasure file %s refused: %s", blob_name, exc)
-        report = blank_report(ErasureRequest(erasure_id, blob_name, [], "file"), status="refused")
+        log.error("erasure file %s refused: %s", reference, exc)
+        report = blank_report(ErasureRequest(erasure_id, reference, [], "file"), status="refused")
         report["error"] = str(exc)
         ErasureStore(service.runs.container).save_report(report)
         return report
-    request = ErasureRequest(erasure_id, blob_name, emails, "file")
+    request = ErasureRequest(erasure_id, reference, emails, "file")
     stored = ErasureStore(service.runs.container)
     if stored.save_request(request):
         stored.save_report(blank_report(request))
     with contextlib.suppress(ResourceNotFoundError):  # the request is stored: the file may go now
         blob.delete_blob()
     return run_erasure(_parts(service), erasure_id)
-
-
-def _start(service: ExportService, request: ErasureRequest) -> dict[str, Any]:
-    store = ErasureStore(service.runs.container)
-    store.save_request(request)
-    store.save_report(blank_report(request))
-    return run_erasure(_parts(service), request.id) or blank_report(request)
 
 
 def erasure_report(service: ExportService, erasure_id: str) -> dict[str, Any] | None:
@@ -155,6 +156,8 @@ def forget_destination(service: ExportService, name: str, *, remove_from_list: b
     client = service.client_for(destination) if remove_from_list and destination is not None else None
     try:
         return forget(service.runs, name, destination, state, client, lock_wait=ERASURE_TIMINGS["lock_wait"])
+    except DestinationBusy as exc:
+        raise ExportError(f"{exc}: nothing was deleted; try again once its run has finished") from None
     finally:
         if client is not None:
             client.close()

@@ -118,6 +118,11 @@ class Spool:
         for number, line in enumerate(self._file):
             yield mapped[number], line[:-1]
 
+    def emails(self) -> Iterator[tuple[int, bytes]]:
+        """(index, UTF-8 email) of the mapped contacts, in file order: one sequential read of the spool."""
+        for index, body in self.contacts():
+            yield index, _email_of(body)
+
     def superseded(self) -> set[int]:
         """Indices of contacts whose email appears again later in the file (last row wins).
 

@@ -31,7 +31,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.state.keys import email_key
-from shared.state.snapshot_lines import Concat, DigestWriter, OldLines, line_blocks, parse_block
+from shared.state.snapshot_lines import Concat, DigestWriter, OldLines, SortedLines, line_blocks, parse_block
 
 log = logging.getLogger(__name__)
 
@@ -172,51 +172,44 @@ class SnapshotStore:
             first += len(lines)
         return found
 
-    def write_snapshot(self, keys: array[int], fingerprints: array[int], exported: Iterable[int],
-                       email_of: Callable[[int], str], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes]], dropped: set[int]) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
-        `exported`: positions (into `keys`/`fingerprints`) of the contacts SendGrid confirmed this run: each
-        takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged contact, or
-        one whose import did not complete, so the next refresh sends it again), except the `dropped`
-        positions of the previous snapshot (mirror: contacts taken off the list). The stored lines between
-        the changes are copied as they are; a snapshot that would come out as it was is not uploaded again.
+        Why long: one streaming merge of two sorted sequences (the stored lines and this run's new lines),
+        whose cases share the output file and its digest; split up, each piece would need all of that state.
+
+        `exported`: (key, fingerprint, UTF-8 email) of each contact SendGrid confirmed this run, in any order:
+        each takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged
+        contact, or one whose import did not complete, so the next refresh sends it again), except the
+        `dropped` positions of the previous snapshot (mirror: contacts taken off the list). New lines are
+        sorted in buckets on local disk; the stored lines between the changes are copied as they are; a
+        snapshot that would come out as it was is not uploaded again.
         """
         self.ensure_lock()
         old = self.snapshot
         carried_fp = None if old is None or old.trusted else UNTRUSTED
         changed = old is None or not old.trusted or bool(dropped)
-        # The changes in the previous snapshot's order: (position, 0 = insert before it / 1 = drop it, key, fp, i)
         drops = set(dropped)
-        events: list[tuple[int, int, int, int, int]] = []
-        for index in exported:
-            key, fp = keys[index], fingerprints[index]
-            at = old.position(key) if old is not None else -1
-            if at >= 0 and old is not None and old.fingerprints[at] == fp and carried_fp is None:
-                continue  # the same source values: its stored line stays
-            if at >= 0:
-                drops.add(at)  # replaced by its new line, in the same place
-            else:
-                at = bisect.bisect_left(old.keys, key) if old is not None else 0
-            events.append((at, 0, key, fp, index))
-            changed = True
-        if not changed:
-            return len(old) if old is not None else 0
-        events += [(position, 1, 0, 0, -1) for position in drops]
-        events.sort()
-        with tempfile.TemporaryFile() as out:
+        with SortedLines() as new, tempfile.TemporaryFile() as out:
+            for key, fp, email in exported:
+                if old is not None:
+                    at = old.position(key)
+                    if at >= 0:
+                        if carried_fp is None and old.fingerprints[at] == fp:
+                            continue  # the same source values: its stored line stays
+                        drops.add(at)  # replaced by its new line, in the same place
+                new.add(key, b"%d %d %s\n" % (key, fp, email))
+                changed = True
+            if not changed:
+                return len(old) if old is not None else 0
             writer = DigestWriter(out)
-            lines = OldLines(self._old_blocks(), carried_fp)
-            cursor = 0
-            for position, kind, key, fp, index in events:
-                lines.copy(position - cursor, writer)
-                if kind:
-                    lines.skip()
-                    cursor = position + 1
-                else:
-                    writer.write(f"{key} {fp} {email_of(index)}\n".encode())
-                    cursor = position
-            lines.copy(None, writer)
+            lines = OldLines(self._old_blocks(), carried_fp, sorted(drops))
+            old_keys = old.keys if old is not None else array("q")
+            for key, line in new.in_order():
+                lines.copy_to(bisect.bisect_left(old_keys, key), writer)
+                writer.write(line)
+            lines.copy_to(len(old_keys), writer)
+            writer.flush()
             self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": writer.count,
                                        "digest": writer.digest.hexdigest()})
         return writer.count

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
 from azure.core.exceptions import ResourceModifiedError
+
+_BLOCK_LINES = 2048  # lines written at a time
 
 
 def line_blocks(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -54,27 +57,54 @@ def parse_block(block: bytes, keys: array[int], fingerprints: array[int]) -> Non
 
 
 class DigestWriter:
-    """Lines to the new snapshot's file, with its digest and count."""
+    """Lines to the new snapshot's file, with its digest and count; written a block at a time."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self.digest = hashlib.sha256()
         self.count = 0
+        self._pending: list[bytes] = []
 
-    def write(self, data: bytes, lines: int = 1) -> None:
+    def write(self, line: bytes) -> None:
+        self._pending.append(line)
+        if len(self._pending) >= _BLOCK_LINES:
+            self.flush()
+
+    def write_block(self, data: bytes, lines: int) -> None:
+        self.flush()
         self._out.write(data)
         self.digest.update(data)
         self.count += lines
 
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            count = len(self._pending)
+            self._pending.clear()
+            self.write_block(data, count)
+
 
 class OldLines:
-    """The previous snapshot's lines in order, copied in runs; with `carried_fp`, rewritten under it."""
+    """The previous snapshot's lines in order, copied in runs up to a position, the `drops` left out; with
+    `carried_fp`, each rewritten under that fingerprint (an untrusted snapshot carried over)."""
 
-    def __init__(self, blocks: Iterator[bytes], carried_fp: int | None) -> None:
+    def __init__(self, blocks: Iterator[bytes], carried_fp: int | None, drops: list[int]) -> None:
         self._blocks = blocks
         self._lines: list[bytes] = []
         self._at = 0
-        self._carried = None if carried_fp is None else f" {carried_fp} ".encode()
+        self._cursor = 0  # the position of the next line
+        self._drops = drops
+        self._next_drop = 0
+        self._carried = None if carried_fp is None else b" %d " % carried_fp
+
+    def copy_to(self, position: int, writer: DigestWriter) -> None:
+        """Every line before `position` not yet copied, but the dropped ones."""
+        drops = self._drops
+        while self._next_drop < len(drops) and drops[self._next_drop] < position:
+            self._copy(drops[self._next_drop] - self._cursor, writer)
+            self._copy(1, None)
+            self._next_drop += 1
+        self._copy(position - self._cursor, writer)
 
     def _fill(self) -> bool:
         while self._at >= len(self._lines):
@@ -84,24 +114,59 @@ class OldLines:
             self._lines, self._at = block.split(b"\n"), 0
         return True
 
-    def copy(self, count: int | None, writer: DigestWriter) -> None:
-        """The next `count` lines (None: all that are left) to the writer."""
-        while (count is None or count > 0) and self._fill():
-            take = len(self._lines) - self._at if count is None else min(count, len(self._lines) - self._at)
-            run = self._lines[self._at:self._at + take]
-            if self._carried is not None:
-                run = [b"%s%s%s" % (line.split(b" ", 2)[0], self._carried, line.split(b" ", 2)[2]) for line in run]
-            writer.write(b"\n".join(run) + b"\n", take)
+    def _copy(self, count: int, writer: DigestWriter | None) -> None:
+        self._cursor += count
+        while count > 0:
+            if not self._fill():
+                raise ResourceModifiedError("the stored snapshot has fewer lines than it had when loaded")
+            take = min(count, len(self._lines) - self._at)
+            if writer is not None:
+                run = self._lines[self._at:self._at + take]
+                if self._carried is not None:
+                    run = [b"%s%s%s" % (parts[0], self._carried, parts[2])
+                           for parts in (line.split(b" ", 2) for line in run)]
+                writer.write_block(b"\n".join(run) + b"\n", take)
             self._at += take
-            if count is not None:
-                count -= take
-        if count:
-            raise ResourceModifiedError("the stored snapshot has fewer lines than it had when loaded")
+            count -= take
 
-    def skip(self) -> None:
-        if not self._fill():
-            raise ResourceModifiedError("the stored snapshot has fewer lines than it had when loaded")
-        self._at += 1
+
+class SortedLines:
+    """New snapshot lines, given in any order, read back sorted by key: bucketed by the key's top bits on
+    local disk, so only one bucket (a sixteenth) is ever in memory."""
+
+    _BUCKETS = 16
+
+    def __init__(self) -> None:
+        self._files = [tempfile.TemporaryFile() for _ in range(self._BUCKETS)]  # noqa: SIM115 - closed in __exit__
+        self._keys = [array("q") for _ in range(self._BUCKETS)]
+        self._pending: list[list[bytes]] = [[] for _ in range(self._BUCKETS)]
+
+    def add(self, key: int, line: bytes) -> None:
+        bucket = (key + (1 << 63)) >> 60
+        self._keys[bucket].append(key)
+        pending = self._pending[bucket]
+        pending.append(line)
+        if len(pending) >= _BLOCK_LINES:
+            self._files[bucket].write(b"".join(pending))
+            pending.clear()
+
+    def in_order(self) -> Iterator[tuple[int, bytes]]:
+        for bucket, file in enumerate(self._files):
+            file.write(b"".join(self._pending[bucket]))
+            self._pending[bucket].clear()
+            file.seek(0)
+            lines = file.read().split(b"\n")
+            keys = self._keys[bucket]
+            self._keys[bucket] = array("q")
+            for index in sorted(range(len(keys)), key=keys.__getitem__):
+                yield keys[index], lines[index] + b"\n"
+
+    def __enter__(self) -> SortedLines:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for file in self._files:
+            file.close()
 
 
 class Concat(io.RawIOBase):

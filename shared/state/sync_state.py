@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -100,11 +99,10 @@ class SyncState:
         """Emails of the snapshot entries at these positions (contacts that left the segments)."""
         return self._snapshots.snapshot_emails(positions)
 
-    def write_snapshot(self, keys: array[int], fingerprints: array[int], exported: Iterable[int],
-                       email_of: Callable[[int], str], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes]], dropped: set[int]) -> int:
         """See SnapshotStore.write_snapshot; the snapshot this state loaded is the one merged."""
         self._snapshots.snapshot = self.snapshot
-        return self._snapshots.write_snapshot(keys, fingerprints, exported, email_of, dropped)
+        return self._snapshots.write_snapshot(exported, dropped)
 
     # -- checkpoint and current files ------------------------------------------------------------------
 
