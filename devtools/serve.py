@@ -150,6 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         dev: DevServer = self.server.dev  # type: ignore[attr-defined]
+        # Read first, whatever the answer: an unread body would be taken for the next request on this connection.
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         split = urlsplit(self.path)
         path = unquote(split.path)
         if path in ("", "/"):
@@ -163,7 +165,6 @@ class _Handler(BaseHTTPRequestHandler):
         route, params = found
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         headers = {name.lower(): value for name, value in self.headers.items()}
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if route.auth_level != "ANONYMOUS" and not dev.key_accepted(headers, query):
             self._send(401, {}, b"", log_as=route.name)
             return

@@ -18,10 +18,10 @@
 # Reads the azd environment (outputs of infra/main.bicep): RESOURCE_GROUP, AZURE_FUNCTION_APP_NAME,
 # AZURE_FUNCTION_APP_HOSTNAME, EVENT_GRID_SYSTEM_TOPIC_NAME, EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP,
 # EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID, SEGMENTS_CONTAINER_NAME, AZURE_KEY_VAULT_NAME, SENDGRID_SECRET_NAME,
-# AZURE_SUBSCRIPTION_ID (so `az` works on azd's subscription whatever its own default is).
+# AZURE_SUBSCRIPTION_ID (so `az` works on azd's subscription whatever its own default is), VNET_ENABLED.
 # Optional: BLOB_TRIGGER_FUNCTION (default ExportOnNewSegmentFile), EVENT_SUBSCRIPTION_NAME (default
 # segments-<function app name>, so that several apps can watch one account), POSTDEPLOY_WAIT_SECONDS (default 300).
-# Needs the Azure CLI (`az login`). Never prints the key or the webhook URL.
+# Needs the Azure CLI (`az login`) and openssl. Never prints the key, the webhook URL or the erasure key.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 
@@ -35,7 +35,8 @@ if [ -z "${AZURE_FUNCTION_APP_NAME:-}" ] && command -v azd >/dev/null 2>&1; then
     case "$key" in
       RESOURCE_GROUP|AZURE_FUNCTION_APP_NAME|AZURE_FUNCTION_APP_HOSTNAME|EVENT_GRID_SYSTEM_TOPIC_NAME|\
       EVENT_GRID_SYSTEM_TOPIC_RESOURCE_GROUP|EVENT_GRID_SYSTEM_TOPIC_SUBSCRIPTION_ID|\
-      SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME|AZURE_SUBSCRIPTION_ID) export "$key=$value" ;;
+      SEGMENTS_CONTAINER_NAME|AZURE_KEY_VAULT_NAME|SENDGRID_SECRET_NAME|AZURE_SUBSCRIPTION_ID|VNET_ENABLED) \
+        export "$key=$value" ;;
     esac
   done < <(azd env get-values)
 fi
@@ -117,5 +118,62 @@ if [ -n "${AZURE_KEY_VAULT_NAME:-}" ] && [ -n "${SENDGRID_SECRET_NAME:-}" ]; the
             "the first azd provision can take a few minutes to apply; with vnetEnabled the vault takes no public" \
             "calls); make sure the secret" \
             "'$SENDGRID_SECRET_NAME' exists (docs/deploy.md, step 3)." ;;
+  esac
+fi
+
+# 4. The erasure key (README "Erasure"): the HMAC key of the do-not-export set, in the vault under the name the app
+#    reads (its ERASURE_KEY_SECRET setting, default erasure-hmac-key). Without it every erasure ends `failed`.
+#    Created here once, when the vault positively has no secret of that name: 32 random bytes, base64.
+#    NEVER overwritten, rotated or re-created (nor when the listing fails): every digest in the do-not-export set
+#    was made with this key, so a new one would make every stored digest stop matching and erased people would be
+#    exported again. The value never reaches the terminal, a log or a command line: openssl writes it into a file
+#    only this user can read, az reads it from there (--file) and the file is deleted.
+if [ -n "${AZURE_KEY_VAULT_NAME:-}" ]; then
+  vault="$AZURE_KEY_VAULT_NAME"
+  erasure_secret="$(azs functionapp config appsettings list -g "$RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
+                      --query "[?name=='ERASURE_KEY_SECRET'].value | [0]" -o tsv 2>/dev/null || true)"
+  case "$erasure_secret" in ""|None) erasure_secret=erasure-hmac-key ;; esac
+  where="with Key Vault Secrets Officer on $vault"
+  case "${VNET_ENABLED:-}" in
+    [Tt]rue) where="$where, from a machine in the VNet (vnetEnabled: the vault takes no public calls, docs/deploy.md 6.5)" ;;
+  esac
+  erasure_key_by_hand() {
+    echo "post-deploy: NOTE: $*. Erasures fail until the vault holds the erasure key. Create it once, $where:" \
+         "run \`azd hooks run postdeploy\` again, or check that" \
+         "\`az keyvault secret list --vault-name $vault --query \"[?name=='$erasure_secret'].name\"\` lists nothing, then run"
+    echo "  keyfile=\"\$(umask 077; mktemp)\"; openssl rand -base64 32 | tr -d '\\n' > \"\$keyfile\""
+    echo "  az keyvault secret set --vault-name $vault --name $erasure_secret --file \"\$keyfile\" --encoding utf-8 --output none; rm -f \"\$keyfile\""
+    echo "post-deploy: if az says the secret is deleted but recoverable, recover it instead (the old key keeps the" \
+         "stored digests valid): az keyvault secret recover --vault-name $vault --name $erasure_secret." \
+         "Never replace an existing erasure key (README \"Erasure\")."
+  }
+  found="$(azs keyvault secret list --vault-name "$vault" \
+             --query "[?name=='${erasure_secret}'] | length(@)" -o tsv 2>/dev/null || echo unknown)"
+  case "$found" in
+    1) echo "post-deploy: erasure key '$erasure_secret' is present in $vault (left as it is: it is never replaced)." ;;
+    0)
+      reason=""; erasure_dir=""
+      trap '[ -z "$erasure_dir" ] || rm -rf "$erasure_dir"' EXIT
+      if ! command -v openssl >/dev/null 2>&1; then
+        reason="openssl is not installed"
+      elif ! erasure_dir="$(mktemp -d)"; then  # 0700, and the file in it 0600
+        reason="mktemp -d failed"
+      elif ! (umask 077 && openssl rand -base64 32 | tr -d '\n' > "$erasure_dir/value") \
+           || [ "$(($(wc -c < "$erasure_dir/value")))" -ne 44 ]; then
+        reason="openssl rand failed"
+      elif error="$(azs keyvault secret set --vault-name "$vault" --name "$erasure_secret" \
+                      --file "$erasure_dir/value" --encoding utf-8 --output none 2>&1 >/dev/null)"; then
+        echo "post-deploy: created the erasure key '$erasure_secret' in $vault (32 random bytes; never replace it)."
+      else
+        # az's first line of complaint, unless it quotes the value (it should not).
+        reason="$(printf '%s\n' "$error" | grep -vF -f "$erasure_dir/value" | grep -m1 . || true)"
+        reason="az could not create it (${reason:-no reason given})"
+      fi
+      [ -z "$erasure_dir" ] || rm -rf "$erasure_dir"
+      trap - EXIT
+      [ -z "$reason" ] || erasure_key_by_hand "the erasure key '$erasure_secret' is not in $vault: $reason"
+      ;;
+    *) erasure_key_by_hand "could not list the secrets of $vault to look for the erasure key '$erasure_secret'" \
+         "(no access? a role assigned by the first azd provision can take a few minutes to apply)" ;;
   esac
 fi

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.functions_host import _route_params, find_route
+from devtools.functions_host import _route_params, find_route, http_routes
 from devtools.serve import DevServer, describe
 from ExportSegment.console_page import CONSOLE_DIR, FILES
 from tests.test_functions import VIP_LIST, Env, csv_bytes, env, http, person, sim  # noqa: F401 - fixtures
@@ -40,6 +40,12 @@ def test_the_console_is_served_anonymously_with_a_strict_content_security_policy
         assert asset.status_code == 200 and asset.headers["Content-Type"].startswith(kind)
         assert asset.get_body() == (CONSOLE_DIR / name).read_bytes()
         assert "Content-Security-Policy" in asset.headers
+
+
+def test_the_console_is_the_only_route_without_a_key() -> None:
+    levels = {route.name: route.auth_level for route in http_routes()}
+    assert [name for name, level in levels.items() if level != "FUNCTION"] == ["Console"]
+    assert len(levels) >= 6  # the export, run and operate routes are all there
 
 
 @pytest.mark.parametrize("name", ["__init__.py", "..%2Fconsole_page.py", "host.json", "CONSOLE.JS", "x.html"])

@@ -6,6 +6,7 @@ builds: the blob trigger gets an SDK `BlobClient` made by the blob extension's o
 `model_binding_data` the host sends; HTTP functions get `func.HttpRequest` with route parameters parsed from
 the registered route; the queue worker gets a `func.QueueMessage` decoded by azure.functions' converter from
 the message the HTTP function put in its output binding; the timer gets a `TimerRequest` from its converter.
+The invoking is devtools/functions_host.py, which the local development server (devtools/serve.py) uses too.
 """
 
 from __future__ import annotations

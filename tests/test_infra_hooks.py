@@ -1,5 +1,6 @@
 """The azd hooks beyond the segments account: the Key Vault name after `azd down` (scripts/pre-provision.sh with a
-fake `az` and `azd`, tests/fake_cli.py), and the PowerShell twins of both hooks for Windows.
+fake `az` and `azd`, tests/fake_cli.py), the erasure key the postdeploy hook creates once (scripts/post-deploy.sh
+with a fake `az` and vault), and the PowerShell twins of both hooks for Windows.
 
 No PowerShell here (pwsh installs only by downloading a binary, which this machine cannot): the .ps1 scripts are
 held to their bash originals by text, on what matters to azd and Azure: the az commands they run, the azd values
@@ -9,6 +10,7 @@ Windows or Mac), the Key Vault case also runs through the PowerShell script.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_cli import fake_az, fake_azd
+from tests.fake_cli import fake_az, fake_azd, fake_key_vault
 from tests.test_infra_settings import _code
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +122,125 @@ def test_the_powershell_preprovision_moves_the_vault_name_too(tmp_path: Path) ->
     result, _, azd = run_preprovision(tmp_path, [deleted_vault(f"kv-{TOKEN}")], script="pre-provision.ps1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert azd == ["env set KEY_VAULT_GENERATION 2|"]
+
+
+# ---------------------------------------------------------------------------------------------- the erasure key
+
+ERASURE_KEY = "erasure-hmac-key"
+
+
+def run_postdeploy(tmp_path: Path, *, secrets: dict[str, str] | None = None, listing_fails: bool = False,
+                   set_error: str = "", app_setting: str = "", vnet: bool = False, work: Path | None = None,
+                   ) -> tuple[subprocess.CompletedProcess[str], list[str], Path]:
+    """scripts/post-deploy.sh against a fake az (the blobs key is there at once) and a fake vault holding `secrets`
+    (tests/fake_cli.py); `app_setting`: the app's ERASURE_KEY_SECRET; `work`: the folder of an earlier run, to run
+    again on its vault. Returns the run, the az calls (of every run in `work`), the vault."""
+    work = work or Path(tempfile.mkdtemp(dir=tmp_path))
+    vault, arms = fake_key_vault(work, secrets=secrets, listing_fails=listing_fails, set_error=set_error)
+    calls = fake_az(work, ('case "$1 $2 $3" in\n'
+                           '  "functionapp keys list") echo "s3cr3t-blobs-key" ;;\n'
+                           f'  "functionapp config appsettings") echo "{app_setting}" ;;\n'
+                           f"{arms}"
+                           "esac\n"))
+    env = {"PATH": f"{work}:/usr/bin:/bin", "TMPDIR": str(work), "RESOURCE_GROUP": "rg-test",
+           "AZURE_FUNCTION_APP_NAME": "func-test", "AZURE_FUNCTION_APP_HOSTNAME": "func-test.azurewebsites.net",
+           "EVENT_GRID_SYSTEM_TOPIC_NAME": "evgt-test", "AZURE_KEY_VAULT_NAME": "kv-test",
+           "SENDGRID_SECRET_NAME": "sendgrid-api-key", "AZURE_SUBSCRIPTION_ID": "sub-123",
+           "VNET_ENABLED": "true" if vnet else "false"}
+    result = subprocess.run(["bash", str(SCRIPTS / "post-deploy.sh")], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    return result, calls.read_text().splitlines(), vault
+
+
+def secret_sets(calls: list[str]) -> list[str]:
+    return [line for line in calls if line.startswith("keyvault secret set")]
+
+
+def test_postdeploy_creates_a_missing_erasure_key_without_showing_it(tmp_path: Path) -> None:
+    result, calls, vault = run_postdeploy(tmp_path, secrets={"sendgrid-api-key": "SG.x"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    value = (vault / ERASURE_KEY).read_bytes()
+    assert len(value) == 44 and len(base64.b64decode(value, validate=True)) == 32  # no newline, no BOM
+    (created,) = secret_sets(calls)
+    assert f"--vault-name kv-test --name {ERASURE_KEY} --file " in created
+    assert "--encoding utf-8" in created and "--output none" in created and "--subscription sub-123" in created
+    assert (vault / f"{ERASURE_KEY}.mode").read_text().split() == ["600", "700"], "only this user could read it"
+    key_file = Path(created.split("--file ")[1].split()[0])
+    assert not key_file.exists() and not key_file.parent.exists(), "the key file is deleted"
+    shown = result.stdout + result.stderr + "\n".join(calls)
+    assert value.decode() not in shown, "the erasure key is never printed, nor on an az command line"
+    assert f"created the erasure key '{ERASURE_KEY}' in kv-test" in result.stdout
+    assert "'sendgrid-api-key' is present" in result.stdout
+
+
+def test_postdeploy_never_replaces_an_erasure_key(tmp_path: Path) -> None:
+    result, calls, vault = run_postdeploy(tmp_path, secrets={ERASURE_KEY: "the-first-key"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert secret_sets(calls) == [] and (vault / ERASURE_KEY).read_text() == "the-first-key"
+    assert f"erasure key '{ERASURE_KEY}' is present in kv-test" in result.stdout
+    # run twice on an empty vault: the key made by the first run is the one that stays
+    _, calls, vault = run_postdeploy(tmp_path)
+    made = (vault / ERASURE_KEY).read_text()
+    again, calls, _ = run_postdeploy(tmp_path, work=vault.parent)
+    assert again.returncode == 0 and len(secret_sets(calls)) == 1, "only the first run set it"
+    assert (vault / ERASURE_KEY).read_text() == made and "is present in kv-test" in again.stdout
+
+
+def test_postdeploy_uses_the_erasure_key_name_the_app_reads(tmp_path: Path) -> None:
+    result, calls, vault = run_postdeploy(tmp_path, app_setting="dsr-digest-key")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (created,) = secret_sets(calls)
+    assert "--name dsr-digest-key " in created and (vault / "dsr-digest-key").exists()
+    (asked,) = [line for line in calls if line.startswith("functionapp config appsettings list")]
+    assert "-g rg-test -n func-test" in asked and "ERASURE_KEY_SECRET" in asked
+
+
+def test_postdeploy_says_what_to_run_when_it_cannot_create_the_erasure_key(tmp_path: Path) -> None:
+    refusal = ("ERROR: the request with value={value} was refused\n"  # az does not do this; the hook copes anyway
+               "(Forbidden) Caller is not authorized to perform action on resource.")
+    result, calls, vault = run_postdeploy(tmp_path, set_error=refusal)
+    assert result.returncode == 0, "the deployment does not fail for the erasure key"
+    (attempt,) = secret_sets(calls)
+    key_file = Path(attempt.split("--file ")[1].split()[0])
+    assert not key_file.parent.exists(), "the key file is deleted when az fails too"
+    assert "(Forbidden) Caller is not authorized" in result.stdout
+    assert "was refused" not in result.stdout + result.stderr, "no az line that quotes the value"
+    assert f"az keyvault secret set --vault-name kv-test --name {ERASURE_KEY} --file" in result.stdout
+    assert f"az keyvault secret recover --vault-name kv-test --name {ERASURE_KEY}" in result.stdout
+    assert "Key Vault Secrets Officer on kv-test" in result.stdout and "VNet" not in result.stdout
+    assert not (vault / ERASURE_KEY).exists()
+    # the vault cannot be listed (a private vault, no role yet): nothing is written, the same instruction
+    for vnet in (False, True):
+        result, calls, _ = run_postdeploy(tmp_path, listing_fails=True, vnet=vnet)
+        assert result.returncode == 0 and secret_sets(calls) == []
+        assert f"could not list the secrets of kv-test to look for the erasure key '{ERASURE_KEY}'" in result.stdout
+        assert f"--name {ERASURE_KEY} --file" in result.stdout
+        assert ("from a machine in the VNet" in result.stdout) is vnet
+
+
+def test_the_postdeploy_twins_create_the_erasure_key_the_same_way() -> None:
+    bash = (SCRIPTS / "post-deploy.sh").read_text(encoding="utf-8")
+    pwsh = (SCRIPTS / "post-deploy.ps1").read_text(encoding="utf-8")
+    for text in (bash, pwsh):
+        code = re.sub(r"^\s*#.*$", "", text, flags=re.M)
+        assert "[?name=='ERASURE_KEY_SECRET'].value | [0]" in code and "erasure-hmac-key" in code
+        (create,) = [line for line in code.splitlines() if re.search(r"\baz\w?\s+keyvault secret set", line)
+                     and "echo" not in line and "Write-Host" not in line]
+        for part in ("--file", "--encoding utf-8", "--output none"):
+            assert part in create + code[code.index(create) + len(create):][:200], part
+        assert "--value" not in code, "a value on the command line would show in the process list"
+        only_when_absent = ("\n    0)\n", "\n    *) ") if text is bash else ("'0' {", "default {")
+        start = code.index("[?name=='${erasure_secret}'] | length(@)" if text is bash else
+                           "[?name=='$erasureSecret'] | length(@)")
+        assert code.index(only_when_absent[0], start) < code.index(create) < code.index(only_when_absent[1], start)
+        assert "never replace" in text.lower() and "stop matching" in text
+    assert "openssl rand -base64 32" in bash
+    assert "New-Object byte[] 32" in pwsh and "[System.Security.Cryptography.RandomNumberGenerator]::Create()" in pwsh
+    assert "UTF8Encoding($false)" in pwsh, "no BOM in the key file"
+    deletes = r"finally \{\s*if \(\$valueFile\) \{ Remove-Item -LiteralPath \$valueFile"
+    assert re.search(deletes, pwsh), "the .ps1 deletes the key file, whatever happened"
+    printed = [line for line in pwsh.splitlines() if re.search(r"Write-(Host|Output)|Write-ErasureKeyByHand ", line)]
+    assert printed and not [line for line in printed if "$erasureValue" in line or "$bytes" in line]
 
 
 # ---------------------------------------------------------------------------------------------- the .ps1 twins

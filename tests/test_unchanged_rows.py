@@ -15,6 +15,8 @@ from shared.mapping import contact_mapping
 from shared.mapping.contact_mapping import ContactMapper
 from shared.pipeline.read import reader_options
 from shared.sendgrid.models import CustomField
+from shared.state import snapshot as snapshot_module
+from shared.state import snapshot_lines
 from shared.state.keys import fingerprint_seed, source_fingerprint
 from shared.state.snapshot import V2_FORMAT
 from tests.test_sync import NAME, PUT, Env, destination, env, profiles
@@ -152,3 +154,15 @@ def test_a_row_rejected_for_another_field_keeps_its_person_on_a_mirror_list(env:
     report = env.export(env.upload(bad), destination(mode="mirror"))
     assert (report.unchanged_skipped, report.rejected_count, report.removed_from_list) == (5, 1, 0)
     assert report.balanced and rows[2][0] in env.members()
+
+
+def test_a_snapshot_bigger_than_its_blocks_is_stored_read_and_merged_block_by_block(env: Env,
+                                                                                  monkeypatch: Any) -> None:
+    monkeypatch.setattr(snapshot_module, "UPLOAD_BLOCK", 512)  # a few contacts a block
+    monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", 100)  # and lines parsed and copied two or three at a time
+    rows = profiles(60)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    report = env.export(env.upload(rows[:50] + profiles(4, prefix="new")), destination(mode="mirror"))
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (4, 50, 10) and report.balanced
+    again = env.export(env.upload(rows[:50] + profiles(4, prefix="new")), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 54, 0)

@@ -39,10 +39,12 @@ class Spool:
         self.keys = array("q")  # email_key per contact
         self.fingerprints = array("q")  # source fingerprint per contact (shared.state.keys), 0 without a snapshot
         self.sources = array("I")  # index into source_names (a CDM folder may have many partitions)
-        self.rows = array("L")
+        self.rows = array("I")  # row numbers (up to 4,294,967,295 rows a file)
         self.unchanged = bytearray()  # 1 per position whose row is unchanged (not mapped, not in `contacts()`)
         self._offsets = array("Q")  # where each contact's line starts in its file (the spool's or `_known`'s)
-        self._mapped = array("L")  # the position of each line of the spool file
+        # The position of each line of the spool file; None while every row was mapped (line == position),
+        # so a first export keeps no such array.
+        self._mapped: array[int] | None = None
         self._end = 0
         self._unwritten: list[bytes] = []  # contacts not yet in the file: one write per _WRITE_EVERY
         self.source_names: list[str] = []
@@ -58,7 +60,8 @@ class Spool:
         """A mapped contact; `key` when the caller has email_key(email) already."""
         if source is not self._last_source:
             self._switch_source(source)
-        self._mapped.append(len(self.keys))
+        if self._mapped is not None:
+            self._mapped.append(len(self.keys))
         # email_key(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
         self.fingerprints.append(fingerprint)
@@ -76,6 +79,8 @@ class Spool:
         """A row whose contact the list holds as it is: its key, fingerprint and (UTF-8) email only."""
         if source is not self._last_source:
             self._switch_source(source)
+        if self._mapped is None:
+            self._mapped = array("I", range(len(self.keys)))
         self.keys.append(key)
         self.fingerprints.append(fingerprint)
         self.sources.append(self._last_index)
@@ -116,7 +121,7 @@ class Spool:
         self._file.seek(0)
         mapped = self._mapped
         for number, line in enumerate(self._file):
-            yield mapped[number], line[:-1]
+            yield number if mapped is None else mapped[number], line[:-1]
 
     def emails(self) -> Iterator[tuple[int, bytes]]:
         """(index, UTF-8 email) of the mapped contacts, in file order: one sequential read of the spool."""

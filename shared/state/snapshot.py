@@ -28,10 +28,10 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobBlock, ContainerClient
 
 from shared.state.keys import email_key
-from shared.state.snapshot_lines import Concat, DigestWriter, OldLines, SortedLines, line_blocks, parse_block
+from shared.state.snapshot_lines import DigestWriter, OldLines, SortedLines, line_blocks, parse_block
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
+UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
 _INDEX_BITS_MAX = 16  # bucket index: up to 65,536 buckets, about 16 keys each
 
 
@@ -225,10 +226,25 @@ class SnapshotStore:
         return blocks
 
     def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:
+        """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes: the SDK would read a stream of
+        up to 64 MB (a million-contact snapshot) into memory for a single PUT, and copy it."""
         lines.seek(0)
-        body = Concat(json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n", lines)
+        head = json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n"
+        blob = self._container.get_blob_client(self._path)
+        chunk = head + lines.read(UPLOAD_BLOCK - len(head))
+        following = lines.read(UPLOAD_BLOCK)
         self.ensure_lock()
-        self._container.get_blob_client(self._path).upload_blob(body, overwrite=True)
+        if not following:
+            blob.upload_blob(chunk, overwrite=True)
+            return
+        blocks: list[BlobBlock] = []
+        while chunk:
+            block_id = f"{len(blocks):08d}"
+            blob.stage_block(block_id, chunk)
+            blocks.append(BlobBlock(block_id))
+            chunk, following = following, lines.read(UPLOAD_BLOCK) if following else b""
+        self.ensure_lock()
+        blob.commit_block_list(blocks)
 
     def _upgrade_v1(self) -> None:
         """Rewrite a v1 snapshot (blake2b keys) as v3: keys computed again from its emails, and sorted again.

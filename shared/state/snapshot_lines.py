@@ -7,37 +7,42 @@ time, and a merge copies the runs of lines between its changes as bytes.
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 from array import array
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 from azure.core.exceptions import ResourceModifiedError
 
 _BLOCK_LINES = 2048  # lines written at a time
+BLOCK_BYTES = 1 << 20  # bytes of lines parsed or copied at a time
 
 
 def line_blocks(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """The blob as blocks of whole lines (no trailing newline): the header line first, alone."""
+    """The blob as blocks of whole lines (no trailing newline) of about BLOCK_BYTES: the header line first,
+    alone. Small blocks keep the lines split from one (a bytes object each) a few megabytes."""
     rest = b""
     header = True
     for chunk in chunks:
         data = rest + chunk if rest else chunk
+        start = 0
         if header:
             end = data.find(b"\n")
             if end < 0:
                 rest = data
                 continue
             yield data[:end]
-            header, data = False, data[end + 1:]
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            rest = data
-            continue
-        if cut:
-            yield data[:cut]
-        rest = data[cut + 1:]
+            header, start = False, end + 1
+        while True:
+            cut = data.rfind(b"\n", start, start + BLOCK_BYTES)
+            if cut < 0:
+                cut = data.find(b"\n", start + BLOCK_BYTES)  # a line longer than a block
+                if cut < 0:
+                    break
+            if cut > start:
+                yield data[start:cut]
+            start = cut + 1
+        rest = data[start:]
     if rest:
         yield rest
 
@@ -167,24 +172,3 @@ class SortedLines:
     def __exit__(self, *_: object) -> None:
         for file in self._files:
             file.close()
-
-
-class Concat(io.RawIOBase):
-    """Header bytes followed by a file, as one upload stream."""
-
-    def __init__(self, head: bytes, tail: Any) -> None:
-        self._head = head
-        self._tail = tail
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        if self._head:
-            size = min(len(target), len(self._head))
-            target[:size] = self._head[:size]
-            self._head = self._head[size:]
-            return size
-        data = self._tail.read(len(target))
-        target[: len(data)] = data
-        return len(data)
