@@ -25,6 +25,7 @@ from shared.service.export_service import (
     new_run_id,
     run_store_from_environment,
 )
+from shared.service.history import Destination
 from shared.service.queued import fail_run
 
 bp = func.Blueprint()
@@ -33,6 +34,7 @@ log = logging.getLogger("ExportSegment")
 # host.json extensions.queues.maxDequeueCount: after this many failed attempts the host moves the message to
 # `export-requests-poison`, so the last attempt must leave a final status behind (not `queued` for ever).
 MAX_DEQUEUE_COUNT = 5
+RUN_ID = re.compile(r"[A-Za-z0-9-]{1,120}")  # new_run_id: <destination>-<YYYYMMDDTHHMMSSmmmZ>-<hex>
 
 
 # The segments live in the account the platforms write to (SEGMENTS_STORAGE), not the app's own.
@@ -60,12 +62,10 @@ def export_on_new_segment_file(client: blob_binding.BlobClient) -> None:
 @bp.route(route="destinations/{destination}/exports", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @bp.queue_output(arg_name="queued", queue_name=EXPORT_QUEUE, connection="AzureWebJobsStorage")
 def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpResponse:
-    service = _service()
-    if isinstance(service, func.HttpResponse):
-        return service
-    destination = service.destinations.get(req.route_params.get("destination", ""))
-    if destination is None:
-        return _error(404, "unknown destination", known=[d.name for d in service.destinations.destinations])
+    found = _service_and_destination(req)
+    if isinstance(found, func.HttpResponse):
+        return found
+    service, destination = found
     try:
         body = req.get_json() if req.get_body() else {}
     except ValueError:
@@ -97,7 +97,7 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
     # message the queue delivers late never exports older files over newer ones.
     service.mark_queued(destination, blob_name, run_id, dry_run=False, trigger="http", full=full)
     queued.set(json.dumps({"run_id": run_id, "destination": destination.name, "blob": blob_name, "full": full}))
-    status_url = _status_url(req, run_id)
+    status_url = _status_url(req, f"runs/{run_id}")
     return func.HttpResponse(json.dumps({"run_id": run_id, "status": "queued", "status_url": status_url}),
                              status_code=202, mimetype="application/json", headers={"Location": status_url})
 
@@ -105,12 +105,10 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
 @bp.function_name("GetExportRun")
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
-    run_id = req.route_params.get("run_id", "")
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,120}", run_id):  # new_run_id: <destination>-<YYYYMMDDTHHMMSSmmmZ>-<hex>
-        return _error(400, "malformed run ID")
-    service = _service()
-    if isinstance(service, func.HttpResponse):
-        return service
+    found = _service_and_run_id(req)
+    if isinstance(found, func.HttpResponse):
+        return found
+    service, run_id = found
     report = service.report(run_id, last_attempt=MAX_DEQUEUE_COUNT)
     if report is None:
         return _error(404, "no such run")
@@ -126,6 +124,26 @@ def _service() -> ExportService | func.HttpResponse:
     except Exception as exc:  # storage or Key Vault unreachable while building the clients: worth a retry
         log.exception("the app could not start serving the request")
         return _error(503, f"the app could not reach its storage or Key Vault ({type(exc).__name__}); try again")
+
+
+def _service_and_destination(req: func.HttpRequest) -> tuple[ExportService, Destination] | func.HttpResponse:
+    """The service and the destination the route names, or the JSON answer why not (404 lists the known)."""
+    service = _service()
+    if isinstance(service, func.HttpResponse):
+        return service
+    destination = service.destinations.get(req.route_params.get("destination", ""))
+    if destination is None:
+        return _error(404, "unknown destination", known=[d.name for d in service.destinations.destinations])
+    return service, destination
+
+
+def _service_and_run_id(req: func.HttpRequest) -> tuple[ExportService, str] | func.HttpResponse:
+    """The service and the run ID the route names, or the JSON answer why not (400 before any storage call)."""
+    run_id = req.route_params.get("run_id", "")
+    if not RUN_ID.fullmatch(run_id):
+        return _error(400, "malformed run ID")
+    service = _service()
+    return service if isinstance(service, func.HttpResponse) else (service, run_id)
 
 
 @bp.function_name("RunQueuedExport")
@@ -183,14 +201,14 @@ def _record_failure(run_id: str, error: str) -> None:
         log.exception("queued run %s: could not record its failure", run_id)
 
 
-def _status_url(req: func.HttpRequest, run_id: str) -> str:
-    """Scheme, host and any path before `/api/` of the request (routes are case-insensitive), never its
-    query string: that may hold the function key (`?code=`)."""
+def _status_url(req: func.HttpRequest, route: str) -> str:
+    """`route` under the request's scheme, host and any path before `/api/` (routes are case-insensitive),
+    never its query string: that may hold the function key (`?code=`)."""
     url = urlsplit(req.url)
     path = url.path
     cut = path.lower().find("/api/")
     prefix = path[:cut] if cut >= 0 else ""
-    return f"{url.scheme}://{url.netloc}{prefix}/api/runs/{run_id}"
+    return f"{url.scheme}://{url.netloc}{prefix}/api/{route}"
 
 
 def _error(status: int, message: str, **extra: object) -> func.HttpResponse:

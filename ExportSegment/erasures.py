@@ -15,7 +15,7 @@ import re
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from ExportSegment import _error, _service
+from ExportSegment import _error, _service, _status_url
 from shared.service.erasure_service import InvalidErasureRequest, erasure_report, submit_erasure
 from shared.service.export_service import get_service
 
@@ -41,7 +41,7 @@ def start_erasure(req: func.HttpRequest) -> func.HttpResponse:
         return _error(400, str(exc))
     except AzureError as exc:
         return _error(503, f"the app could not reach its storage ({type(exc).__name__}); try again")
-    status_url = _status_url(req, str(report["erasure_id"]))
+    status_url = _status_url(req, f"erasures/{report['erasure_id']}")
     log.info("erasure %s: %s", report["erasure_id"], report["status"])
     return func.HttpResponse(json.dumps({**report, "status_url": status_url}),
                              status_code=200 if report["status"] == "completed" else 202,
@@ -64,10 +64,3 @@ def get_erasure(req: func.HttpRequest) -> func.HttpResponse:
     if report is None:
         return _error(404, "no such erasure")
     return func.HttpResponse(json.dumps(report), status_code=200, mimetype="application/json")
-
-
-def _status_url(req: func.HttpRequest, erasure_id: str) -> str:
-    """As ExportSegment's: scheme, host and path prefix of the request, never its query (`?code=`)."""
-    url = req.url.split("?", 1)[0]
-    cut = url.lower().find("/api/")
-    return f"{url[:cut] if cut >= 0 else url.rstrip('/')}/api/erasures/{erasure_id}"

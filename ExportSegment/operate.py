@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from ExportSegment import _error, _service
+from ExportSegment import _error, _service, _service_and_destination, _service_and_run_id
 from shared.service import history
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment.operate")
 
-RUN_ID = re.compile(r"[A-Za-z0-9-]{1,120}")  # as GetExportRun: new_run_id's characters
 # Personal data must not linger in a browser's or a proxy's cache.
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
@@ -46,12 +44,10 @@ def list_destination_runs(req: func.HttpRequest) -> func.HttpResponse:
     except ValueError as exc:
         return _error(400, str(exc), parameter="limit")
     before = req.params.get("before") or None  # `before=` (empty) is the first page, as no `before` is
-    service = _service()
-    if isinstance(service, func.HttpResponse):
-        return service
-    destination = service.destinations.get(req.route_params.get("destination", ""))
-    if destination is None:
-        return _error(404, "unknown destination", known=[d.name for d in service.destinations.destinations])
+    found = _service_and_destination(req)
+    if isinstance(found, func.HttpResponse):
+        return found
+    service, destination = found
     try:
         page = history.runs(service, destination, limit=limit, before=before)
     except history.BadToken as exc:
@@ -66,12 +62,10 @@ def list_destination_runs(req: func.HttpRequest) -> func.HttpResponse:
 def get_run_rejects(req: func.HttpRequest) -> func.HttpResponse:
     """The rejects CSV as stored. The worker sends one body (see history.MAX_REJECTS_BYTES), so the file is
     fetched chunk by chunk up to that size and refused with its size above it, never buffered unbounded."""
-    run_id = req.route_params.get("run_id", "")
-    if not RUN_ID.fullmatch(run_id):
-        return _error(400, "malformed run ID")
-    service = _service()
-    if isinstance(service, func.HttpResponse):
-        return service
+    found = _service_and_run_id(req)
+    if isinstance(found, func.HttpResponse):
+        return found
+    service, run_id = found
     try:
         rejects = history.open_rejects(service, run_id)
         if rejects is None:

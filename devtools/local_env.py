@@ -8,14 +8,18 @@ the app at them; the sample segment uploaded where the blob trigger looks. One c
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from azure.storage.blob import BlobServiceClient
 
+from devtools.functions_host import fire_blob_trigger
 from sendgrid_simulator import Simulator
 from shared.service.export_service import reset_service
 from tests.azurite import Azurite, start_azurite
@@ -91,3 +95,28 @@ def start_local_services(config_path: Path = SAMPLE_CONFIG) -> LocalServices:
     os.environ.pop("KEY_VAULT_URL", None)
     reset_service(None)
     return LocalServices(azurite, simulator, config)
+
+
+def add_sample_options(parser: argparse.ArgumentParser) -> None:
+    """What both local programs take: the destinations and the segment file they start with."""
+    parser.add_argument("--config", type=Path, default=SAMPLE_CONFIG, help="destinations JSON")
+    parser.add_argument("--segment", type=Path, default=SAMPLE_SEGMENT, help="segment file uploaded at start")
+    parser.add_argument("--blob", default=SAMPLE_BLOB, help="blob name to upload it as")
+
+
+def start_with_sample(args: argparse.Namespace) -> LocalServices:
+    """Log to stderr, start the stand-ins, upload `--segment` as `--blob` and fire the blob trigger on it as the
+    host would on its Event Grid event: both programs begin with one real run (stop the services when done)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("azure", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    services = start_local_services(args.config)
+    try:
+        upload_segment(services.connection_string, SEGMENTS_CONTAINER, args.blob, args.segment.read_bytes())
+        shown = args.segment.relative_to(ROOT) if args.segment.is_relative_to(ROOT) else args.segment
+        print(f"uploaded {shown} to Azurite {SEGMENTS_CONTAINER}/{args.blob}", file=sys.stderr)
+        fire_blob_trigger(SEGMENTS_CONTAINER, args.blob)
+    except BaseException:
+        services.stop()
+        raise
+    return services

@@ -37,7 +37,6 @@ from devtools.functions_host import (
     ROUTE_PREFIX,
     deliver_queue_message,
     find_route,
-    fire_blob_trigger,
     http_routes,
     invoke_http,
     queued_messages,
@@ -214,31 +213,17 @@ def describe(server: DevServer) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from devtools.local_env import (  # noqa: PLC0415 - Azurite and the simulator only when run as a program
-        SAMPLE_BLOB,
-        SAMPLE_CONFIG,
-        SAMPLE_SEGMENT,
-        SEGMENTS_CONTAINER,
-        start_local_services,
-        upload_segment,
-    )
+    # Azurite and the simulator only when run as a program (the tests import DevServer alone).
+    from devtools.local_env import add_sample_options, start_with_sample  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7071, help="port (default 7071, as `func start`)")
     parser.add_argument("--key", help="function key to accept (default: a new random one, printed)")
-    parser.add_argument("--config", type=Path, default=SAMPLE_CONFIG, help="destinations JSON")
-    parser.add_argument("--segment", type=Path, default=SAMPLE_SEGMENT, help="segment file uploaded at start")
-    parser.add_argument("--blob", default=SAMPLE_BLOB, help="blob name to upload it as")
+    add_sample_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("azure", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    services = start_local_services(args.config)
+    services = start_with_sample(args)
     try:
-        upload_segment(services.connection_string, SEGMENTS_CONTAINER, args.blob, args.segment.read_bytes())
-        fire_blob_trigger(SEGMENTS_CONTAINER, args.blob)  # as the host would on the blob's Event Grid event
         try:
             server = DevServer(host=args.host, port=args.port, key=args.key)
         except OSError as exc:

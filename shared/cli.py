@@ -106,12 +106,14 @@ def _privacy(args: argparse.Namespace) -> int:
         elif args.command == "lift-suppression":
             result = {"lifted": lift_suppression(service, args.emails)}
         elif args.resume:
-            result = {"erasures": resume_erasures(service)}
+            erasures = resume_erasures(service)
+            done = all(erasure["status"] == "completed" for erasure in erasures)
+            result = {"status": "completed" if done else "incomplete", "erasures": erasures}
         else:
             emails = list(args.emails)
             if args.file:
                 emails += parse_csv(Path(args.file).read_bytes(), args.file)
-            result = submit_erasure(service, {"emails": emails, "reference": args.reference})
+            result = submit_erasure(service, {"emails": emails, "reference": args.reference}, answering=False)
     except KeyError as exc:
         return _print_result({"status": "failed", "error": f"unknown destination {exc}"}, None, 2)
     except (ExportError, AzureError, InvalidErasureRequest, SendGridError) as exc:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from sendgrid_simulator import Simulator
+from sendgrid_simulator.openapi import SERVER_URL, SPEC_DIR
+from sendgrid_simulator.openapi import _load as openapi_spec
 from shared.sendgrid.client import SendGridClient
-from tests.sendgrid_fixture import SENDGRID_TEST_KEY
+from tests.sendgrid_fixture import SENDGRID_TEST_KEY, require_openapi
 from tests.test_functions import (
     DESTINATIONS,
     VIP_LIST,
@@ -43,6 +46,22 @@ def test_the_count_endpoint_bills_uploads_and_never_gives_them_back(sendgrid_sim
         assert sendgrid_sim.wait_for_jobs(5)
         count = client.contact_count()
         assert (count.contact_count, count.billable_count) == (2, 3)
+
+
+def test_the_simulators_count_answer_is_the_one_sendgrids_openapi_file_describes(sendgrid_sim: Simulator) -> None:
+    require_openapi()
+    from openapi_core.testing import MockRequest, MockResponse
+    from openapi_core.validation.response.exceptions import ResponseValidationError
+
+    spec = openapi_spec(SPEC_DIR, "tsg_mc_contacts_v3.json")
+    path = "/v3/marketing/contacts/count"
+    sendgrid_sim.store.billable_count = 7
+    answer = httpx.get(sendgrid_sim.base_url + path, headers={"Authorization": f"Bearer {SENDGRID_TEST_KEY}"})
+    assert answer.status_code == 200 and answer.json() == {"contact_count": 0, "billable_count": 7}
+    spec.validate_response(MockRequest(SERVER_URL, "GET", path), MockResponse(answer.content))
+    with pytest.raises(ResponseValidationError):  # the check itself can fail: a negative count is not one
+        spec.validate_response(MockRequest(SERVER_URL, "GET", path),
+                               MockResponse(json.dumps({"contact_count": 0, "billable_count": -1}).encode()))
 
 
 @pytest.mark.parametrize(("billable", "status", "warned"), [
@@ -81,3 +100,12 @@ def test_contacts_in_the_snapshot_do_not_count_and_the_app_wide_limit_applies(en
     third = run(env, "vip/c.csv", [person(n, "vip") for n in range(9)])  # 8 + 1 > 8
     assert third["status"] == "refused" and third["budget"]["new_contacts"] == 1
     assert len(env.sim.list_contacts(VIP_LIST)) == 8
+
+
+def test_a_budget_that_cannot_be_read_fails_the_run_before_anything_is_sent(env: Env) -> None:
+    env.set_destinations([destination("vip-customers", VIP_LIST, "vip/", max_billable_contacts=10)])
+    env.install()
+    env.sim.inject("status", status=403, method="GET", path="/v3/marketing/contacts/count")
+    report = run(env, "vip/a.csv", [person(n, "vip") for n in range(3)])
+    assert (report["status"], report["balanced"], report["not_sent"], env.puts()) == ("failed", True, 3, 0)
+    assert "contact budget could not be checked" in report["error"] and report.get("budget") is None

@@ -4,6 +4,7 @@ The page itself is driven in a real browser by tests/test_console_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -17,6 +18,8 @@ import pytest
 from devtools.functions_host import _route_params, find_route, http_routes
 from devtools.serve import DevServer, describe
 from ExportSegment.console_page import CONSOLE_DIR, FILES
+from shared.pipeline.report import SegmentPart
+from shared.service import history
 from tests.test_functions import VIP_LIST, Env, csv_bytes, env, http, person, sim  # noqa: F401 - fixtures
 from tests.test_infra_settings import _funcignore, _funcignored
 
@@ -67,11 +70,48 @@ def test_the_page_loads_nothing_from_elsewhere_and_keeps_the_key_out_of_urls_coo
     assert "sessionStorage" in script and "'x-functions-key'" in script
 
 
+def test_the_run_views_show_every_outcome_that_balanced_adds_up() -> None:
+    """The console's accounting table is the sum `balanced` checks: an outcome the pipeline adds (as
+    `suppressed` was) must get a row, or the page says "Balanced" over rows that do not add up."""
+    script = (CONSOLE_DIR / "console.js").read_text(encoding="utf-8")
+    block = re.search(r"const OUTCOMES = \[(.*?)\];", script, flags=re.S)
+    assert block is not None
+    shown = re.findall(r"\['(\w+)', '[^']*'\]", block.group(1))
+    outcomes = [f.name for f in dataclasses.fields(SegmentPart) if f.type == "int" and f.name != "rows_read"]
+    assert sorted(shown) == sorted(outcomes)
+    segments_table = script[script.index("'Each segment\\'s part'"):script.index("r.segments));")]
+    assert sorted(re.findall(r"c\('(\w+)'", segments_table)) == sorted(["rows_read", *outcomes])
+
+
+def test_the_history_never_asks_for_a_page_larger_than_the_api_gives() -> None:
+    """After "Show older runs" the history holds more than one page; reloading it after an action asks for
+    as many runs, capped at the API's limit (a larger one is a 400 that would read as the action failing)."""
+    script = (CONSOLE_DIR / "console.js").read_text(encoding="utf-8")
+    constants = dict(re.findall(r"const (MAX_PAGE|CHART_RUNS) = (\d+);", script))
+    assert int(constants["MAX_PAGE"]) == history.MAX_LIMIT and int(constants["CHART_RUNS"]) <= history.MAX_LIMIT
+    limits = re.findall(r"runs\?limit=\$\{([^}]*)\}", script)
+    assert limits and all(limit == "CHART_RUNS" or limit.startswith("Math.min(MAX_PAGE,") for limit in limits)
+
+
 def test_the_console_files_ship_in_the_package() -> None:
     patterns = _funcignore()
     shipped = [f"ExportSegment/console/{name}" for name, _ in FILES.values()]
     assert sorted({Path(p).name for p in shipped}) == sorted(p.name for p in CONSOLE_DIR.iterdir())
     assert [path for path in shipped if _funcignored(patterns, path)] == []
+
+
+def test_the_readme_documents_every_http_route() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## HTTP API"):readme.index("\n## Console")]
+
+    def shape(route: str) -> str:  # the README may name a parameter otherwise ({name} for {destination})
+        return re.sub(r"\{[^}]*\}", "{}", route)
+
+    documented = {shape(row) for row in re.findall(r"^\| `((?:GET|POST|PUT|PATCH|DELETE) /api/[^`?]+)", section, re.M)}
+    registered = {shape(f"{method} /api/{re.sub(r'/{[^}]*[?]}', '', route.template)}")
+                  for route in http_routes() for method in route.methods or ()}
+    assert registered - documented == set()
+    assert documented - registered == set()
 
 
 def test_route_templates_match_as_the_host_matches_them() -> None:

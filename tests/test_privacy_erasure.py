@@ -21,6 +21,7 @@ from shared.privacy.donotexport import SET_PATH
 from shared.service import erasure_service
 from shared.service.erasure_service import lift_suppression
 from shared.service.export_service import ExportService
+from shared.state.run_store import RunStore
 from tests.test_functions import (
     NEWS_LIST,
     VIP_LIST,
@@ -62,14 +63,17 @@ def export_everyone(env: Env) -> ExportService:
     fire_blob_trigger(env.segments.container_name,
                       env.upload("news/segment-1.csv", csv_bytes([person(1, "news"), erased_row()])))
     assert ERASED_KEY in env.sim.list_contacts(VIP_LIST) and ERASED_KEY in env.sim.list_contacts(NEWS_LIST)
-    assert any(ERASED_KEY in blob for blob in runs_blobs(env).values())  # the scan below can see it
+    scanned = runs_blobs(env)
+    assert any(ERASED_KEY in blob for blob in scanned.values())  # the scan below can see it
+    assert {name.split("/")[0] for name in scanned} >= {"state", "rejects", "reports", "receipts", "index"}
     return service
 
 
 def runs_blobs(env: Env) -> dict[str, str]:
-    """Every blob of the runs container, lower-cased."""
-    return {b.name: env.runs.download_blob(b.name).readall().decode("utf-8", "replace").lower()
-            for b in env.runs.list_blobs()}
+    """Every blob of the runs container with its metadata (the run index's summaries), lower-cased."""
+    return {b.name: (env.runs.download_blob(b.name).readall().decode("utf-8", "replace")
+                     + json.dumps(b.metadata or {})).lower()
+            for b in env.runs.list_blobs(include=["metadata"])}
 
 
 def assert_forgotten(env: Env) -> None:
@@ -242,3 +246,58 @@ def _after(function: Any, then: Any) -> Any:
         then()
         return result
     return wrapped
+
+
+def test_an_address_sendgrid_will_not_search_is_counted_an_error_never_deleted_and_still_suppressed(
+        env: Env) -> None:
+    export_everyone(env)
+    long = "l" * 64 + "@" + "d" * 40 + ".example.com"  # valid, but the search takes at most 100 characters
+    report = http("POST", "erasures", {"emails": [ERASED, long], "reference": "DSR-3"}).json()
+    assert (report["status"], report["found"], report["deleted"], report["not_found"], report["errors"]) == (
+        "completed", 1, 1, 0, 1)
+    assert any("would not search" in note for note in report["notes"]) and "@" not in json.dumps(report)
+    fire_blob_trigger(env.segments.container_name, env.upload(
+        "vip/segment-4.csv", csv_bytes([person(1, "vip"), ["CI-77", long, "Long", "Address", "France"]])))
+    run = newest_report(env, "vip-customers")
+    assert (run["suppressed"], run["balanced"]) == (1, True) and env.sim.contact(long) is None
+
+
+def test_cli_erase_and_resume_say_by_their_exit_code_whether_the_erasure_is_complete(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    export_everyone(env)
+    env.sim.inject("status", status=403, count=2, method="DELETE", path="/v3/marketing/contacts")
+    assert cli_main(["erase", ERASED, "--reference", "DSR-4"]) == 1
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "failed" and first["reference"] == "DSR-4"
+    assert cli_main(["erase", "--resume"]) == 1  # the second refusal
+    assert json.loads(capsys.readouterr().out)["status"] == "incomplete"
+    assert cli_main(["erase", "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert [(e["erasure_id"], e["status"], e["attempts"]) for e in resumed["erasures"]] == [
+        (first["erasure_id"], "completed", 3)]
+    assert_forgotten(env)
+
+
+def test_an_erasure_waits_for_the_rejects_file_of_an_export_that_read_the_person_before_it(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export read the person before the erasure began (its rejects file holds them): the erasure cannot
+    take the destination's lock until that file is stored, so its scrub (now, or when resumed) finds it."""
+    service = export_everyone(env)
+    monkeypatch.setitem(erasure_service.ERASURE_TIMINGS, "lock_wait", 0.5)
+    upload = RunStore.upload_rejects
+    meanwhile: list[dict[str, Any]] = []
+
+    def erase_first(self: RunStore, run_id: str, rejects: Any) -> str | None:
+        if not meanwhile:  # the export's run is over; its rejects file is not stored yet
+            meanwhile.append(erasure_service.submit_erasure(service, {"emails": [ERASED]}, answering=False))
+        return upload(self, run_id, rejects)
+
+    monkeypatch.setattr(RunStore, "upload_rejects", erase_first)
+    bad = ["CI-8", f"Erased Person <{ERASED}>", "Bad", "Row", "France"]
+    fire_blob_trigger(env.segments.container_name, env.upload("vip/segment-5.csv", csv_bytes([person(1, "vip"), bad])))
+    monkeypatch.setattr(RunStore, "upload_rejects", upload)
+    assert meanwhile and meanwhile[0]["status"] == "failed"  # the lock was still held
+    assert "DestinationBusy" in meanwhile[0]["error"]
+    (again,) = erasure_service.resume_erasures(service)
+    assert again["status"] == "completed"
+    assert_forgotten(env)

@@ -57,6 +57,9 @@ def test_the_base_urls_without_overrides_and_with_only_the_global_one(monkeypatc
     settings = AppSettings.from_environment()
     assert settings.base_url_for("global") == "https://api.sendgrid.com"
     assert settings.base_url_for("eu") == "https://api.eu.sendgrid.com"
+    monkeypatch.setenv("SENDGRID_BASE_URL", "https://api.sendgrid.com/")  # as the deployment sets it
+    settings = AppSettings.from_environment()
+    assert settings.base_url_for("eu") == "https://api.eu.sendgrid.com"  # an EU key is refused globally
     monkeypatch.setenv("SENDGRID_BASE_URL", "http://127.0.0.1:9/")  # the simulator for every region
     settings = AppSettings.from_environment()
     assert settings.base_url_for("eu") == settings.base_url_for("global") == "http://127.0.0.1:9"
@@ -75,3 +78,18 @@ def test_an_erasure_deletes_the_person_in_every_account_of_both_regions(env: Env
     assert (report["status"], report["accounts"], report["found"], report["deleted"]) == ("completed", 2, 1, 1)
     assert env.sim.contact("both@example.com") is None and eu_sim.contact("both@example.com") is None
     assert env.sim.contact(person(1, "vip")[1]) is not None
+
+
+def test_a_destination_moved_to_the_eu_sends_everyone_to_its_new_account(env: Env, eu_sim: Simulator) -> None:
+    """Another region is another SendGrid account: the snapshot of the old one must not make the contacts
+    look unchanged (`region` is part of the config digest)."""
+    env.monkeypatch.setenv("SENDGRID_EU_BASE_URL", eu_sim.base_url)
+    env.set_destinations([destination("newsletter", NEWS_LIST, "news/")])
+    env.install()
+    rows = [person(1, "news"), person(2, "news")]
+    fire_blob_trigger(env.segments.container_name, env.upload("news/a.csv", csv_bytes(rows)))
+    assert set(env.sim.list_contacts(NEWS_LIST)) == {row[1] for row in rows}
+    env.set_destinations([destination("newsletter", NEWS_LIST, "news/", region="eu")])
+    env.install()
+    fire_blob_trigger(env.segments.container_name, env.upload("news/b.csv", csv_bytes(rows)))
+    assert set(eu_sim.list_contacts(NEWS_LIST)) == {row[1] for row in rows}

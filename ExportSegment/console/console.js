@@ -9,6 +9,7 @@
   const API = window.location.pathname.replace(/\/console(\/.*)?$/, '');
   const ACTIVE = ['queued', 'running'];
   const CHART_RUNS = 30;
+  const MAX_PAGE = 100;  // the API's largest `limit` (shared/service/history.py MAX_LIMIT)
   const SERIES = [
     ['exported', 'Exported', 'exported'],
     ['unchanged_skipped', 'Unchanged', 'unchanged'],
@@ -18,7 +19,7 @@
   const OUTCOMES = [  // what `balanced` checks: rows read = the sum of these
     ['exported', 'Exported'], ['unchanged_skipped', 'Unchanged (skipped)'], ['rejected_count', 'Rejected'],
     ['duplicates_merged', 'Duplicates merged'], ['in_failed_jobs', 'In failed import jobs'],
-    ['pending', 'Pending import jobs'], ['not_sent', 'Not sent'],
+    ['pending', 'Pending import jobs'], ['not_sent', 'Not sent'], ['suppressed', 'Suppressed (erased people)'],
   ];
   const SVG = 'http://www.w3.org/2000/svg';
   let generation = 0;  // a view started later wins: an older one's late answers are dropped
@@ -265,7 +266,7 @@
       } catch (error) { failed(error); }
     });
     const reload = async () => {
-      const { data } = await api(`/destinations/${encodeURIComponent(name)}/runs?limit=${Math.max(CHART_RUNS, runs.length)}`);
+      const { data } = await api(`/destinations/${encodeURIComponent(name)}/runs?limit=${Math.min(MAX_PAGE, Math.max(CHART_RUNS, runs.length))}`);
       runs = data.runs || []; next = data.next; draw();
     };
     draw();
@@ -425,6 +426,7 @@
         { label: 'File', value: (s) => (s.source ? h('code', { class: 'blob' }, s.source) : s.note || 'no file') },
         c('rows_read', 'Read'), c('exported', 'Exported'), c('unchanged_skipped', 'Unchanged'), c('rejected_count', 'Rejected'),
         c('duplicates_merged', 'Merged'), c('in_failed_jobs', 'Failed jobs'), c('pending', 'Pending'), c('not_sent', 'Not sent'),
+        c('suppressed', 'Suppressed'),
         { label: 'Balanced', value: (s) => (s.balanced === false ? 'no' : 'yes') }], r.segments));
     }
     const download = h('button', { type: 'button', class: 'secondary', id: 'download-rejects' }, 'Download the rejects CSV');
@@ -466,9 +468,9 @@
     if (!getKey()) { showKeyForm(); return; }
     document.getElementById('key-view').hidden = true;
     document.getElementById('forget-key').hidden = false;
-    const route = window.location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
     view.setAttribute('aria-busy', 'true');
     try {
+      const route = window.location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);  // URIError on a bad %
       if (route[0] === 'destinations' && route[1]) await viewDestination(view, token, route[1]);
       else if (route[0] === 'runs' && route[1]) await viewRun(view, token, route[1]);
       else await viewDestinations(view, token);
@@ -477,7 +479,10 @@
         if (box.classList.contains('message-error')) clearMessage();
       }
     } catch (error) {
-      if (token === generation) failed(error);
+      if (token === generation) {
+        view.replaceChildren();  // not the previous view under this one's error
+        failed(error);
+      }
     } finally {
       view.removeAttribute('aria-busy');
     }

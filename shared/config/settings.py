@@ -41,8 +41,8 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
     "AZURE_CLIENT_ID": (True, "Client ID of the user-assigned managed identity (Key Vault, storage)."),
     "SENDGRID_BASE_URL": (False, "SendGrid API base URL; default https://api.sendgrid.com."),
     "SENDGRID_EU_BASE_URL": (
-        False, "Base URL for destinations with region 'eu'; default SENDGRID_BASE_URL when that is set (tests, "
-               "the simulator), else https://api.eu.sendgrid.com."),
+        False, "Base URL for destinations with region 'eu'; default https://api.eu.sendgrid.com, or "
+               "SENDGRID_BASE_URL when that names another host than SendGrid's global API (the simulator)."),
     "ERASURE_KEY_SECRET": (
         False, "Key Vault secret NAME holding the key of the do-not-export set's HMAC digests; default "
                "erasure-hmac-key (locally without KEY_VAULT_URL: LOCAL_DEV_SENDGRID_API_KEY)."),
@@ -56,6 +56,15 @@ APP_SETTINGS: dict[str, tuple[bool, str]] = {
 DEFAULT_SENDGRID_BASE_URL = "https://api.sendgrid.com"
 EU_SENDGRID_BASE_URL = "https://api.eu.sendgrid.com"
 DEFAULT_ERASURE_KEY_SECRET = "erasure-hmac-key"  # noqa: S105 - a secret NAME, not a value
+
+
+def _eu_base_url() -> str:
+    """SENDGRID_EU_BASE_URL; else SENDGRID_BASE_URL when it points elsewhere than SendGrid's global API (the
+    simulator serves both regions); else the EU API. The deployment sets SENDGRID_BASE_URL to the global
+    URL, and an EU subuser's key is refused there."""
+    overridden = (setting("SENDGRID_BASE_URL") or DEFAULT_SENDGRID_BASE_URL).rstrip("/")
+    default = EU_SENDGRID_BASE_URL if overridden == DEFAULT_SENDGRID_BASE_URL else overridden
+    return (setting("SENDGRID_EU_BASE_URL") or default).rstrip("/")
 
 
 def setting(name: str, default: str | None = None) -> str | None:
@@ -89,7 +98,6 @@ class AppSettings:
                                or DEFAULT_SENDGRID_BASE_URL).rstrip("/"),
             key_vault_url=setting("KEY_VAULT_URL"),
             azure_client_id=setting("AZURE_CLIENT_ID"),
-            sendgrid_eu_base_url=(setting("SENDGRID_EU_BASE_URL") or setting("SENDGRID_BASE_URL")
-                                  or EU_SENDGRID_BASE_URL).rstrip("/"),
+            sendgrid_eu_base_url=_eu_base_url(),
             erasure_key_secret=setting("ERASURE_KEY_SECRET") or DEFAULT_ERASURE_KEY_SECRET,
         )

@@ -16,6 +16,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
+from shared.errors import ExportError
+
 SET_PATH = "privacy/do-not-export.txt"
 SET_FORMAT = "segment-to-sendgrid do-not-export v1"
 _ATTEMPTS = 8
@@ -61,9 +63,10 @@ class DoNotExportStore:
     def digests(self) -> frozenset[bytes]:
         return self._read()[0]
 
-    def load(self, key: bytes) -> DoNotExport:
+    def load(self, key: Callable[[], bytes]) -> DoNotExport:
+        """What an export checks; `key` (a Key Vault read) is called only when someone was erased."""
         digests = self.digests()
-        return DoNotExport(key, digests) if digests else DoNotExport.empty()
+        return DoNotExport(key(), digests) if digests else DoNotExport.empty()
 
     def add(self, key: bytes, emails: Iterable[str]) -> int:
         """Add these normalised addresses; returns how many were not in the set yet."""
@@ -88,7 +91,7 @@ class DoNotExportStore:
                     continue  # another writer came first: apply the change to its version
                 raise
             return abs(len(changed) - len(digests))
-        raise RuntimeError("the do-not-export set kept changing while it was being updated; try again")
+        raise ExportError("the do-not-export set kept changing while it was being updated; try again")
 
     def _read(self) -> tuple[frozenset[bytes], str | None]:
         try:
@@ -97,7 +100,8 @@ class DoNotExportStore:
             return frozenset(), None
         lines = downloader.readall().decode().splitlines()
         if not lines or json.loads(lines[0]).get("format") != SET_FORMAT:
-            raise RuntimeError(f"{SET_PATH} is not a {SET_FORMAT} file")
+            raise ExportError(f"{SET_PATH} is not a {SET_FORMAT} file: no export runs while erased people "
+                              "cannot be told apart")
         return frozenset(bytes.fromhex(line) for line in lines[1:] if line), downloader.properties.etag
 
     def _write(self, digests: frozenset[bytes], etag: str | None) -> None:

@@ -107,24 +107,23 @@ def _erase(parts: EraserParts, request: ErasureRequest, report: dict[str, Any]) 
     report["invalid"] = len(request.emails) - len(valid)
     if valid:
         parts.do_not_export.add(parts.hmac_key(), valid)
-    held: list[Lockable] = []
+    held: dict[str, Lockable] = {}
     try:
-        for destination in sorted(parts.destinations, key=lambda d: d.name):
+        for destination in sorted(parts.destinations, key=lambda d: d.name):  # one order: no two erasures deadlock
             state = parts.state_for(destination)
             state.acquire(wait=parts.lock_wait)
-            held.append(state)
+            held[destination.name] = state
         found, still, refused = _delete_everywhere(parts, request, sorted(valid), report)
         found |= set(request.found)
         report.update(found=len(found), still_present=len(still), deleted=len(found - still),
                       errors=len(refused), not_found=len(valid - found - refused))
-        locks = {d.name: s.ensure_lock for d, s in zip(sorted(parts.destinations, key=lambda d: d.name), held,
-                                                         strict=True)}
+        locks = {name: state.ensure_lock for name, state in held.items()}
         report["snapshot_entries_removed"] += _scrub_snapshots(parts, valid, locks)  # over every attempt
         files, rows = scrub_rejects(parts.runs, {email.strip().lower() for email in request.emails} | valid)
         report["rejects_files_rewritten"] += files
         report["rejects_rows_removed"] += rows
     finally:
-        for state in held:
+        for state in held.values():
             state.release()
     report["status"] = "completed" if not report["still_present"] else "incomplete"
     if refused:

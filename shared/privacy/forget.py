@@ -1,7 +1,9 @@
 """Forgetting a destination (`python -m shared.cli forget-destination NAME [--remove-from-list]`).
 
-Its state goes: snapshot, checkpoint, current files, the receipts of its segment files and the rejects files
-of its runs (they hold values from its segments); its reports stay (counts only). With `remove_from_list`,
+Its state goes: snapshot, checkpoint, current files, and the receipts and rejects files of its runs (found
+by their run IDs, `<name>-<stamp>-<hex>`, so also for a destination no longer configured, and never those of
+a destination whose name merely starts with this one); its reports and their run-history entries
+(`index/<name>/`) stay: counts only. With `remove_from_list`,
 first the contacts its snapshot says it exported are taken off its list: list membership only, a contact is
 never deleted (other lists or destinations may hold it). Removing a destination from the configuration
 already stops all traffic to it; this cleans up after it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -24,7 +27,7 @@ from shared.state.sync_state import SyncState
 def forget_destination(runs: RunStore, name: str, destination: Destination | None, state: SyncState,
                        client: SendGridClient | None, *, lock_wait: float = 300.0) -> dict[str, Any]:
     """Remove the destination's state (under its lock); `client`: also take its contacts off its list.
-    `destination` None: one no longer configured (its receipts, found by its segment prefixes, then stay)."""
+    `destination` None: one no longer configured (its list cannot be emptied then)."""
     container = runs.container
     counts: dict[str, Any] = {"destination": name, "removed_from_list": 0, "not_found": 0,
                               "state_blobs_deleted": 0, "receipts_deleted": 0, "rejects_files_deleted": 0}
@@ -44,10 +47,12 @@ def forget_destination(runs: RunStore, name: str, destination: Destination | Non
                 state.ensure_lock()
                 container.delete_blob(blob.name)
                 counts["state_blobs_deleted"] += 1
-        counts["receipts_deleted"] = _delete_receipts(runs, destination) if destination is not None else 0
+        run_of_it = _run_ids(name)
+        counts["receipts_deleted"] = _delete_receipts(runs, run_of_it)
         for blob in list(container.list_blobs(name_starts_with=f"rejects/{name}-")):
-            container.delete_blob(blob.name)
-            counts["rejects_files_deleted"] += 1
+            if run_of_it.fullmatch(blob.name.removeprefix("rejects/").removesuffix(".csv")):
+                container.delete_blob(blob.name)
+                counts["rejects_files_deleted"] += 1
     finally:
         state.release()
     with contextlib.suppress(ResourceNotFoundError):
@@ -63,16 +68,21 @@ def _snapshot_emails(container: Any, name: str) -> list[str]:
     return [line.rsplit(" ", 1)[-1] for line in text.splitlines()[1:] if line]
 
 
-def _delete_receipts(runs: RunStore, destination: Destination) -> int:
-    """Receipts of files under the destination's segment prefixes (their next upload is exported afresh)."""
+def _run_ids(name: str) -> re.Pattern[str]:
+    """The run IDs of this destination (shared.service.common.new_run_id; older ones without milliseconds)."""
+    return re.compile(re.escape(name) + r"-\d{8}T\d{6}(\d{3})?Z-[0-9a-f]+")
+
+
+def _delete_receipts(runs: RunStore, run_of_it: re.Pattern[str]) -> int:
+    """Receipts its runs claimed (that version of a file is exported afresh when its event comes again); the
+    receipt of a file several destinations share is per destination, so the others' stay."""
     deleted = 0
     for blob in list(runs.container.list_blobs(name_starts_with="receipts/")):
         try:
             receipt = json.loads(runs.container.download_blob(blob.name).readall())
         except (ResourceNotFoundError, ValueError):
             continue
-        name = str(receipt.get("blob", ""))
-        if any(name.startswith(prefix) for prefix in destination.segments):
+        if run_of_it.fullmatch(str(receipt.get("run_id", ""))):
             with contextlib.suppress(ResourceNotFoundError):
                 runs.container.delete_blob(blob.name)
                 deleted += 1

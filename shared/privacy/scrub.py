@@ -69,7 +69,7 @@ def mentions(value: str, erased: Set[str]) -> bool:
 
 
 def scrub_rejects(runs: RunStore, erased: Set[str]) -> tuple[int, int]:
-    """Remove every rejects-file row whose value holds an erased address: (files changed, rows removed).
+    """Remove every rejects-file row with a cell holding an erased address: (files changed, rows removed).
     A file left without rows is deleted. `erased` holds the addresses as given (lower-cased) and normalised."""
     container = runs.container
     files = rows_removed = 0
@@ -92,7 +92,7 @@ def _scrub_one(runs: RunStore, name: str, erased: Set[str]) -> int:
         next(reader, None)  # the header
         removed = 0
         for row in reader:
-            if len(row) >= 5 and mentions(row[4], erased):
+            if any(mentions(cell, erased) for cell in row):  # the value, or a file name holding the address
                 removed += 1
                 continue
             source, number, field, reason, value = (row + [""] * 5)[:5]

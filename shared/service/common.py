@@ -18,11 +18,15 @@ BAD_BLOB = re.compile(r"(^/)|(\\)|(^|/)\.\.?(/|$)|://|^[a-z]+:|[\x00-\x1f]")
 
 
 def config_digest(destination: Destination) -> str:
-    """What decides the bytes sent for a profile (how the file is read, how it is mapped): a change makes the
-    next export a full one, and never resumes a checkpoint of the old reading."""
+    """What decides the bytes sent for a profile (how the file is read, how it is mapped) and where they go: a
+    change makes the next export a full one, and never resumes a checkpoint of the old reading. `region` is
+    another SendGrid account (whose contacts the snapshot does not describe); it counts only when not the
+    default, so destinations configured before regions existed keep their digest."""
     relevant = destination.model_dump(include={"list_id", "field_mapping", "length_policy", "empty_values",
                                                "file_format"},
                                       mode="json")
+    if destination.region != "global":
+        relevant["region"] = destination.region
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

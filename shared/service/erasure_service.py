@@ -52,9 +52,7 @@ def _hmac_key(service: ExportService) -> bytes:
 
 def load_suppression(service: ExportService) -> DoNotExport:
     """The set an export checks; the key is read only when someone was erased (else no Key Vault call)."""
-    store = DoNotExportStore(service.runs.container)
-    digests = store.digests()
-    return DoNotExport(_hmac_key(service), digests) if digests else DoNotExport.empty()
+    return DoNotExportStore(service.runs.container).load(lambda: _hmac_key(service))
 
 
 def suppression_from_environment(keys: ApiKeyProvider) -> DoNotExport:
@@ -88,14 +86,15 @@ def _parts(service: ExportService, *, answering: bool = False) -> EraserParts:
                        poll_interval=ERASURE_TIMINGS["poll_interval"])
 
 
-def submit_erasure(service: ExportService, body: Any) -> dict[str, Any]:
-    """POST /api/erasures: store the request (InvalidErasureRequest when it is not one), then run it."""
+def submit_erasure(service: ExportService, body: Any, *, answering: bool = True) -> dict[str, Any]:
+    """POST /api/erasures (`answering`: the shorter waits) or `cli erase`: store the request
+    (InvalidErasureRequest when it is not one), then run it."""
     emails, reference = parse_body(body)
     request = ErasureRequest(new_erasure_id(), reference, emails, "http")
     store = ErasureStore(service.runs.container)
     store.save_request(request)
     store.save_report(blank_report(request))
-    return run_erasure(_parts(service, answering=True), request.id) or blank_report(request)
+    return run_erasure(_parts(service, answering=answering), request.id) or blank_report(request)
 
 
 def handle_erasure_file(service: ExportService, blob_name: str) -> dict[str, Any] | None:

@@ -175,38 +175,38 @@ class ExportService:
         client: SendGridClient | None = None
         sync: SyncState | None = None
         files: list[SegmentFile] = []
-        try:
-            if not dry_run:
-                sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
-                                 list_id=destination.list_id_str)
-                sync.acquire(wait=lock_wait)
-            files = self._files_of_run(destination, blob_name)  # under the lock: no run changes them now
-            options.suppression = load_suppression(self)  # under the lock too: an erasure adds before it locks
-            if triggered_by is not None and triggered_by not in {f.name for f in files}:
-                newer = [f.name for f in files if f.segment == destination.segment_for(triggered_by)]
-                raise SupersededFile(f"{destination.name} already has a newer file for this segment "
-                                     f"({', '.join(str(n) for n in newer) or 'another file'})")
-            if sync is not None:
-                sync.load(source_id="\n".join(f.identity for f in files), full=full)
-            if not dry_run or destination.field_mapping.custom_fields:
-                client = self.client_for(destination)
-            result = export_segments(destination, source, files, client, run_id=run_id, options=options, sync=sync)
-            if sync is not None and result.report.status in ("succeeded", "partial"):
-                with contextlib.suppress(AzureError, LockLost):  # informational: what the list now reflects
-                    sync.record_sources(files)
-        except (DestinationBusy, ExportError) as exc:
-            where = describe_sources(source, files) if files else blob_name or "(current segment files)"
-            result = ExportResult(self._stopped_report(destination, run_id, where, exc, dry_run=dry_run))
-        finally:
-            if client is not None:
-                client.close()
-            if sync is not None:
-                sync.release()
-        if dry_run and not destination.has_consent:
-            result.report.notes.append("this destination has no recorded consent: a real run would be refused "
-                                       "until its 'consent' says who agreed to the data-privacy terms")
-        log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
-        self._persist(result, run)
+        with contextlib.ExitStack() as unlock:  # the lock is held until the report is stored
+            try:
+                if not dry_run:
+                    sync = SyncState(self.runs.container, destination.name, config_digest=config_digest(destination),
+                                     list_id=destination.list_id_str)
+                    unlock.callback(sync.release)  # after _persist: an erasure waiting finds this run's rejects
+                    sync.acquire(wait=lock_wait)
+                files = self._files_of_run(destination, blob_name)  # under the lock: no run changes them now
+                options.suppression = load_suppression(self)  # under the lock too: an erasure adds before it locks
+                if triggered_by is not None and triggered_by not in {f.name for f in files}:
+                    newer = [f.name for f in files if f.segment == destination.segment_for(triggered_by)]
+                    raise SupersededFile(f"{destination.name} already has a newer file for this segment "
+                                         f"({', '.join(str(n) for n in newer) or 'another file'})")
+                if sync is not None:
+                    sync.load(source_id="\n".join(f.identity for f in files), full=full)
+                if not dry_run or destination.field_mapping.custom_fields:
+                    client = self.client_for(destination)
+                result = export_segments(destination, source, files, client, run_id=run_id, options=options, sync=sync)
+                if sync is not None and result.report.status in ("succeeded", "partial"):
+                    with contextlib.suppress(AzureError, LockLost):  # informational: what the list now reflects
+                        sync.record_sources(files)
+            except (DestinationBusy, ExportError) as exc:
+                where = describe_sources(source, files) if files else blob_name or "(current segment files)"
+                result = ExportResult(self._stopped_report(destination, run_id, where, exc, dry_run=dry_run))
+            finally:
+                if client is not None:
+                    client.close()
+            if dry_run and not destination.has_consent:
+                result.report.notes.append("this destination has no recorded consent: a real run would be refused "
+                                           "until its 'consent' says who agreed to the data-privacy terms")
+            log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
+            self._persist(result, run)
         return result
 
     def _files_of_run(self, destination: Destination, blob_name: str | None) -> list[SegmentFile]:

@@ -20,8 +20,9 @@ from shared.state.run_index import BadToken, RunsPage
 if TYPE_CHECKING:
     from shared.service.export_service import ExportService
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_REJECTS_BYTES", "BadToken", "Rejects", "RunsPage", "destinations",
-           "open_rejects", "parse_limit", "runs"]
+# Destination, BadToken and RunsPage are re-exported: the HTTP functions import shared.service only.
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_REJECTS_BYTES", "BadToken", "Destination", "Rejects", "RunsPage",
+           "destinations", "open_rejects", "parse_limit", "runs"]
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

@@ -13,6 +13,7 @@ an unchanged refresh re-reads nothing.
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import os
@@ -38,8 +39,13 @@ class Spool:
         self._known = _EmailFile(directory)  # the emails of the unchanged rows
         self.keys = array("q")  # email_key per contact
         self.fingerprints = array("q")  # source fingerprint per contact (shared.state.keys), 0 without a snapshot
-        self.sources = array("I")  # index into source_names (a CDM folder may have many partitions)
-        self.rows = array("I")  # row numbers (up to 4,294,967,295 rows a file)
+        # Where each contact came from, as runs of consecutive rows of one source (a run breaks at a rejected
+        # row or a new source): the position each run starts at, its source (an index into source_names: a
+        # CDM folder may have many partitions) and its first row number. A clean file is one run.
+        self._run_starts = array("I")
+        self._run_sources = array("I")
+        self._run_rows = array("I")
+        self._next_row = -1  # the row that continues the current run
         self.unchanged = bytearray()  # 1 per position whose row is unchanged (not mapped, not in `contacts()`)
         self._offsets = array("Q")  # where each contact's line starts in its file (the spool's or `_known`'s)
         # The position of each line of the spool file; None while every row was mapped (line == position),
@@ -65,8 +71,9 @@ class Spool:
         # email_key(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
         self.fingerprints.append(fingerprint)
-        self.sources.append(self._last_index)
-        self.rows.append(row)
+        if row != self._next_row:
+            self._new_run(row)
+        self._next_row = row + 1
         self.unchanged.append(0)
         self._offsets.append(self._end)
         self._end += len(body) + 1
@@ -83,8 +90,9 @@ class Spool:
             self._mapped = array("I", range(len(self.keys)))
         self.keys.append(key)
         self.fingerprints.append(fingerprint)
-        self.sources.append(self._last_index)
-        self.rows.append(row)
+        if row != self._next_row:
+            self._new_run(row)
+        self._next_row = row + 1
         self.unchanged.append(1)
         self._offsets.append(self._known.add(email))
 
@@ -94,6 +102,12 @@ class Spool:
             index = self._source_index[source] = len(self.source_names)
             self.source_names.append(source)
         self._last_source, self._last_index = source, index
+        self._next_row = -1
+
+    def _new_run(self, row: int) -> None:
+        self._run_starts.append(len(self.keys) - 1)  # the contact being added
+        self._run_sources.append(self._last_index)
+        self._run_rows.append(row)
 
     def _write(self) -> None:
         """Write the contacts added since the last write, and flush, so the file can be read back."""
@@ -104,7 +118,9 @@ class Spool:
         self._file.flush()
 
     def where(self, index: int) -> tuple[str, int]:
-        return self.source_names[self.sources[index]], self.rows[index]
+        """(source, row number) of the contact at this position."""
+        run = bisect.bisect_right(self._run_starts, index) - 1
+        return self.source_names[self._run_sources[run]], self._run_rows[run] + index - self._run_starts[run]
 
     def email_at(self, index: int) -> str:
         """Read one contact's email back from the spool: a read at its offset, which leaves the file's
