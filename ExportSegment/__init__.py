@@ -35,6 +35,8 @@ log = logging.getLogger("ExportSegment")
 # `export-requests-poison`, so the last attempt must leave a final status behind (not `queued` for ever).
 MAX_DEQUEUE_COUNT = 5
 RUN_ID = re.compile(r"[A-Za-z0-9-]{1,120}")  # new_run_id: <destination>-<YYYYMMDDTHHMMSSmmmZ>-<hex>
+# For answers holding personal data (a preview's contacts, the rejects CSV): not kept by a browser or a proxy.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 # The segments live in the account the platforms write to (SEGMENTS_STORAGE), not the app's own.
@@ -92,7 +94,8 @@ def start_export(req: func.HttpRequest, queued: func.Out[str]) -> func.HttpRespo
         payload = result.report.to_dict()
         payload["preview"] = [json.loads(contact) for contact in result.preview]
         status = 200 if result.report.status == "dry_run" else 422
-        return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json")
+        return func.HttpResponse(json.dumps(payload), status_code=status, mimetype="application/json",
+                                 headers=NO_STORE)
     # Without a blob the message names none: the run reads the segments' current files when it starts, so a
     # message the queue delivers late never exports older files over newer ones.
     service.mark_queued(destination, blob_name, run_id, dry_run=False, trigger="http", full=full)

@@ -14,14 +14,11 @@ from typing import Any
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
-from ExportSegment import _error, _service, _service_and_destination, _service_and_run_id
+from ExportSegment import NO_STORE, _error, _service, _service_and_destination, _service_and_run_id
 from shared.service import history
 
 bp = func.Blueprint()
 log = logging.getLogger("ExportSegment.operate")
-
-# Personal data must not linger in a browser's or a proxy's cache.
-NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 @bp.function_name("ListDestinations")

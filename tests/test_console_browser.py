@@ -282,6 +282,11 @@ def test_every_view_fits_a_phone_width_screen(browser: Any, served: Served) -> N
         page.goto(f"{served.server.console_url}#/destinations/{DESTINATION}")
         playwright_api.expect(page.locator("#history")).to_be_visible()
         assert no_horizontal_overflow(page)
+        # The chart scrolls inside its box: it opens on the newest run (drawn last, on the right), not on
+        # the empty slots of older runs.
+        box = page.locator(".chart-box").bounding_box()
+        newest = page.locator("svg.chart g.bar").last.bounding_box()
+        assert box and newest and box["x"] <= newest["x"] and newest["x"] + newest["width"] <= box["x"] + box["width"]
         shot(page, "08-history-375")
         page.goto(f"{served.server.console_url}#/runs/{served.first_run}")
         playwright_api.expect(page.locator("#accounting")).to_be_visible()

@@ -54,6 +54,7 @@ def runs_page(name: str, query: str = "") -> dict[str, Any]:
 def dry_run(blob: str = "vip/segment.csv") -> str:
     result = http("POST", "destinations/vip-customers/exports", {"dry_run": True, "blob": blob})
     assert result.status == 200
+    assert result.response.headers.get("Cache-Control") == "no-store"  # it holds the mapped contacts
     run_id: str = result.json()["run_id"]
     return run_id
 

@@ -84,7 +84,7 @@ def test_a_change_of_what_decides_the_contact_sends_every_row_again(env: Env, ch
 
 
 def test_a_new_version_of_the_rules_sends_every_row_again(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Not in the destination's config digest: only the fingerprints' seed tells the rules changed.
+    # config_digest reads the version once, at import: here only the fingerprints' seed sees the change.
     rows = profiles(10)
     env.export(env.upload(rows), destination(mode="mirror"))
     monkeypatch.setattr(contact_mapping, "RULES_VERSION", contact_mapping.RULES_VERSION + 1)
@@ -166,3 +166,28 @@ def test_a_snapshot_bigger_than_its_blocks_is_stored_read_and_merged_block_by_bl
     assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (4, 50, 10) and report.balanced
     again = env.export(env.upload(rows[:50] + profiles(4, prefix="new")), destination(mode="mirror"))
     assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 54, 0)
+
+
+def test_a_snapshot_read_in_small_ranges_is_read_whole(env: Env, monkeypatch: Any) -> None:
+    monkeypatch.setattr(snapshot_module, "READ_BLOCK", 64)  # a line or two a read
+    rows = profiles(30)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    report = env.export(env.upload(rows[:25]), destination(mode="mirror"))
+    assert (report.unchanged_skipped, report.removed_from_list) == (25, 5) and report.balanced
+    again = env.export(env.upload(rows[:25]), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 25, 0)
+
+
+def test_line_blocks_give_every_line_whatever_the_chunks_and_block_size(monkeypatch: Any) -> None:
+    import random
+
+    chooser = random.Random(7)
+    for _ in range(300):
+        lines = [b"header"] + [bytes(chooser.choice(b"ab 1") for _ in range(chooser.randint(1, 30)))
+                               for _ in range(chooser.randint(0, 50))]
+        blob = b"\n".join(lines) + b"\n"
+        cuts = sorted(chooser.sample(range(1, len(blob)), min(len(blob) - 1, chooser.randint(0, 8))))
+        chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+        monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", chooser.randint(1, 40))
+        blocks = list(snapshot_lines.line_blocks(iter(chunks)))
+        assert [blocks[0], *(line for block in blocks[1:] for line in block.split(b"\n"))] == lines

@@ -118,7 +118,7 @@ def _read_file(
                     at = position(key)
                     if at >= 0 and trusted is not None and trusted[at] == fp:  # as the list holds it: not mapped
                         seen[at] = 1
-                        add_unchanged(origin, row, address, key, fp)
+                        add_unchanged(origin, row, address, key)
                         continue
             mapped = map_values(values)
             if erased is not None and _erased(mapped, values, erased):

@@ -63,10 +63,10 @@ def _save_snapshot(run: Run, sync: SyncState, removed_ok: set[int]) -> bool:
     """Advance the snapshot by what SendGrid confirmed (the contacts of completed import jobs; the unchanged
     ones keep their entries, as do those of jobs not completed); False when the lock was lost meanwhile."""
     spool, outcome_of = run.spool, run.outcome_of
-    keys, fingerprints, exported = spool.keys, spool.fingerprints, Outcome.EXPORTED
+    keys, exported = spool.keys, Outcome.EXPORTED
     mirror = run.destination.mode == "mirror"
     try:
-        sync.write_snapshot(((keys[index], fingerprints[index], email) for index, email in spool.emails()
+        sync.write_snapshot(((keys[index], fp, email) for index, fp, email in spool.emails()
                              if outcome_of[index] == exported), dropped=removed_ok if mirror else set())
         sync.clear_checkpoint()
     except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now

@@ -108,10 +108,11 @@ def _erase(parts: EraserParts, request: ErasureRequest, report: dict[str, Any]) 
     if valid:
         parts.do_not_export.add(parts.hmac_key(), valid)
     held: dict[str, Lockable] = {}
+    deadline = time.monotonic() + parts.lock_wait  # for all the locks: an HTTP request must answer in time
     try:
         for destination in sorted(parts.destinations, key=lambda d: d.name):  # one order: no two erasures deadlock
             state = parts.state_for(destination)
-            state.acquire(wait=parts.lock_wait)
+            state.acquire(wait=max(0.0, deadline - time.monotonic()))
             held[destination.name] = state
         found, still, refused = _delete_everywhere(parts, request, sorted(valid), report)
         found |= set(request.found)

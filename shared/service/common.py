@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from shared.config.destinations import Destination
 from shared.errors import ExportError
+from shared.mapping.contact_mapping import RULES_VERSION
 from shared.pipeline.report import RunReport
 
 EXPORT_QUEUE = "export-requests"  # on-demand and scheduled exports, run by the queue-triggered function
@@ -27,6 +28,8 @@ def config_digest(destination: Destination) -> str:
                                       mode="json")
     if destination.region != "global":
         relevant["region"] = destination.region
+    if RULES_VERSION != 1:  # new mapping rules: never resume a checkpoint of batches built by the old ones
+        relevant["rules"] = RULES_VERSION
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,7 +6,7 @@ disk (not in memory) makes memory grow with one batch, not with the file; re-rea
 fraction of re-parsing the source file.
 
 A row known unchanged (its source fingerprint is the snapshot's, see shared.pipeline.read) is never mapped:
-it takes a position like any contact (key, fingerprint, where it came from) but only its email is kept, in a
+it takes a position like any contact (its key, where it came from) but only its email is kept, in a
 second file, so the duplicates check can still compare real emails. `contacts()` yields the mapped ones only:
 an unchanged refresh re-reads nothing.
 """
@@ -38,7 +38,9 @@ class Spool:
         self._file: BinaryIO = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
         self._known = _EmailFile(directory)  # the emails of the unchanged rows
         self.keys = array("q")  # email_key per contact
-        self.fingerprints = array("q")  # source fingerprint per contact (shared.state.keys), 0 without a snapshot
+        # The source fingerprint (shared.state.keys; 0 in a run without state) of each mapped contact, by its
+        # line in the spool file: an unchanged row's is the snapshot's already, and is not kept again.
+        self._fingerprints = array("q")
         # Where each contact came from, as runs of consecutive rows of one source (a run breaks at a rejected
         # row or a new source): the position each run starts at, its source (an index into source_names: a
         # CDM folder may have many partitions) and its first row number. A clean file is one run.
@@ -70,7 +72,7 @@ class Spool:
             self._mapped.append(len(self.keys))
         # email_key(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
-        self.fingerprints.append(fingerprint)
+        self._fingerprints.append(fingerprint)
         if row != self._next_row:
             self._new_run(row)
         self._next_row = row + 1
@@ -82,14 +84,13 @@ class Spool:
         if len(unwritten) >= _WRITE_EVERY:
             self._write()
 
-    def add_unchanged(self, source: str, row: int, email: bytes, key: int, fingerprint: int) -> None:
-        """A row whose contact the list holds as it is: its key, fingerprint and (UTF-8) email only."""
+    def add_unchanged(self, source: str, row: int, email: bytes, key: int) -> None:
+        """A row whose contact the list holds as it is: its key and (UTF-8) email only."""
         if source is not self._last_source:
             self._switch_source(source)
         if self._mapped is None:
             self._mapped = array("I", range(len(self.keys)))
         self.keys.append(key)
-        self.fingerprints.append(fingerprint)
         if row != self._next_row:
             self._new_run(row)
         self._next_row = row + 1
@@ -139,10 +140,12 @@ class Spool:
         for number, line in enumerate(self._file):
             yield number if mapped is None else mapped[number], line[:-1]
 
-    def emails(self) -> Iterator[tuple[int, bytes]]:
-        """(index, UTF-8 email) of the mapped contacts, in file order: one sequential read of the spool."""
-        for index, body in self.contacts():
-            yield index, _email_of(body)
+    def emails(self) -> Iterator[tuple[int, int, bytes]]:
+        """(index, source fingerprint, UTF-8 email) of the mapped contacts, in file order: one sequential read
+        of the spool."""
+        fingerprints = self._fingerprints
+        for number, (index, body) in enumerate(self.contacts()):
+            yield index, fingerprints[number], _email_of(body)
 
     def superseded(self) -> set[int]:
         """Indices of contacts whose email appears again later in the file (last row wins).

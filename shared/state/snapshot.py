@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
@@ -42,6 +43,7 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
 UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
+READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
 _INDEX_BITS_MAX = 16  # bucket index: up to 65,536 buckets, about 16 keys each
 
 
@@ -124,6 +126,7 @@ class SnapshotStore:
         self._path = f"state/{destination}/snapshot.txt"
         self.ensure_lock = ensure_lock
         self.snapshot: Snapshot | None = None
+        self._read_etag: str | None = None
 
     def load(self) -> Snapshot | None:
         self.snapshot = self._load_snapshot()
@@ -131,10 +134,11 @@ class SnapshotStore:
 
     def _load_snapshot(self, upgraded: bool = False) -> Snapshot | None:
         try:
-            stream = self._container.download_blob(self._path)
+            chunks = self._chunks()
+            first = next(chunks)
         except ResourceNotFoundError:
             return None
-        blocks = line_blocks(stream.chunks())
+        blocks = line_blocks(itertools.chain([first], chunks))
         header = json.loads(next(blocks, b"{}"))
         if header.get("format") == V1_FORMAT and not upgraded:
             self._upgrade_v1()
@@ -153,7 +157,7 @@ class SnapshotStore:
         keys, fingerprints = array("q"), array("q")
         for block in blocks:
             parse_block(block, keys, fingerprints)
-        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=stream.properties.etag)
+        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
         """Emails of the snapshot entries at these positions (contacts that left the segment)."""
@@ -162,7 +166,7 @@ class SnapshotStore:
         found: dict[int, str] = {}
         wanted = sorted(positions)
         first = 0  # the position of the block's first line
-        blocks = line_blocks(self._container.download_blob(self._path).chunks())
+        blocks = line_blocks(self._chunks())
         next(blocks, None)
         for block in blocks:
             lines = block.split(b"\n")
@@ -219,11 +223,27 @@ class SnapshotStore:
         """The previous snapshot's lines, as read at load (a changed blob fails the download: not merged)."""
         if self.snapshot is None:
             return iter(())
-        etag = self.snapshot.etag
-        blocks = line_blocks(self._container.download_blob(
-            self._path, etag=etag, match_condition=MatchConditions.IfNotModified if etag else None).chunks())
+        blocks = line_blocks(self._chunks(self.snapshot.etag))
         next(blocks, None)
         return blocks
+
+    def _chunks(self, etag: str | None = None) -> Iterator[bytes]:
+        """The stored snapshot in ranges of READ_BLOCK bytes, each pinned to the first one's ETag (or to
+        `etag`): a blob changed meanwhile fails the read instead of mixing versions. The SDK's own 4 MB
+        chunks leave ~15 MB of freed memory behind at a million contacts; smaller ranges cost ~0.1 s more."""
+        offset, size = 0, None
+        while size is None or offset < size:
+            pinned: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+            stream = self._container.download_blob(self._path, offset=offset, length=READ_BLOCK, **pinned)
+            if size is None:  # the blob's whole size, from "bytes 0-1048575/<size>"
+                content_range = stream.properties.content_range or ""
+                size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else stream.size
+                etag = self._read_etag = stream.properties.etag
+            data = stream.readall()
+            if not data:
+                return
+            offset += len(data)
+            yield data
 
     def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:
         """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes: the SDK would read a stream of

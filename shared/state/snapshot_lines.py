@@ -20,29 +20,40 @@ BLOCK_BYTES = 1 << 20  # bytes of lines parsed or copied at a time
 
 def line_blocks(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """The blob as blocks of whole lines (no trailing newline) of about BLOCK_BYTES: the header line first,
-    alone. Small blocks keep the lines split from one (a bytes object each) a few megabytes."""
+    alone. Small blocks keep the lines split from one (a bytes object each) a few megabytes; a chunk is cut
+    where it lies, only the line across two chunks is joined."""
     rest = b""
     header = True
     for chunk in chunks:
-        data = rest + chunk if rest else chunk
         start = 0
-        if header:
-            end = data.find(b"\n")
+        if rest:
+            end = chunk.find(b"\n")
             if end < 0:
-                rest = data
+                rest += chunk
                 continue
-            yield data[:end]
+            line, rest, start = rest + chunk[:end], b"", end + 1
+            if header:
+                header = False
+                yield line
+            elif line:
+                yield line
+        if header:
+            end = chunk.find(b"\n")
+            if end < 0:
+                rest = chunk
+                continue
+            yield chunk[:end]
             header, start = False, end + 1
         while True:
-            cut = data.rfind(b"\n", start, start + BLOCK_BYTES)
+            cut = chunk.rfind(b"\n", start, start + BLOCK_BYTES)
             if cut < 0:
-                cut = data.find(b"\n", start + BLOCK_BYTES)  # a line longer than a block
+                cut = chunk.find(b"\n", start + BLOCK_BYTES)  # a line longer than a block
                 if cut < 0:
                     break
             if cut > start:
-                yield data[start:cut]
+                yield chunk[start:cut]
             start = cut + 1
-        rest = data[start:]
+        rest = chunk[start:]
     if rest:
         yield rest
 
