@@ -39,7 +39,7 @@ from tests.sendgrid_fixture import running_simulator
 try:
     from playwright import sync_api as playwright_api
 except ImportError:  # CI installs requirements-dev.txt: there a missing Playwright is a failure, not a skip
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or os.environ.get("REQUIRE_BROWSER"):
         raise
     pytest.skip("playwright is not installed (requirements-dev.txt)", allow_module_level=True)
 
@@ -68,7 +68,7 @@ class Served:
 def served(azurite: Azurite) -> Iterator[Served]:
     if not CHROMIUM.exists():
         message = "Debian's chromium is not installed (scripts/setup.sh installs it as root)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("REQUIRE_BROWSER"):
             pytest.fail(message)
         pytest.skip(message)
     config_text = SAMPLE_CONFIG.read_text(encoding="utf-8")

@@ -20,14 +20,17 @@ from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
+from shared.pipeline.engine import ExportOptions
 from shared.service import telemetry
 from tests.test_functions import (
     DESTINATIONS,
+    FAST,
     Env,
     csv_bytes,
     emails,
     env,
     fire_blob_trigger,
+    fire_timer,
     http,
     person,
     run_queue_message,
@@ -130,6 +133,23 @@ def test_a_queued_run_that_fails_emits_one_failed_record(env: Env) -> None:
     assert (record["run_id"], record["status"], record["destination"]) == (
         started.json()["run_id"], "failed", "vip-customers")
     assert record["triggered_by"] == "http" and record["exported"] == 0
+
+
+def test_a_partial_run_whose_jobs_settle_later_emits_its_final_status(env: Env) -> None:
+    """The stale-destination alert looks for `succeeded` records: a run that ended `partial` only because its
+    import jobs were still pending must say so again when the timer settles them, or the alert fires falsely."""
+    service = env.install(options=ExportOptions(poll_interval=0.02, poll_timeout=0.1))
+    env.sim.job_delay = 1.5  # the import job outlives the run's polling
+    with captured_run_records() as exporter:
+        fire_blob_trigger(env.segments.container_name, env.upload("vip/segment.csv", csv_bytes([person(1)])))
+        (report,) = env.reports()
+        assert env.sim.wait_for_jobs(10)
+        env.sim.job_delay = 0.0
+        service.options = FAST
+        fire_timer(past_due=False)  # settles the pending run, then refreshes every destination
+    statuses = [(r["run_id"], r["status"], r["pending"]) for r in run_records(exporter)
+                if r["run_id"] == report["run_id"]]
+    assert statuses == [(report["run_id"], "partial", 1), (report["run_id"], "succeeded", 0)]
 
 
 def test_a_refused_run_and_a_dry_run_each_emit_their_status(env: Env) -> None:

@@ -15,6 +15,7 @@ from shared.pipeline.report import settle_stored_batch
 from shared.sendgrid.client import ImportJob, SendGridClient
 from shared.sendgrid.errors import NotFound, SendGridError
 from shared.service.common import new_run_id
+from shared.service.telemetry import emit_run
 
 if TYPE_CHECKING:
     from shared.service.export_service import ExportService
@@ -86,6 +87,7 @@ def settle_pending(service: ExportService, run_id: str) -> dict[str, Any] | None
     settled = service.runs.update_report(run_id, settle)
     if settled is not None and settled["pending"] <= 0:
         service.runs.clear_pending(run_id)
+        emit_run(settled)  # the run's final word: a `partial` that settled to `succeeded` must not look stale
     return settled
 
 
