@@ -301,3 +301,30 @@ def test_an_erasure_waits_for_the_rejects_file_of_an_export_that_read_the_person
     (again,) = erasure_service.resume_erasures(service)
     assert again["status"] == "completed"
     assert_forgotten(env)
+
+
+def test_a_dry_run_that_read_the_person_before_an_erasure_does_not_keep_them_in_its_rejects_file(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run takes no lock, so an erasure can scrub before the dry run stores its rejects file: the dry run
+    reads the do-not-export set again after storing the file, and drops the file when someone was erased."""
+    service = export_everyone(env)
+    upload = RunStore.upload_rejects
+    meanwhile: list[dict[str, Any]] = []
+
+    def erase_first(self: RunStore, run_id: str, rejects: Any) -> str | None:
+        if not meanwhile:  # the dry run has read the person; its rejects file is not stored yet
+            meanwhile.append(erasure_service.submit_erasure(service, {"emails": [ERASED]}, answering=False))
+        return upload(self, run_id, rejects)
+
+    monkeypatch.setattr(RunStore, "upload_rejects", erase_first)
+    bad = ["CI-8", f"Erased Person <{ERASED}>", "Bad", "Row", "France"]
+    env.upload("vip/segment-6.csv", csv_bytes([person(1, "vip"), bad]))
+    answer = http("POST", "destinations/vip-customers/exports", {"dry_run": True})
+    monkeypatch.setattr(RunStore, "upload_rejects", upload)
+    assert meanwhile and meanwhile[0]["status"] == "completed"  # nothing locked: it scrubbed before the file
+    assert answer.status == 200
+    report = answer.json()
+    stored = env.report(report["run_id"])
+    assert report["rejected_count"] == 1 and stored["rejects_blob"] is None
+    assert any("erased" in note for note in stored["notes"])
+    assert_forgotten(env)

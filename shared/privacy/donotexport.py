@@ -50,6 +50,10 @@ class DoNotExport:
     def __contains__(self, email: object) -> bool:
         return isinstance(email, str) and hmac.digest(self._key, email.encode(), "sha256") in self._digests
 
+    def holds_exactly(self, digests: frozenset[bytes]) -> bool:
+        """Whether the stored set is still the one this run checked (see erasure_service.unless_erased_since)."""
+        return self._digests == digests
+
     def __repr__(self) -> str:  # never the key
         return f"DoNotExport({len(self._digests)} digests)"
 

@@ -18,6 +18,7 @@ from shared.config.settings import AppSettings
 from shared.config.storage import blob_service_from_settings
 from shared.errors import ConfigurationError, ExportError
 from shared.mapping.email_rules import normalise_email
+from shared.pipeline.result import Suppression
 from shared.privacy.donotexport import DoNotExport, DoNotExportStore
 from shared.privacy.erasure import EraserParts, blank_report, run_erasure
 from shared.privacy.forget import forget_destination as forget
@@ -53,6 +54,20 @@ def _hmac_key(service: ExportService) -> bytes:
 def load_suppression(service: ExportService) -> DoNotExport:
     """The set an export checks; the key is read only when someone was erased (else no Key Vault call)."""
     return DoNotExportStore(service.runs.container).load(lambda: _hmac_key(service))
+
+
+def unless_erased_since(service: ExportService, rejects: str | None, checked: Suppression | None,
+                        notes: list[str]) -> str | None:
+    """The stored rejects file of a run, deleted if someone was erased after the run read `checked` (a dry run:
+    it holds no lock, so an erasure may scrub before the file is stored). The file is stored first and the set
+    read after: an erasure that adds its digests later scrubs after the file exists, and finds it."""
+    if rejects is None or not isinstance(checked, DoNotExport):
+        return rejects
+    if checked.holds_exactly(DoNotExportStore(service.runs.container).digests()):
+        return rejects
+    service.runs.container.delete_blob(rejects)
+    notes.append("someone was erased while this dry run read the files: its rejects file was not kept")
+    return None
 
 
 def suppression_from_environment(keys: ApiKeyProvider) -> DoNotExport:

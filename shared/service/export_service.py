@@ -24,6 +24,7 @@ from shared.config.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
 from shared.errors import ConfigurationError, ExportError
 from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
 from shared.pipeline.report import RunReport
+from shared.pipeline.result import Suppression
 from shared.sendgrid.client import SendGridClient
 from shared.service import pending, queued, requests, telemetry, triggers
 from shared.service.common import (
@@ -35,7 +36,7 @@ from shared.service.common import (
     config_digest,
     new_run_id,
 )
-from shared.service.erasure_service import load_suppression
+from shared.service.erasure_service import load_suppression, unless_erased_since
 from shared.service.pending import PENDING_BUDGET_SECONDS
 from shared.source.segment_files import DATA_SUFFIXES, SegmentCatalog, SegmentFile, is_segment_entry
 from shared.source.sources import BlobContainerSource
@@ -206,7 +207,7 @@ class ExportService:
                 result.report.notes.append("this destination has no recorded consent: a real run would be refused "
                                            "until its 'consent' says who agreed to the data-privacy terms")
             log.info("%s", result.report.summary())  # before persisting: the counts reach the log even if storage fails
-            self._persist(result, run)
+            self._persist(result, run, checked=options.suppression if dry_run else None)
         return result
 
     def _files_of_run(self, destination: Destination, blob_name: str | None) -> list[SegmentFile]:
@@ -247,13 +248,15 @@ class ExportService:
         return RunReport(run_id=run_id, destination=destination.name, list_id=destination.list_id_str,
                          source=source, mode=destination.mode, dry_run=dry_run, status=status)
 
-    def _persist(self, result: ExportResult, run: dict[str, Any] | None = None) -> None:
+    def _persist(self, result: ExportResult, run: dict[str, Any] | None = None, *,
+                 checked: Suppression | None = None) -> None:
         """Store the report and the rejects file (uploaded from local disk), then delete the local file."""
         report = result.report
         try:
             if report.pending:
                 self.runs.mark_pending(report.run_id)
-            rejects = self.runs.upload_rejects(report.run_id, result.rejects)
+            rejects = unless_erased_since(self, self.runs.upload_rejects(report.run_id, result.rejects), checked,
+                                          report.notes)
             data = report.to_dict()
             data["rejects_blob"] = rejects
             data.update(run or {})  # how the run was started: triggered_by, full (the run history lists them)
