@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +45,17 @@ def keyvault(tmp_path: Path) -> Iterator[KeyVaultStandIn]:
 def sendgrid_sim() -> Iterator[Simulator]:
     """A started simulator that fails the test on any request not conforming to SendGrid's OpenAPI files."""
     yield from running_simulator()
+
+
+@pytest.fixture
+def leases_run_out(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to let every lease held run out, as if the run holding it had been paused past it: the locks'
+    clock jumps a lease ahead. A lock renewed moments ago is not renewed again (shared.state.lock), so a
+    lease broken by hand a moment ago would go unnoticed; expiry is what the tests mean."""
+    from shared.state import lock
+
+    def run_out() -> None:
+        clock = lock._clock
+        monkeypatch.setattr(lock, "_clock", lambda: clock() + lock.LEASE_SECONDS + 1)
+
+    return run_out

@@ -44,6 +44,7 @@ class Edges:
     sim: Simulator
     container: ContainerClient
     folder: Path
+    leases_run_out: Callable[[], None]
 
     def state(self, **kwargs: Any) -> SyncState:
         return SyncState(self.container, NAME, config_digest="cfg", list_id=SENDGRID_TEST_LIST_ID, **kwargs)
@@ -78,7 +79,8 @@ class Edges:
         return self.sim.request_counts.get(endpoint, 0)
 
     def steal_lock(self) -> SyncState:
-        """Another run takes the destination: this run's lease is broken, as if it had expired."""
+        """Another run takes the destination: this run's lease runs out and is broken, as on expiry."""
+        self.leases_run_out()
         BlobLeaseClient(self.container.get_blob_client(f"state/{NAME}/lock")).break_lease(lease_break_period=0)
         other = self.state()
         other.acquire()
@@ -86,9 +88,9 @@ class Edges:
 
 
 @pytest.fixture
-def edges(container: ContainerClient, tmp_path: Path) -> Iterator[Edges]:
+def edges(container: ContainerClient, tmp_path: Path, leases_run_out: Callable[[], None]) -> Iterator[Edges]:
     for sim in running_simulator():
-        yield Edges(sim, container, tmp_path)
+        yield Edges(sim, container, tmp_path, leases_run_out)
 
 
 def rejected(report: RunReport) -> list[tuple[int, str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -228,7 +229,8 @@ def renamed(rows: list[list[str]], first_name: str) -> list[list[str]]:
     return [[r[0], r[1], f"{first_name}{i}", *r[3:]] for i, r in enumerate(rows)]
 
 
-def test_a_run_paused_past_its_lease_sends_nothing_after_another_run_took_over(env: Env, sim: Simulator) -> None:
+def test_a_run_paused_past_its_lease_sends_nothing_after_another_run_took_over(
+        env: Env, sim: Simulator, leases_run_out: Callable[[], None]) -> None:
     env.set_destinations([destination("vip-customers", VIP_LIST, "vip/", mode="mirror")])
     people = [person(n) for n in range(1, 7)]
     small = FAST.__class__(**{**FAST.__dict__, "max_contacts_per_request": 2})
@@ -245,6 +247,7 @@ def test_a_run_paused_past_its_lease_sends_nothing_after_another_run_took_over(e
 
     def takeover() -> None:
         lock = env.runs.get_blob_client("state/vip-customers/lock")
+        leases_run_out()
         BlobLeaseClient(lock).break_lease(lease_break_period=0)  # what expiry looks like to the next run
         time.sleep(1.1)
         env.upload("vip/2026-11-03.csv", csv_bytes(latest))

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -616,13 +616,15 @@ def test_the_lease_is_renewed_while_a_run_lives(container: ContainerClient) -> N
     after.release()
 
 
-def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClient) -> None:
+def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClient,
+                                                        leases_run_out: Callable[[], None]) -> None:
     holder = SyncState(container, NAME, config_digest="c", lease_seconds=15)
     holder.acquire()
     holder.load(source_id="f", full=False)
     holder.batch_accepted(1, "job-1")
     # its lease ends without it noticing (in real life: renewals failed for longer than the lease) and
     # another run takes the lock
+    leases_run_out()
     BlobLeaseClient(container.get_blob_client(f"state/{NAME}/lock")).break_lease(lease_break_period=0)
     other = SyncState(container, NAME, config_digest="c")
     other.acquire()

@@ -20,6 +20,9 @@ from shared.config.time_budgets import LEASE_CALL_ATTEMPTS, LEASE_CALL_OPTIONS, 
 log = logging.getLogger(__name__)
 
 LOCK_POLL_SECONDS = 5.0
+# A lease renewed this recently (share of its duration) has far more left than a request to SendGrid may take
+# (CHANGE_SHARE_OF_LEASE + LEASE_MARGIN_SECONDS): renewing it again would only add a request.
+RENEWED_RECENTLY_SHARE = 0.05
 LEASE_SECONDS = 60  # Blob Storage allows 15-60 s (or infinite, which a dead run would never give back)
 
 
@@ -63,18 +66,21 @@ class DestinationLock:
         Segment files are whole snapshots, so a trigger that arrives during a run of the same destination
         is worth waiting for (its file is newer), but not for ever: DestinationBusy after `wait`.
         """
-        with contextlib.suppress(ResourceExistsError):
-            self._container.create_container()
         lock = self._container.get_blob_client(self._prefix + "lock")
-        with contextlib.suppress(ResourceExistsError):
-            lock.upload_blob(b"", overwrite=False)
         deadline = time.monotonic() + wait
+        created = False
         while True:
             try:
                 started = _clock()
                 self._lease = lock.acquire_lease(lease_duration=self.lease_seconds, **LEASE_CALL_OPTIONS)
                 self._renewed_at = started
                 break
+            except ResourceNotFoundError:  # the destination's first run: its container or lock blob is new
+                if created:
+                    raise
+                self._create_lock_blob()
+                created = True
+                continue
             except HttpResponseError as exc:
                 if exc.status_code != 409:
                     raise
@@ -86,6 +92,13 @@ class DestinationLock:
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.destination}", daemon=True)
         self._renewer.start()
+
+    def _create_lock_blob(self) -> None:
+        """Only when the lease found no blob: two requests fewer on every other run."""
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+        with contextlib.suppress(ResourceExistsError):
+            self._container.get_blob_client(self._prefix + "lock").upload_blob(b"", overwrite=False)
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
@@ -100,6 +113,11 @@ class DestinationLock:
     def ensure_lock(self) -> None:
         """Renew the lease now; LockLost if it is gone (no-op when this state was never locked).
 
+        A lease renewed within the last RENEWED_RECENTLY_SHARE of its duration (3 s of 60) is not renewed
+        again: it cannot have expired, and an unexpired lease can only be broken by hand. A run writes its
+        state in a burst of requests (snapshot blocks, checkpoint, report, source record); renewing before
+        each one doubled them.
+
         Each renewal call is short (LEASE_CALL_OPTIONS: no SDK retry, seconds-long timeouts) and tried twice,
         so a slow renewal cannot outlive the lease it renews.
         """
@@ -108,6 +126,8 @@ class DestinationLock:
                 return
             if self._lost:
                 raise LockLost(f"the lock of destination {self.destination} was lost")
+            if _clock() - self._renewed_at < self.lease_seconds * RENEWED_RECENTLY_SHARE:
+                return
             for attempt in range(1, LEASE_CALL_ATTEMPTS + 1):
                 started = _clock()
                 try:
