@@ -116,7 +116,7 @@ class DestinationLock:
         A lease renewed within the last RENEWED_RECENTLY_SHARE of its duration (3 s of 60) is not renewed
         again: it cannot have expired, and an unexpired lease can only be broken by hand. A run writes its
         state in a burst of requests (snapshot blocks, checkpoint, report, source record); renewing before
-        each one doubled them.
+        each one added 14 requests to the 49 of a 100,000-row refresh.
 
         Each renewal call is short (LEASE_CALL_OPTIONS: no SDK retry, seconds-long timeouts) and tried twice,
         so a slow renewal cannot outlive the lease it renews.
