@@ -616,6 +616,39 @@ def test_the_lease_is_renewed_while_a_run_lives(container: ContainerClient) -> N
     after.release()
 
 
+def test_a_lease_is_renewed_once_it_ages_not_before_each_write_and_its_blob_made_once(
+        blob_service: BlobServiceClient, leases_run_out: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    renewals: list[str] = []
+    renew = BlobLeaseClient.renew
+
+    def counted(self: BlobLeaseClient, **kwargs: Any) -> None:
+        renewals.append(self.id)
+        renew(self, **kwargs)
+
+    monkeypatch.setattr(BlobLeaseClient, "renew", counted)
+    container = blob_service.get_container_client(f"fresh-{uuid.uuid4().hex[:8]}")  # no container yet
+    holder = SyncState(container, NAME, config_digest="c")
+    holder.acquire()  # the lease found no blob: container and lock blob made, then the lease taken
+    try:
+        assert container.get_blob_client(f"state/{NAME}/lock").get_blob_properties().lease.state == "leased"
+        holder.load(source_id="f", full=False)
+        for batch in range(1, 4):
+            holder.batch_accepted(batch, f"job-{batch}")  # a checkpoint write each, moments after the lease
+        assert renewals == []
+        leases_run_out()  # a lease's worth of time later (Azurite's lease is still live: renewing works)
+        holder.batch_accepted(4, "job-4")
+        holder.batch_accepted(5, "job-5")
+        assert len(renewals) == 1
+        checkpoint = json.loads(container.download_blob(f"state/{NAME}/checkpoint.json").readall())
+        assert checkpoint["accepted"] == {str(b): f"job-{b}" for b in range(1, 6)}
+    finally:
+        holder.release()
+    again = SyncState(container, NAME, config_digest="c")
+    again.acquire()  # the blob is there now: taken at the first try
+    again.release()
+    container.delete_container()
+
+
 def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClient,
                                                         leases_run_out: Callable[[], None]) -> None:
     holder = SyncState(container, NAME, config_digest="c", lease_seconds=15)
