@@ -47,6 +47,7 @@ from shared.pipeline.report import RunReport
 from shared.sendgrid.client import RetryPolicy, SendGridClient
 from shared.service.export_service import ExportService
 from shared.staging.spool import email_key, fingerprint
+from shared.state.lock import DestinationLock
 from shared.state.snapshot import SNAPSHOT_FORMAT
 from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 from tests.azurite import Azurite
@@ -626,10 +627,19 @@ def test_a_lease_is_renewed_once_it_ages_not_before_each_write_and_its_blob_made
         renew(self, **kwargs)
 
     monkeypatch.setattr(BlobLeaseClient, "renew", counted)
+    created: list[str] = []
+    create = DestinationLock._create_lock_blob
+
+    def counted_create(self: DestinationLock) -> None:
+        created.append(self.destination)
+        create(self)
+
+    monkeypatch.setattr(DestinationLock, "_create_lock_blob", counted_create)
     container = blob_service.get_container_client(f"fresh-{uuid.uuid4().hex[:8]}")  # no container yet
     holder = SyncState(container, NAME, config_digest="c")
     holder.acquire()  # the lease found no blob: container and lock blob made, then the lease taken
     try:
+        assert created == [NAME]
         assert container.get_blob_client(f"state/{NAME}/lock").get_blob_properties().lease.state == "leased"
         holder.load(source_id="f", full=False)
         for batch in range(1, 4):
@@ -644,8 +654,9 @@ def test_a_lease_is_renewed_once_it_ages_not_before_each_write_and_its_blob_made
     finally:
         holder.release()
     again = SyncState(container, NAME, config_digest="c")
-    again.acquire()  # the blob is there now: taken at the first try
+    again.acquire()  # the blob is there now: nothing is created again
     again.release()
+    assert created == [NAME]
     container.delete_container()
 
 
