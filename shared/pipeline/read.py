@@ -14,10 +14,12 @@ from shared.config.destinations import Destination
 from shared.errors import ConfigurationError, SegmentFileError
 from shared.mapping.contact_mapping import ContactMapper, MappedContact, Rejection, missing_columns
 from shared.mapping.email_rules import normalise_email
+from shared.pipeline.known_lines import LineMatcher
 from shared.pipeline.report import RejectedRow, TruncatedField
 from shared.pipeline.result import ExportOptions, ExportResult, SegmentRead, Suppression
 from shared.source.readers import ReaderOptions, open_segment
 from shared.source.readers.base import KEYS_SEEN_KEPT
+from shared.source.readers.raw_lines import RawChunk
 from shared.source.segment_files import SegmentFile
 from shared.source.sources import ByteSource
 from shared.staging.spool import Spool
@@ -87,7 +89,8 @@ def _read_file(
     destination: Destination, source: ByteSource, name: str, where: str, reading: ReaderOptions,
     mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions, known: Known | None,
 ) -> None:
-    """Every row of one file into the spool: known unchanged (unmapped), mapped, or rejected."""
+    """Every row of one file into the spool: known unchanged (unmapped, see known_lines for whole lines
+    recognised as bytes), mapped, or rejected."""
     report = result.report
     with open_segment(source, name, reading) as reader:
         _check_columns(destination, where, reader.columns)
@@ -96,61 +99,85 @@ def _read_file(
         # has is a misspelled mapping, which would silently drop that field for every contact (and, for the
         # email, reject every row: mirror mode would then see everyone as gone).
         unseen = set(range(len(columns))) if reader.columns is None else set()
-        map_values, add, reject = mapper.map_values, spool.add, result.reject
-        preview = options.preview_limit if options.dry_run else 0
-        erased = options.suppression or None  # None when nobody was erased: no HMAC at all per row
-        seed, position, trusted, seen = _known_rows(known, mapper, reading)
-        add_unchanged, fp, key, at, lowered = spool.add_unchanged, 0, None, -1, ""
-        for origin, row, values, error in reader.project(columns):
-            report.rows_read += 1
-            if error is not None:
-                result.unreadable_rows += 1
-                reject(RejectedRow(origin, row, "row", error))
+        one = _row_sink(mapper, spool, result, options, known, unseen)
+        seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
+        lines = None
+        if seed is not None and reader.raw_lines and all(c in (reader.columns or ()) for c in columns):
+            lines = LineMatcher(reader, seed, columns, known.snapshot if known is not None else None)
+        for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
+            if type(item) is RawChunk:
+                assert lines is not None
+                for (origin, row, values, error), fp in lines.rows(item, spool, report):
+                    one(origin, row, values, error, fp)
                 continue
-            if unseen:
-                unseen.difference_update([i for i in unseen if values[i] is not None])
-            if seed is not None:
-                fp = source_fingerprint(values, seed)
-                if position is not None:
-                    lowered = (values[0] or "").strip().lower()
-                    address = lowered.encode("utf-8", "surrogatepass")
-                    key = xxh3(address) - SIGNED
-                    at = position(key)
-                    if at >= 0 and trusted is not None and trusted[at] == fp:  # as the list holds it: not mapped
-                        seen[at] = 1
-                        add_unchanged(origin, row, address, key)
-                        continue
-            mapped = map_values(values)
-            if erased is not None and _erased(mapped, values, erased):
-                report.suppressed += 1
-                continue
-            if type(mapped) is MappedContact:
-                if position is not None:
-                    if mapped.email != lowered:  # normalised past lower-casing: its own key
-                        key = email_key(mapped.email)
-                        at = position(key)
-                    if at >= 0:
-                        seen[at] = 1
-                add(origin, row, mapped.email, mapped.body, fp, key)
-                if mapped.truncated:
-                    for truncated in mapped.truncated:
-                        report.add_truncated(TruncatedField(origin, row, truncated))
-                if preview and len(result.preview) < preview:
-                    result.preview.append(mapped.body)
-            else:
-                _rejected(result, mapper, origin, row, mapped, values)
+            origin, row, values, error = item  # type: ignore[misc]
+            fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
+            one(origin, row, values, error, fp)
         if unseen and reader.keys_seen:
             raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
 
 
-def _known_rows(known: Known | None, mapper: ContactMapper, reading: ReaderOptions) -> tuple[
-        int | None, Callable[[int], int] | None, array[int] | None, bytearray]:
-    """The fingerprints' seed, the snapshot's look-up, its trusted fingerprints and its marks (or Nones)."""
-    seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
+def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,
+              known: Known | None, unseen: set[int]) -> Callable[
+                  [str, int, Sequence[str | None], str | None, int], None]:
+    """The row-by-row path: one row, with its fingerprint, into the spool (unchanged or mapped) or the rejects.
+
+    Why long: this runs once per row that is not recognised as a whole line; its look-ups are bound once here.
+    """
+    report = result.report
+    map_values, add, reject = mapper.map_values, spool.add, result.reject
+    preview = options.preview_limit if options.dry_run else 0
+    erased = options.suppression or None  # None when nobody was erased: no HMAC at all per row
+    position, trusted, seen = _known_rows(known)
+    add_unchanged = spool.add_unchanged
+
+    def one(origin: str, row: int, values: Sequence[str | None], error: str | None, fp: int) -> None:
+        report.rows_read += 1
+        if error is not None:
+            result.unreadable_rows += 1
+            reject(RejectedRow(origin, row, "row", error))
+            return
+        if unseen:
+            unseen.difference_update([i for i in unseen if values[i] is not None])
+        key, at, lowered = None, -1, ""
+        if position is not None:
+            lowered = (values[0] or "").strip().lower()
+            address = lowered.encode("utf-8", "surrogatepass")
+            key = xxh3(address) - SIGNED
+            at = position(key)
+            if at >= 0 and trusted is not None and trusted[at] == fp:  # as the list holds it: not mapped
+                seen[at] = 1
+                add_unchanged(origin, row, address, key)
+                return
+        mapped = map_values(values)
+        if erased is not None and _erased(mapped, values, erased):
+            report.suppressed += 1
+            return
+        if type(mapped) is MappedContact:
+            if position is not None:
+                if mapped.email != lowered:  # normalised past lower-casing: its own key
+                    key = email_key(mapped.email)
+                    at = position(key)
+                if at >= 0:
+                    seen[at] = 1
+            add(origin, row, mapped.email, mapped.body, fp, key)
+            if mapped.truncated:
+                for truncated in mapped.truncated:
+                    report.add_truncated(TruncatedField(origin, row, truncated))
+            if preview and len(result.preview) < preview:
+                result.preview.append(mapped.body)
+        else:
+            _rejected(result, mapper, origin, row, mapped, values)
+
+    return one
+
+
+def _known_rows(known: Known | None) -> tuple[Callable[[int], int] | None, array[int] | None, bytearray]:
+    """The snapshot's look-up, its trusted fingerprints and its marks (or Nones)."""
     snapshot = known.snapshot if known is not None else None
     if snapshot is None:
-        return seed, None, None, bytearray()
-    return seed, snapshot.position, snapshot.fingerprints if snapshot.trusted else None, snapshot.seen
+        return None, None, bytearray()
+    return snapshot.position, snapshot.fingerprints if snapshot.trusted else None, snapshot.seen
 
 
 def _rejected(result: ExportResult, mapper: ContactMapper, origin: str, row: int, mapped: MappedContact | Rejection,

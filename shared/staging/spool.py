@@ -28,6 +28,7 @@ _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bu
 _WRITE_EVERY = 1024  # contacts per write to the spool file
 _pread = getattr(os, "pread", None)
 _SIGNED = SIGNED
+_PLUS_ONE = (1).__add__
 _xxh3 = xxh3  # email_key() and fingerprint() are inlined in Spool.add, which runs once per contact
 
 __all__ = ["Spool", "email_key", "fingerprint"]
@@ -96,6 +97,22 @@ class Spool:
         self._next_row = row + 1
         self.unchanged.append(1)
         self._offsets.append(self._known.add(email))
+
+    def add_unchanged_run(self, source: str, row: int, keys: bytes, emails: list[bytes]) -> None:
+        """Consecutive unchanged rows from `row` on: their keys (native 64-bit signed, as bytes) and emails."""
+        if source is not self._last_source:
+            self._switch_source(source)
+        if self._mapped is None:
+            self._mapped = array("I", range(len(self.keys)))
+        start = len(self.keys)
+        self.keys.frombytes(keys)
+        if row != self._next_row:
+            self._run_starts.append(start)
+            self._run_sources.append(self._last_index)
+            self._run_rows.append(row)
+        self._next_row = row + len(emails)
+        self.unchanged.extend(b"\x01" * len(emails))
+        self._offsets.extend(self._known.add_many(emails))
 
     def _switch_source(self, source: str) -> None:
         index = self._source_index.get(source)
@@ -204,6 +221,15 @@ class _EmailFile:
         if len(self._unwritten) >= _WRITE_EVERY:
             self._write()
         return offset
+
+    def add_many(self, emails: list[bytes]) -> array[int]:
+        """The offsets of these emails, written in order (summed in C: a run of unchanged rows)."""
+        offsets = array("Q", itertools.accumulate(map(_PLUS_ONE, map(len, emails)), initial=self._end))
+        self._end = offsets.pop()
+        self._unwritten.extend(emails)
+        if len(self._unwritten) >= _WRITE_EVERY:
+            self._write()
+        return offsets
 
     def _write(self) -> None:
         if self._file is None:

@@ -10,6 +10,7 @@ from dataclasses import fields
 from types import MappingProxyType, TracebackType
 from typing import Any
 
+from shared.source.readers.raw_lines import RawChunk
 from shared.source.records import Record
 
 # One row as the engine maps it: (source, row, the values of the columns asked for, in their order, None where
@@ -76,6 +77,23 @@ class SegmentReader(ABC):
             if len(seen) < KEYS_SEEN_KEPT:
                 seen.update(dict.fromkeys(itertools.islice(fields, KEYS_SEEN_KEPT)))
             yield record.source, record.row, tuple(map(fields.get, wanted)), None
+
+    @property
+    def raw_lines(self) -> bool:
+        """True when `project_lines` may yield RawChunks (runs of lines that are each one whole record)."""
+        return False
+
+    @property
+    def line_delimiter(self) -> bytes:
+        return b","
+
+    def project_lines(self, columns: Sequence[str]) -> Iterator[ProjectedRow | RawChunk]:
+        """As `project`; a reader that can recognise whole-record lines (CSV) yields runs of them unparsed."""
+        yield from self.project(columns)
+
+    def parse_lines(self, chunk: RawChunk, indices: Sequence[int]) -> Iterator[ProjectedRow | None]:
+        """The rows of these lines of a RawChunk this reader yielded (None for a blank line)."""
+        raise NotImplementedError("this reader yields no RawChunks")
 
     @abstractmethod
     def close(self) -> None: ...

@@ -12,16 +12,19 @@ next line) instead of being silently re-shaped.
 from __future__ import annotations
 
 import csv
+import io
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from shared.errors import SegmentFileError
 from shared.source.readers.base import SURROGATES, ProjectedRow, SegmentReader, make_record
 from shared.source.readers.decoding import EmptyFileError, TextStream, open_text
 from shared.source.readers.options import ALLOWED_DELIMITERS, ReaderOptions
+from shared.source.readers.raw_lines import LineFeed, RawChunk, line_safe
+from shared.source.readers.text_encoding import ESCAPE
 from shared.source.records import Record
 from shared.source.sources import ByteSource
 
@@ -82,20 +85,40 @@ class CsvSegmentReader(SegmentReader):
         self._pending: list[Record] = []
         self._row = 0
         self._blank_before = 0
+        # A first-row header, standard quoting and an encoding whose b"\n" is always a line break: the file's
+        # lines can be recognised as bytes (raw_lines), so a refresh need not parse the rows it exported before.
+        binary = cast(io.BufferedReader, self._stream.text.buffer)
+        self._feed = LineFeed(binary, self._stream.encoding, layout.quotechar) if (
+            layout.header == "first-row" and layout.columns is None and layout.escapechar is None
+            and not layout.quote_none and line_safe(self._stream.encoding)) else None
         try:
             self._reader = csv.reader(
-                self._stream.text, delimiter=layout.delimiter, quotechar=layout.quotechar,
-                escapechar=layout.escapechar, doublequote=not layout.quote_none,
-                quoting=csv.QUOTE_NONE if layout.quote_none else csv.QUOTE_MINIMAL, strict=True)
+                self._feed if self._feed is not None else self._stream.text, **self._dialect())
             self._header = self._start()
         except BaseException:
             self._stream.close()
             raise
+        if self._feed is not None:
+            self._feed.csv_only = False
         self.columns = list(self._header)
         known = "model.json lists" if layout.columns is not None and layout.header != "first-row" else "header has"
         self._mismatch = f"row has %d values, {known} {len(self._header)}"
         if layout.header == "none" and layout.columns is None:
             self._mismatch = f"row has %d values, the first row has {len(self._header)}"
+
+    def _dialect(self) -> dict[str, Any]:
+        layout = self._layout
+        return {"delimiter": layout.delimiter, "quotechar": layout.quotechar, "escapechar": layout.escapechar,
+                "doublequote": not layout.quote_none, "strict": True,
+                "quoting": csv.QUOTE_NONE if layout.quote_none else csv.QUOTE_MINIMAL}
+
+    @property
+    def raw_lines(self) -> bool:
+        return self._feed is not None
+
+    @property
+    def line_delimiter(self) -> bytes:
+        return self._layout.delimiter.encode(self._stream.encoding)
 
     # -- header ---------------------------------------------------------------------------------------
 
@@ -241,24 +264,74 @@ class CsvSegmentReader(SegmentReader):
         for record in self._take_pending():
             values = tuple(map(record.fields.get, wanted)) if record.error is None else ()
             yield record.source, record.row, values, record.error
-        index = {column: position for position, column in enumerate(self._header)}
-        positions = [index.get(column) for column in wanted]
-        pick: Callable[[list[str]], Sequence[str | None]]
-        if len(positions) > 1 and None not in positions:
-            pick = itemgetter(*positions)  # one C call gives the tuple of values
-        else:
-            pick = lambda cells: tuple(None if p is None else cells[p] for p in positions)  # noqa: E731
+        pick = self._picker(wanted)
         name = self._name
         yield from self._scan(lambda row, cells: (name, row, pick(cells), None),
                               lambda row, reason: (name, row, (), reason))
+
+    def _picker(self, wanted: Sequence[str]) -> Callable[[list[str]], Sequence[str | None]]:
+        index = {column: position for position, column in enumerate(self._header)}
+        positions = [index.get(column) for column in wanted]
+        if len(positions) > 1 and None not in positions:
+            return itemgetter(*positions)  # one C call gives the tuple of values
+        return lambda cells: tuple(None if p is None else cells[p] for p in positions)
+
+    def project_lines(self, columns: Sequence[str]) -> Iterator[ProjectedRow | RawChunk]:
+        """As `project`, but runs of lines that are whole records come as RawChunks, unparsed (`parse_lines`
+        parses those the engine does not recognise); lines in or near quoted values are parsed as always."""
+        feed = self._feed
+        if feed is None:
+            yield from self.project(columns)
+            return
+        wanted = tuple(columns)
+        self._line_pick = pick = self._picker(wanted)
+        name = self._name
+        build: Callable[[int, list[str]], ProjectedRow] = lambda row, cells: (name, row, pick(cells), None)  # noqa: E731
+        fail: Callable[[int, str], ProjectedRow] = lambda row, reason: (name, row, (), reason)  # noqa: E731
+        while True:
+            try:
+                lines = feed.take_plain()
+                if not lines and feed.at_end():
+                    return
+            except SegmentFileError as exc:  # a failed read (truncated gzip, a limit) after the rows before it
+                raise SegmentFileError(exc.source, exc.reason, row=exc.row or self._row + 1) from None
+            if lines:
+                yield RawChunk(name, self._row + 1, lines, feed.crlf)
+                self._row += len(lines)
+                continue
+            yield from self._scan(build, fail, pause=feed.plain_ahead)
+
+    def parse_lines(self, chunk: RawChunk, indices: Sequence[int]) -> Iterator[ProjectedRow | None]:
+        """The rows of these lines of a chunk from `project_lines`, in order (None for a blank line)."""
+        assert self._feed is not None
+        lines, decoding = chunk.lines, self._feed.decoding
+        reader = csv.reader([lines[i].decode(decoding, ESCAPE) for i in indices], **self._dialect())
+        width, header, pick, guard = len(self._header), self._header, self._line_pick, self._stream.guard
+        name, first = chunk.source, chunk.first_row
+        for i in indices:
+            row = first + i
+            try:
+                cells = next(reader)
+            except csv.Error as exc:
+                yield name, row, (), self._row_problem(exc, row, 0, 1)
+                continue
+            if len(cells) == width:
+                problem = self._problem(cells, header) if guard.suspect or not self._limit_exact else None
+                yield (name, row, (), problem) if problem is not None else (name, row, pick(cells), None)
+            elif cells:
+                yield name, row, (), self._mismatch % len(cells)
+            else:
+                yield None
 
     def _take_pending(self) -> list[Record]:
         """The first data row(s), read while opening a file without a header row."""
         pending, self._pending = self._pending, []
         return pending
 
-    def _scan(self, build: Callable[[int, list[str]], _Row], fail: Callable[[int, str], _Row]) -> Iterator[_Row]:
-        """The rows after the header, as `build(row, cells)`, or `fail(row, reason)` for an unusable one."""
+    def _scan(self, build: Callable[[int, list[str]], _Row], fail: Callable[[int, str], _Row],
+              pause: Callable[[], bool] | None = None) -> Iterator[_Row]:
+        """The rows after the header, as `build(row, cells)`, or `fail(row, reason)` for an unusable one;
+        up to the end, or (`pause`) up to a record after which `pause()` is true."""
         width = len(self._header)
         reader = self._reader
         guard = self._stream.guard
@@ -282,6 +355,8 @@ class CsvSegmentReader(SegmentReader):
                     elif cells:
                         yield fail(row, mismatch % len(cells))
                     start_line = reader.line_num
+                    if pause is not None and pause():
+                        break
                 self._row = row
                 return
             except csv.Error as exc:
@@ -295,6 +370,7 @@ class CsvSegmentReader(SegmentReader):
     def _row_problem(self, exc: csv.Error, row: int, start_line: int, line: int) -> str:
         """The reason to reject the row the parser stopped on; raises when the rest of the file is unusable."""
         text = str(exc)
+        start_line += self._feed.plain_taken if self._feed is not None else 0  # lines csv never saw
         if text.startswith("unexpected end of data"):
             raise SegmentFileError(self._description, f"unterminated quoted value: the quote opened in this row "
                                                       f"(line {start_line + 1}) is never closed", row=row)
