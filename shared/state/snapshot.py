@@ -25,14 +25,22 @@ import logging
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient
 
 from shared.state.keys import email_key
-from shared.state.snapshot_lines import DigestWriter, OldLines, SortedLines, line_blocks, parse_block
+from shared.state.snapshot_lines import (
+    DigestWriter,
+    OldLines,
+    SortedLines,
+    copied,
+    line_blocks,
+    parse_block,
+    sorted_by_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +112,6 @@ class Snapshot:
         return gone
 
 
-def _sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
-    """Indices ordered by key, bucketed by the key's top byte so no million-entry list is ever built."""
-    buckets: list[array[int]] = [array("L") for _ in range(256)]
-    for index in indices:
-        buckets[(keys[index] >> 56) & 0xFF].append(index)
-    # Signed keys: buckets 128..255 hold the negative ones, which sort first.
-    for bucket in (*buckets[128:], *buckets[:128]):
-        yield from sorted(bucket, key=keys.__getitem__)
-
-
 class SnapshotStore:
     """Reads, merges and writes one destination's snapshot; `ensure_lock` is called before every write."""
 
@@ -127,28 +125,40 @@ class SnapshotStore:
         self.ensure_lock = ensure_lock
         self.snapshot: Snapshot | None = None
         self._read_etag: str | None = None
+        # The stored snapshot as load read it, on local disk: the leavers' emails and the merge read it
+        # again, which from storage would cost a download of the whole blob each (a request a MB).
+        self._local: IO[bytes] | None = None
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
 
     def load(self) -> Snapshot | None:
         self.snapshot = self._load_snapshot()
         return self.snapshot
 
     def _load_snapshot(self, upgraded: bool = False) -> Snapshot | None:
+        self.close()
         try:
             chunks = self._chunks()
             first = next(chunks)
         except ResourceNotFoundError:
             return None
-        blocks = line_blocks(itertools.chain([first], chunks))
+        self._local = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        blocks = line_blocks(copied(itertools.chain([first], chunks), self._local))
         header = json.loads(next(blocks, b"{}"))
         if header.get("format") == V1_FORMAT and not upgraded:
             self._upgrade_v1()
             return self._load_snapshot(upgraded=True)
         if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
+            self.close()
             return None
         trusted = header.get("config") == self.config_digest and header.get("format") == SNAPSHOT_FORMAT
         if header.get("config") != self.config_digest:
             if self.list_id is None or header.get("list") != self.list_id:
                 log.info("destination %s: list changed since the last export; full sync", self.destination)
+                self.close()
                 return None
             log.info("destination %s: mapping changed since the last export; full sync", self.destination)
         elif not trusted:
@@ -166,7 +176,7 @@ class SnapshotStore:
         found: dict[int, str] = {}
         wanted = sorted(positions)
         first = 0  # the position of the block's first line
-        blocks = line_blocks(self._chunks())
+        blocks = line_blocks(self._stored_chunks())
         next(blocks, None)
         for block in blocks:
             lines = block.split(b"\n")
@@ -223,9 +233,19 @@ class SnapshotStore:
         """The previous snapshot's lines, as read at load (a changed blob fails the download: not merged)."""
         if self.snapshot is None:
             return iter(())
-        blocks = line_blocks(self._chunks(self.snapshot.etag))
+        blocks = line_blocks(self._stored_chunks())
         next(blocks, None)
         return blocks
+
+    def _stored_chunks(self) -> Iterator[bytes]:
+        """The snapshot as load read it: from the local copy (or, without one, storage, pinned to its ETag)."""
+        local = self._local
+        if local is None or self.snapshot is None:
+            yield from self._chunks(self.snapshot.etag if self.snapshot is not None else None)
+            return
+        local.seek(0)
+        while chunk := local.read(READ_BLOCK):
+            yield chunk
 
     def _chunks(self, etag: str | None = None) -> Iterator[bytes]:
         """The stored snapshot in ranges of READ_BLOCK bytes, each pinned to the first one's ETag (or to
@@ -287,7 +307,7 @@ class SnapshotStore:
                 offsets.append(offset)
                 offset += len(line)
             digest = hashlib.sha256()
-            for index in _sorted_by_key(keys, iter(range(len(keys)))):
+            for index in sorted_by_key(keys, iter(range(len(keys)))):
                 old.seek(offsets[index])
                 email = old.readline().rstrip(b"\n").split(b" ", 2)[2].decode()
                 line = f"{keys[index]} {UNTRUSTED} {email}\n".encode()

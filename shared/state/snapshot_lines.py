@@ -183,3 +183,20 @@ class SortedLines:
     def __exit__(self, *_: object) -> None:
         for file in self._files:
             file.close()
+
+
+def copied(chunks: Iterator[bytes], local: IO[bytes]) -> Iterator[bytes]:
+    """The chunks as they are, each written to `local` as it passes."""
+    for chunk in chunks:
+        local.write(chunk)
+        yield chunk
+
+
+def sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
+    """Indices ordered by key, bucketed by the key's top byte so no million-entry list is ever built."""
+    buckets: list[array[int]] = [array("L") for _ in range(256)]
+    for index in indices:
+        buckets[(keys[index] >> 56) & 0xFF].append(index)
+    # Signed keys: buckets 128..255 hold the negative ones, which sort first.
+    for bucket in (*buckets[128:], *buckets[:128]):
+        yield from sorted(bucket, key=keys.__getitem__)

@@ -67,6 +67,7 @@ class SyncState:
         return self.lock.held_by_a_run()
 
     def release(self) -> None:
+        self._snapshots.close()
         self.lock.release()
 
     # -- snapshot (shared.state.snapshot) --------------------------------------------------------------

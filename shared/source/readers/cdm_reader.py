@@ -24,7 +24,8 @@ from shared.errors import SegmentFileError
 
 __all__ = ["MODEL_JSON", "CdmReader", "load_model", "local_entities", "locate"]
 from shared.source.readers.base import ProjectedRow, SegmentReader
-from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader, HeaderMode
+from shared.source.readers.csv_header import CsvLayout, HeaderMode
+from shared.source.readers.csv_reader import CsvSegmentReader
 from shared.source.readers.decoding import EmptyFileError
 from shared.source.readers.options import ReaderOptions
 from shared.source.readers.text_encoding import encoding_problem

@@ -13,61 +13,27 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from shared.errors import SegmentFileError
 from shared.source.readers.base import SURROGATES, ProjectedRow, SegmentReader, make_record
+from shared.source.readers.csv_header import (
+    CsvLayout,
+    check_header,
+    check_known,
+    csv_limit_at_least,
+    first_row_problem,
+)
 from shared.source.readers.decoding import EmptyFileError, TextStream, open_text
-from shared.source.readers.options import ALLOWED_DELIMITERS, ReaderOptions
+from shared.source.readers.options import ReaderOptions
 from shared.source.readers.raw_lines import LineFeed, RawChunk, line_safe
 from shared.source.readers.text_encoding import ESCAPE
 from shared.source.records import Record
 from shared.source.sources import ByteSource
 
-HeaderMode = Literal["first-row", "none", "auto"]
-
-_LIMIT_LOCK = threading.Lock()
 _Row = TypeVar("_Row")
-
-
-def _csv_limit_at_least(wanted: int) -> bool:
-    """Raise the csv module's (process-wide) field limit to `wanted`; True if it now equals it exactly.
-
-    The limit is only ever raised, so concurrent readers never lower it under each other; a reader whose
-    limit is below the process-wide one checks value lengths itself.
-    """
-    with _LIMIT_LOCK:
-        current = csv.field_size_limit()
-        if wanted > current:
-            csv.field_size_limit(wanted)
-            return True
-        return wanted == current
-
-
-@dataclass(frozen=True)
-class CsvLayout:
-    """How one CSV file is laid out, resolved from options, file name or model.json."""
-
-    delimiter: str = ","
-    quotechar: str = '"'
-    escapechar: str | None = None
-    quote_none: bool = False  # CDM QuoteStyle.None: quote characters are plain text
-    header: HeaderMode = "first-row"
-    columns: tuple[str, ...] | None = None  # known column names (CDM attributes)
-    encoding: str | None = None
-    delimiter_was_chosen: bool = True  # False: the default, so a single-column header earns a hint
-
-    @classmethod
-    def for_file(cls, name: str, options: ReaderOptions) -> CsvLayout:
-        base = name.lower().removesuffix(".gz")
-        delimiter = options.delimiter or ("\t" if base.endswith(".tsv") else ",")
-        return cls(delimiter=delimiter, quotechar=options.quotechar or '"', escapechar=options.escapechar,
-                   header="none" if options.has_header is False else "first-row",
-                   delimiter_was_chosen=options.delimiter is not None or base.endswith(".tsv"))
 
 
 class CsvSegmentReader(SegmentReader):
@@ -80,7 +46,7 @@ class CsvSegmentReader(SegmentReader):
         self._options = options
         self._layout = layout
         self._limit = options.max_field_chars
-        self._limit_exact = _csv_limit_at_least(self._limit)
+        self._limit_exact = csv_limit_at_least(self._limit)
         self._stream: TextStream = open_text(source, name, options, encoding=layout.encoding)
         self._pending: list[Record] = []
         self._row = 0
@@ -118,7 +84,7 @@ class CsvSegmentReader(SegmentReader):
 
     @property
     def line_delimiter(self) -> bytes:
-        return self._layout.delimiter.encode(self._stream.encoding)
+        return self._layout.delimiter.encode("utf-8")  # raw lines are UTF-8 only (raw_lines.line_safe)
 
     # -- header ---------------------------------------------------------------------------------------
 
@@ -140,7 +106,8 @@ class CsvSegmentReader(SegmentReader):
                     start_line = self._reader.line_num
             except csv.Error as exc:
                 if self._layout.header == "first-row":
-                    raise SegmentFileError(self._description, self._first_row_problem(exc), row=before + 1) from None
+                    problem = first_row_problem(exc, self._limit)
+                    raise SegmentFileError(self._description, problem, row=before + 1) from None
                 before += 1
                 reason = self._row_problem(exc, before, start_line, self._reader.line_num)
                 self._pending.append(make_record(self._name, before, {}, reason))
@@ -150,22 +117,14 @@ class CsvSegmentReader(SegmentReader):
             self._blank_before = before
             return None
 
-    def _first_row_problem(self, exc: csv.Error) -> str:
-        text = str(exc)
-        if text.startswith("unexpected end of data"):
-            return "unterminated quoted value: the quote opened in the first row is never closed"
-        if text.startswith("field larger than field limit"):
-            return f"the first row has a value longer than {self._limit} characters (max_field_chars)"
-        return f"the first row has malformed quoting ({text})"
-
     def _start(self) -> tuple[str, ...]:
         layout = self._layout
         first = self._first_record()
         if layout.header == "first-row":
             if first is None:
                 raise EmptyFileError(self._description, "file is empty (only blank lines, no header row)")
-            self._check_header(first)
-            self._check_known(first)
+            check_header(first, self._description, self._options, layout, self._stream.encoding_label)
+            check_known(first, self._description, layout)
             return tuple(first)
         if first is None:
             return layout.columns or ()
@@ -194,45 +153,6 @@ class CsvSegmentReader(SegmentReader):
         problem = self._problem(cells, names)
         values = {} if problem else dict(zip(names, cells, strict=True))
         self._pending.append(make_record(self._name, self._row, values, problem))
-
-    def _check_header(self, header: list[str]) -> None:
-        where = self._description
-        if len(header) > self._options.max_columns:
-            raise SegmentFileError(where, f"the header has {len(header)} columns, more than max_columns "
-                                          f"{self._options.max_columns}")
-        joined = "".join(header)
-        if "\x00" in joined:
-            raise SegmentFileError(where, "the header row contains NUL bytes: a binary file, or UTF-16 declared "
-                                          "with the wrong encoding")
-        if SURROGATES.search(joined):
-            raise SegmentFileError(where, f"the header row is not valid {self._stream.encoding_label}: set "
-                                          "file_format.encoding to the file's encoding (e.g. 'cp1252')")
-        seen: dict[str, int] = {}
-        for position, column in enumerate(header, start=1):
-            if column in seen:
-                # Positions, not the name: without its header row, a file's first row is a profile.
-                raise SegmentFileError(where, f"duplicate column name in the header: columns {seen[column]} and "
-                                              f"{position} have the same name (is the header row missing?)")
-            seen[column] = position
-        if len(header) == 1 and not self._layout.delimiter_was_chosen:
-            for other in ALLOWED_DELIMITERS:
-                if other != self._layout.delimiter and other in header[0]:
-                    shown = "tab" if other == "\t" else repr(other)
-                    raise SegmentFileError(where, f"the header is a single column containing {shown}: the file "
-                                                  f"seems to use {shown} as delimiter; set file_format.delimiter")
-
-    def _check_known(self, header: list[str]) -> None:
-        """A CDM partition with its own header row: it must name the model.json attributes."""
-        known = self._layout.columns
-        if known is None or tuple(header) == known:
-            return
-        if sorted(header) != sorted(known):
-            # Only model.json's names are shown: a header row that is really data holds a profile.
-            extra = [position for position, c in enumerate(header, start=1) if c not in known]
-            missing = [c for c in known if c not in header][:5]
-            raise SegmentFileError(self._description, "the header row does not match the model.json attributes "
-                                                      f"(missing: {missing}; {len(extra)} column(s) not in "
-                                                      f"model.json, at position(s) {extra[:5]})")
 
     # -- rows -----------------------------------------------------------------------------------------
 

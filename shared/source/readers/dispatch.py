@@ -6,7 +6,8 @@ from shared.config.destinations import is_model_json
 from shared.errors import SegmentFileError
 from shared.source.readers.base import SegmentReader
 from shared.source.readers.cdm_reader import CdmReader
-from shared.source.readers.csv_reader import CsvLayout, CsvSegmentReader
+from shared.source.readers.csv_header import CsvLayout
+from shared.source.readers.csv_reader import CsvSegmentReader
 from shared.source.readers.decoding import content_head
 from shared.source.readers.jsonl_reader import JsonLinesReader
 from shared.source.readers.options import ReaderOptions

@@ -53,7 +53,7 @@ class LineFeed:
         name = codecs.lookup(encoding).name
         self._bom = name == "utf-8-sig"  # stripped once, as the text decoder would
         self.decoding = "utf-8" if self._bom else encoding
-        self._quote = quotechar.encode(encoding)
+        self._quote = quotechar.encode(self.decoding)
         self._lines: list[bytes] = []
         self._at = 0
         self._special: list[int] = []  # indices of lines that are not plain, ascending

@@ -1,0 +1,154 @@
+"""Plain CSV lines recognised from their bytes (shared.source.readers.raw_lines, shared.pipeline.known_lines).
+
+The reader hands out lines that are whole records unparsed; every row must still come out exactly as the csv
+parser gives it (numbers, values, reasons), whatever the chunks' edges. A refresh recognises the unchanged
+lines without parsing them, sends only what changed, and is never fooled by a line that only looks the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.mapping.contact_mapping import ContactMapper
+from shared.source.readers import ReaderOptions, open_segment, raw_lines
+from shared.source.readers.csv_reader import CsvSegmentReader
+from shared.source.readers.raw_lines import RawChunk
+from shared.source.sources import LocalDirSource
+from tests.test_sync import NAME, PUT, Env, destination, env
+
+__all__ = ["env"]
+
+COLUMNS = ("Email", "First", "Tier")
+MIXED = (
+    b'\xef\xbb\xbf"Email","First","Tier"\r\n'  # a BOM and a quoted header
+    b"a@example.com,Ann,gold\r\n"
+    b'b@example.com,"Smith, Bob",silver\r\n'  # a quoted delimiter
+    b"\r\n"  # a blank line: counted, not a row
+    b'c@example.com,"two\r\nlines",bronze\n'  # a quoted value over two lines; its second looks plain
+    b"d@example.com,Dee\n"  # too few values
+    b"e@example.com,Eve,x\rf@example.com,Fay,y\n"  # a lone CR ends a row, as in the text stream
+    b"g@example.com,Gus\x1fUnit,gold\n"  # the fingerprints' separator: parsed, not split
+    b"H@Example.com , Hal,\n"
+    b"i@example.com,Ida,gold"  # no newline at the end
+)
+
+
+def _rows(reader: Any, lines: bool) -> list[tuple[str, int, tuple[str | None, ...], str | None]]:
+    out = []
+    items = reader.project_lines(COLUMNS) if lines else reader.project(COLUMNS)
+    for item in items:
+        if isinstance(item, RawChunk):
+            out += [row for row in reader.parse_lines(item, range(len(item.lines))) if row is not None]
+        else:
+            out.append(item)
+    return [(source, row, tuple(values), error) for source, row, values, error in out]
+
+
+@pytest.mark.parametrize("read_bytes", [5, 37, 1 << 18])
+def test_lines_handed_out_raw_parse_to_the_rows_the_csv_parser_gives(tmp_path: Path, monkeypatch: Any,
+                                                                     read_bytes: int) -> None:
+    monkeypatch.setattr(raw_lines, "READ_BYTES", read_bytes)
+    (tmp_path / "mixed.csv").write_bytes(MIXED)
+    source = LocalDirSource(str(tmp_path))
+    # an escape character the file never uses parses it the same, on the text stream alone (no raw lines)
+    with open_segment(source, "mixed.csv", ReaderOptions(escapechar="\\")) as plain:
+        assert not plain.raw_lines
+        expected = _rows(plain, lines=False)
+    with open_segment(source, "mixed.csv") as reader:
+        assert reader.raw_lines and reader.columns == list(COLUMNS)
+        chunks = [item for item in reader.project_lines(COLUMNS) if isinstance(item, RawChunk)]
+    with open_segment(source, "mixed.csv") as reader:
+        got = _rows(reader, lines=True)
+    assert got == expected
+    assert [(row, values[0]) for _, row, values, error in got if error is None] == [
+        (1, "a@example.com"), (2, "b@example.com"), (4, "c@example.com"), (6, "e@example.com"),
+        (7, "f@example.com"), (8, "g@example.com"), (9, "H@Example.com "), (10, "i@example.com")]
+    assert [(row, error) for _, row, _, error in got if error] == [(5, "row has 2 values, header has 3")]
+    assert dict((r[1], r[2]) for r in got)[4] == ("c@example.com", "two\r\nlines", "bronze")
+    raw = {line for chunk in chunks for line in chunk.lines}
+    assert b"a@example.com,Ann,gold\r" in raw and b"i@example.com,Ida,gold" in raw
+    assert not any(b'"' in line or b"\x1f" in line or b"lines" in line for line in raw)
+
+
+def test_a_read_that_fails_after_plain_lines_names_the_row_it_stopped_at(tmp_path: Path) -> None:
+    import gzip
+
+    data = gzip.compress(b"Email,First,Tier\n" + b"".join(b"p%d@example.com,A,b\n" % i for i in range(5000)))
+    (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
+    with open_segment(LocalDirSource(str(tmp_path)), "cut.csv.gz") as reader:
+        rows: list[Any] = []
+        with pytest.raises(Exception, match="truncated gzip data") as caught:
+            rows += _rows(reader, lines=True)
+    assert getattr(caught.value, "row", None) is not None and caught.value.row > 100  # type: ignore[attr-defined]
+
+
+# -- the refresh --------------------------------------------------------------------------------------------
+
+def _upload(env: Env, lines: list[bytes], header: bytes = b"Email,First,Tier") -> str:
+    env.uploads = getattr(env, "uploads", 0) + 1
+    blob = f"{NAME}/{env.uploads:04d}-{uuid.uuid4().hex[:8]}.csv"
+    env.segments.upload_blob(blob, b"\n".join([header, *lines]) + b"\n", overwrite=True)
+    return blob
+
+
+def _counting(monkeypatch: Any) -> dict[str, int]:
+    counts = {"parsed": 0, "mapped": 0}
+    parse, map_values = CsvSegmentReader.parse_lines, ContactMapper.map_values
+
+    def parse_lines(self: CsvSegmentReader, chunk: RawChunk, indices: Any) -> Any:
+        counts["parsed"] += len(indices)
+        return parse(self, chunk, indices)
+
+    def mapping(self: ContactMapper, values: Any) -> Any:
+        counts["mapped"] += 1
+        return map_values(self, values)
+
+    monkeypatch.setattr(CsvSegmentReader, "parse_lines", parse_lines)
+    monkeypatch.setattr(ContactMapper, "map_values", mapping)
+    return counts
+
+
+def _people(count: int, tier: str = "gold") -> list[bytes]:
+    return [b"p%03d@example.com,P%d,%s" % (i, i, tier.encode()) for i in range(count)]
+
+
+def test_a_refresh_parses_only_the_lines_that_changed_and_an_unmapped_column_changes_nothing(
+        env: Env, monkeypatch: Any) -> None:
+    mirror = destination(mode="mirror")
+    first = env.export(_upload(env, _people(50)), mirror)
+    assert (first.status, first.exported) == ("succeeded", 50), first.error
+    counts = _counting(monkeypatch)
+    same = env.export(_upload(env, _people(50)), mirror)
+    assert (same.exported, same.unchanged_skipped, same.rows_read) == (0, 50, 50) and same.balanced
+    assert counts == {"parsed": 0, "mapped": 0}
+    # Tier is not mapped: every line's bytes differ, no contact does
+    other = env.export(_upload(env, _people(50, tier="silver")), mirror)
+    assert (other.exported, other.unchanged_skipped) == (0, 50) and counts["mapped"] == 0
+    lines = _people(50)
+    lines[3] = b"p003@example.com,Changed,gold"
+    del lines[10]
+    lines.append(b"new@example.com,New,gold")
+    puts = env.count(PUT)
+    since = len(env.sim.upsert_batches)
+    changed = env.export(_upload(env, lines), mirror)
+    assert (changed.exported, changed.unchanged_skipped, changed.removed_from_list) == (2, 48, 1)
+    assert changed.balanced and env.count(PUT) == puts + 1
+    assert sorted(env.sent(since)) == ["new@example.com", "p003@example.com"]
+    assert counts["mapped"] == 2 and env.members()["p003@example.com"] == "Changed"
+
+
+def test_a_line_that_only_looks_like_an_exported_one_is_parsed_and_judged(env: Env, monkeypatch: Any) -> None:
+    env.export(_upload(env, [b"a@example.com,Ann,", b"b@example.com,Bob,gold", b"c@example.com,Cy,gold"]),
+               destination(mode="mirror"))
+    counts = _counting(monkeypatch)
+    report = env.export(_upload(env, [
+        b"a@example.com,Ann",  # the same mapped values, one value short: rejected, as the parser says
+        b'b@example.com,"Bob",gold',  # quoted now: parsed, and the same contact
+        b"C@EXAMPLE.COM,Cy,gold",  # another source value, the same person: mapped and sent, as on any path
+    ]), destination(mode="mirror"))
+    assert report.balanced and (report.rejected_count, report.unchanged_skipped, report.exported) == (1, 1, 1)
+    assert counts["mapped"] == 1 and counts["parsed"] == 2
