@@ -58,10 +58,10 @@ def test_lines_handed_out_raw_parse_to_the_rows_the_csv_parser_gives(tmp_path: P
     with open_segment(source, "mixed.csv", ReaderOptions(escapechar="\\")) as plain:
         assert not plain.raw_lines
         expected = _rows(plain, lines=False)
-    with open_segment(source, "mixed.csv") as reader:
+    with open_segment(source, "mixed.csv", raw_lines=True) as reader:
         assert reader.raw_lines and reader.columns == list(COLUMNS)
         chunks = [item for item in reader.project_lines(COLUMNS) if isinstance(item, RawChunk)]
-    with open_segment(source, "mixed.csv") as reader:
+    with open_segment(source, "mixed.csv", raw_lines=True) as reader:
         got = _rows(reader, lines=True)
     assert got == expected
     assert [(row, values[0]) for _, row, values, error in got if error is None] == [
@@ -79,7 +79,7 @@ def test_a_read_that_fails_after_plain_lines_names_the_row_it_stopped_at(tmp_pat
 
     data = gzip.compress(b"Email,First,Tier\n" + b"".join(b"p%d@example.com,A,b\n" % i for i in range(5000)))
     (tmp_path / "cut.csv.gz").write_bytes(data[: len(data) // 2])
-    with open_segment(LocalDirSource(str(tmp_path)), "cut.csv.gz") as reader:
+    with open_segment(LocalDirSource(str(tmp_path)), "cut.csv.gz", raw_lines=True) as reader:
         rows: list[Any] = []
         with pytest.raises(Exception, match="truncated gzip data") as caught:
             rows += _rows(reader, lines=True)
@@ -152,3 +152,36 @@ def test_a_line_that_only_looks_like_an_exported_one_is_parsed_and_judged(env: E
     ]), destination(mode="mirror"))
     assert report.balanced and (report.rejected_count, report.unchanged_skipped, report.exported) == (1, 1, 1)
     assert counts["mapped"] == 1 and counts["parsed"] == 2
+
+
+@pytest.mark.parametrize(("header", "columns"), [
+    (b"Email,First,Tier", ("Email", "First")),  # side by side, from the first column
+    (b"Id,Email,First,Tier", ("Email", "First", "Tier")),  # side by side, to the last
+    (b"Id,Email,First,Tier", ("Email", "First")),  # side by side, in the middle
+    (b"Email,First,Tier", ("Email", "Tier")),  # apart
+    (b"First,Email,Tier", ("Email", "First")),  # in another order than the file's
+    (b"Email,First,Tier", ("Email",)),  # the email alone
+])
+def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
+        tmp_path: Path, header: bytes, columns: tuple[str, ...]) -> None:
+    from array import array
+
+    from shared.pipeline.known_lines import LineMatcher
+    from shared.state.keys import source_fingerprint
+    from shared.state.snapshot import Snapshot
+
+    width = header.count(b",") + 1
+    body = [b"x%d@example.com,Ann %d,,gold" % (i, i) for i in range(5)] + [b"short@example.com"]
+    lines = [b",".join(line.split(b",")[:width]) if line.count(b",") >= width - 1 else line for line in body]
+    (tmp_path / "f.csv").write_bytes(b"\n".join([header, *lines]) + b"\n")
+    with open_segment(LocalDirSource(str(tmp_path)), "f.csv", raw_lines=True) as reader:
+        snapshot = Snapshot({}, array("q", [0]), array("q", [0]))
+        matcher = LineMatcher(reader, 1234, columns, snapshot)
+        chunk = next(item for item in reader.project_lines(columns) if isinstance(item, RawChunk))
+        parsed = list(reader.parse_lines(chunk, range(len(chunk.lines))))
+        _, _, emails, fps = matcher._match(chunk.lines)
+    assert len(parsed) == 6 and parsed[-1] is not None and parsed[-1][3] is not None  # the short line
+    for row, fp, email in zip(parsed[:-1], fps[:-1], emails, strict=False):
+        assert row is not None and int(fp) == source_fingerprint(row[2], 1234)
+        assert email == str(row[2][0]).strip().lower().encode()
+    assert int(fps[-1]) == 0 and emails[-1] == b""

@@ -16,7 +16,7 @@ with, as its ~10 MB count against peak RSS.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from shared.source.readers.base import ProjectedRow, SegmentReader
 from shared.source.readers.raw_lines import SEPARATOR, RawChunk
 from shared.staging.spool import Spool
-from shared.state.keys import SIGNED, xxh3
+from shared.state.keys import xxh3
 from shared.state.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 
 class LineMatcher:
-    """Fingerprints (and, with a trusted snapshot, recognises) the plain lines of one file."""
+    """Recognises the plain lines of one file that a trusted snapshot holds as they are."""
 
-    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot | None) -> None:
+    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot) -> None:
         header = reader.columns or []
         assert reader.raw_lines and all(column in header for column in columns)
         self.seed = seed
@@ -45,16 +45,20 @@ class LineMatcher:
         self._picked = itemgetter(*positions)
         self._several = len(positions) > 1
         self._email = itemgetter(positions[0])
-        self._np: Any = None
-        if snapshot is not None and snapshot.trusted and len(snapshot):
-            import numpy  # noqa: PLC0415 - see the module docstring: only runs with a snapshot pay for it
+        self._email_split = positions[0] + 1
+        first, last = positions[0], positions[-1]
+        side_by_side = self._several and positions == list(range(first, last + 1))
+        self._span = (first, self._width - 1 - last) if side_by_side else None
+        self._to_separator = bytes.maketrans(self._delimiter, SEPARATOR)
+        assert snapshot.trusted and len(snapshot), "only lines a trusted snapshot holds are worth recognising"
+        import numpy  # noqa: PLC0415 - see the module docstring: only runs with a snapshot pay for it
 
-            self._np = numpy
-            self._flip = numpy.uint64(1 << 63)
-            self._keys = numpy.frombuffer(snapshot.keys, dtype=numpy.int64)
-            self._fps = numpy.frombuffer(snapshot.fingerprints, dtype=numpy.int64)
-            self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
-            self._last = len(snapshot) - 1
+        self._np: Any = numpy
+        self._flip = numpy.uint64(1 << 63)
+        self._keys = numpy.frombuffer(snapshot.keys, dtype=numpy.int64)
+        self._fps = numpy.frombuffer(snapshot.fingerprints, dtype=numpy.int64)
+        self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
+        self._last = len(snapshot) - 1
 
     def rows(self, chunk: RawChunk, spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int]]:
         """(row, its fingerprint) of each line not known unchanged, in order; the unchanged ones go into the
@@ -62,54 +66,57 @@ class LineMatcher:
         lines = chunk.lines
         if chunk.crlf:
             lines = list(map(bytes.removesuffix, lines, repeat(b"\r")))
-        count = len(lines)
-        fields = list(map(bytes.split, lines, repeat(self._delimiter)))
-        whole = all(map(self._width.__eq__, map(len, fields)))
-        np = self._np
-        if np is None:  # nothing to recognise: every line is parsed, with its fingerprint for the next run
-            fps = self._fingerprints(fields, whole)
-            for parsed, fp in zip(self._reader.parse_lines(chunk, range(count)), fps, strict=True):
-                if parsed is not None:
-                    yield parsed, fp
-            return
-        hit, keys, emails, fps = self._match(fields, whole)
-        misses: list[int] = np.flatnonzero(~hit).tolist()
-        start, first, source = 0, chunk.first_row, chunk.source
+        hit, keys, emails, fps = self._match(lines)
+        misses: list[int] = self._np.flatnonzero(~hit).tolist()
+        start, first, source, count = 0, chunk.first_row, chunk.source, len(lines)
         for i, row in zip(misses, self._reader.parse_lines(chunk, misses), strict=True):
             if i > start:
                 spool.add_unchanged_run(source, first + start, keys[start:i].tobytes(), emails[start:i])
                 report.rows_read += i - start
             start = i + 1
             if row is not None:
-                yield row, fps[i]
+                yield row, int(fps[i])
         if start < count:
             spool.add_unchanged_run(source, first + start, keys[start:].tobytes(), emails[start:])
             report.rows_read += count - start
 
-    def _fingerprints(self, fields: list[list[bytes]], whole: bool) -> list[int]:
-        """source_fingerprint of each line's values: joined with SEPARATOR (which a plain line holds none of)."""
-        seed, picked = self.seed, self._picked
-        if not whole:  # a line of another width is rejected by the parser: its fingerprint is never used
-            return [xxh3(self._join(picked(f)), seed) - SIGNED if len(f) == self._width else 0 for f in fields]
-        values = map(SEPARATOR.join, map(picked, fields)) if self._several else map(picked, fields)
-        return [fp - SIGNED for fp in map(xxh3, values, repeat(seed))]
-
-    def _join(self, values: Any) -> bytes:
-        return SEPARATOR.join(values) if self._several else values
-
-    def _match(self, fields: list[list[bytes]], whole: bool) -> tuple[Any, Any, list[bytes], list[int]]:
+    def _match(self, lines: list[bytes]) -> tuple[Any, Any, list[bytes], Any]:
         """Which lines are unchanged (marked in the snapshot), with every line's key, email and fingerprint."""
-        np = self._np
-        count = len(fields)
-        fps = self._fingerprints(fields, whole)
-        width = self._width
-        raw = map(self._email, fields) if whole else (self._email(f) if len(f) == width else b"" for f in fields)
+        np, delimiter, count = self._np, self._delimiter, len(lines)
+        whole = np.fromiter(map(bytes.count, lines, repeat(delimiter)), dtype=np.int64, count=count) == self._width - 1
+        raw: Iterable[bytes]
+        if whole.all():
+            fps = self._fingerprints(lines)
+            raw = map(self._email, map(bytes.split, lines, repeat(delimiter), repeat(self._email_split)))
+        else:  # a line of another width is rejected by the parser: it is never unchanged
+            kept = whole.tolist()
+            fps = np.zeros(count, dtype=np.int64)
+            fps[whole] = self._fingerprints([line for line, ok in zip(lines, kept, strict=True) if ok])
+            raw = (self._email(line.split(delimiter, self._email_split)) if ok else b""
+                   for line, ok in zip(lines, kept, strict=True))
         emails = list(map(bytes.lower, map(bytes.strip, raw)))
         keys = (np.fromiter(map(xxh3, emails), dtype=np.uint64, count=count) ^ self._flip).view(np.int64)
         at = np.searchsorted(self._keys, keys)
         np.minimum(at, self._last, out=at)
-        hit = (self._keys[at] == keys) & (self._fps[at] == np.array(fps, dtype=np.int64))
-        if not whole:
-            hit &= np.fromiter(map(len, fields), dtype=np.int64, count=count) == width
+        hit = (self._keys[at] == keys) & (self._fps[at] == fps) & whole
         self._seen[at[hit]] = 1
         return hit, keys, emails, fps
+
+    def _fingerprints(self, lines: list[bytes]) -> Any:
+        """source_fingerprint of each line's values (lines of the header's width): joined with SEPARATOR,
+        which a plain line holds none of. Mapped columns that sit side by side in the file, in the mapping's
+        order, are one slice of the line with its delimiters made separators: no split into values."""
+        np, delimiter = self._np, self._delimiter
+        if self._span is not None:
+            before, after = self._span
+            values: Iterator[bytes] = iter(lines)
+            if before:
+                values = map(itemgetter(-1), map(bytes.split, values, repeat(delimiter), repeat(before)))
+            if after:
+                values = map(itemgetter(0), map(bytes.rsplit, values, repeat(delimiter), repeat(after)))
+            values = map(bytes.translate, values, repeat(self._to_separator))
+        else:
+            fields = map(bytes.split, lines, repeat(delimiter))
+            values = map(SEPARATOR.join, map(self._picked, fields)) if self._several else map(self._picked, fields)
+        digests = np.fromiter(map(xxh3, values, repeat(self.seed)), dtype=np.uint64, count=len(lines))
+        return (digests ^ self._flip).view(np.int64)

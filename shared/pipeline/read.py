@@ -92,7 +92,9 @@ def _read_file(
     """Every row of one file into the spool: known unchanged (unmapped, see known_lines for whole lines
     recognised as bytes), mapped, or rejected."""
     report = result.report
-    with open_segment(source, name, reading) as reader:
+    snapshot = known.snapshot if known is not None else None
+    recognisable = snapshot is not None and snapshot.trusted and len(snapshot) > 0  # lines worth comparing
+    with open_segment(source, name, reading, raw_lines=recognisable) as reader:
         _check_columns(destination, where, reader.columns)
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
@@ -102,8 +104,9 @@ def _read_file(
         one = _row_sink(mapper, spool, result, options, known, unseen)
         seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
         lines = None
-        if seed is not None and reader.raw_lines and all(c in (reader.columns or ()) for c in columns):
-            lines = LineMatcher(reader, seed, columns, known.snapshot if known is not None else None)
+        if recognisable and snapshot is not None and seed is not None and reader.raw_lines and all(
+                c in (reader.columns or ()) for c in columns):
+            lines = LineMatcher(reader, seed, columns, snapshot)
         for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
             if type(item) is RawChunk:
                 assert lines is not None

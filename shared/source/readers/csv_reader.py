@@ -40,7 +40,7 @@ class CsvSegmentReader(SegmentReader):
     """One CSV file. `record_source` names the file in Records (CDM passes the partition's blob name)."""
 
     def __init__(self, source: ByteSource, name: str, options: ReaderOptions, layout: CsvLayout,
-                 *, record_source: str | None = None) -> None:
+                 *, record_source: str | None = None, raw_lines: bool = False) -> None:
         self._description = source.describe(name)
         self._name = record_source or name
         self._options = options
@@ -51,11 +51,11 @@ class CsvSegmentReader(SegmentReader):
         self._pending: list[Record] = []
         self._row = 0
         self._blank_before = 0
-        # A first-row header, standard quoting and an encoding whose b"\n" is always a line break: the file's
-        # lines can be recognised as bytes (raw_lines), so a refresh need not parse the rows it exported before.
+        # A first-row header, standard quoting and UTF-8: the file's lines can be recognised as bytes
+        # (raw_lines), so a refresh need not parse the rows it exported before.
         binary = cast(io.BufferedReader, self._stream.text.buffer)
         self._feed = LineFeed(binary, self._stream.encoding, layout.quotechar) if (
-            layout.header == "first-row" and layout.columns is None and layout.escapechar is None
+            raw_lines and layout.header == "first-row" and layout.columns is None and layout.escapechar is None
             and not layout.quote_none and line_safe(self._stream.encoding)) else None
         try:
             self._reader = csv.reader(

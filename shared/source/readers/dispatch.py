@@ -46,9 +46,12 @@ def kind_of(name: str) -> str:
                                  ".gz), .json.gz, another .gz holding CSV or JSON Lines, or a CDM model.json")
 
 
-def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = None) -> SegmentReader:
+def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = None, *,
+                 raw_lines: bool = False) -> SegmentReader:
     """Open a segment file for reading; use as a context manager. Raises SegmentFileError (or
-    ConfigurationError for bad options) before any record when the file cannot be read at all."""
+    ConfigurationError for bad options) before any record when the file cannot be read at all. `raw_lines`:
+    a CSV file that allows it hands out plain lines unparsed (`SegmentReader.project_lines`), for a refresh
+    that recognises them; otherwise the text stream is parsed as a whole, which costs less per row."""
     options = options or ReaderOptions()
     try:
         kind = kind_of(name)
@@ -60,4 +63,4 @@ def open_segment(source: ByteSource, name: str, options: ReaderOptions | None = 
         return CdmReader(source, name, options)
     if kind == "jsonl":
         return JsonLinesReader(source, name, options)
-    return CsvSegmentReader(source, name, options, CsvLayout.for_file(name, options))
+    return CsvSegmentReader(source, name, options, CsvLayout.for_file(name, options), raw_lines=raw_lines)
