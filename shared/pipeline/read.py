@@ -33,7 +33,9 @@ class Known:
 
     Every row is fingerprinted (its mapped source values, shared.state.keys.source_fingerprint) for the next
     run's snapshot; a row whose fingerprint is the trusted snapshot's for its email is unchanged, and goes into
-    the spool unmapped. Every row whose email the snapshot holds is marked in it, for mirror's removals.
+    the spool unmapped. Every row whose email the snapshot holds is marked in it, for mirror's removals. With
+    a trusted snapshot, a CSV file's plain lines are recognised from their bytes a chunk at a time
+    (known_lines), before any parsing; the others take the row-by-row path here.
     """
 
     snapshot: Snapshot | None

@@ -6,7 +6,8 @@ a row that did not change is known before it is mapped. Keys and fingerprints lo
 a contact), with a bucket index over the keys so a look-up is a few comparisons, not a dictionary of a
 million strings. Emails are only read back for contacts that left the segments (mirror), and a new snapshot
 copies the stored lines of the contacts that did not change as they are, in runs: a refresh costs what
-changed, not the list's size.
+changed, not the list's size. The stored snapshot is downloaded once a run: load keeps a copy on local disk,
+which the leavers' emails and the merge read.
 
 A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
 fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
