@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     service = ExportService.from_environment(options=ExportOptions(poll_interval=0.05))
     reset_service(service)
     SendGridClient(KEY, base_url=args.base_url).close()  # httpx's lazy imports, once per worker
-    import numpy  # noqa: F401, PLC0415 - imported by a worker's first refresh (known_lines), then kept: in RSS too
+    import numpy  # noqa: F401 - imported by a worker's first refresh (known_lines), then kept: in RSS too
     client = _blob_client(fn, trigger, args.segments, args.blob)
     runs = service.runs.container
     before = {b.name for b in runs.list_blobs(name_starts_with="reports/")} if runs.exists() else set()
