@@ -185,3 +185,47 @@ def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
         assert row is not None and int(fp) == source_fingerprint(row[2], 1234)
         assert email == str(row[2][0]).strip().lower().encode()
     assert int(fps[-1]) == 0 and emails[-1] == b""
+
+
+# -- the snapshot's index -----------------------------------------------------------------------------------
+
+def test_a_refresh_loads_the_snapshots_index_and_downloads_its_text_only_for_leavers(env: Env, monkeypatch: Any) -> None:
+    from array import array
+
+    from shared.state import snapshot as snapshot_module
+    from shared.state.snapshot_index import load_index
+    from shared.state.snapshot_lines import line_blocks, parse_block
+
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, _people(40)), mirror)
+    downloads: list[str | None] = []
+    chunks = snapshot_module.SnapshotStore._chunks
+
+    def counted(self: Any, etag: str | None = None) -> Any:
+        downloads.append(etag)
+        return chunks(self, etag)
+
+    monkeypatch.setattr(snapshot_module.SnapshotStore, "_chunks", counted)
+    same = env.export(_upload(env, _people(40)), mirror)
+    assert (same.unchanged_skipped, same.exported) == (40, 0) and downloads == []  # the index alone
+    lines = _people(40)
+    lines[5] = b"p005@example.com,Changed,gold"
+    changed = env.export(_upload(env, [*lines[:30], b"zz@example.com,New,gold"]), mirror)
+    assert (changed.exported, changed.removed_from_list, changed.unchanged_skipped) == (2, 10, 29)
+    assert len(downloads) == 1 and downloads[0] is not None  # once, pinned: the leavers' emails and the merge
+    # the index holds exactly the text's keys and fingerprints, in its order
+    path = f"state/{NAME}/snapshot"
+    indexed = load_index(env.runs, path + ".idx", path + ".txt")
+    assert indexed is not None
+    keys, fps = array("q"), array("q")
+    blocks = line_blocks(iter([env.runs.download_blob(path + ".txt").readall()]))
+    header = next(blocks)
+    for block in blocks:
+        parse_block(block, keys, fps)
+    assert (indexed[1], indexed[2]) == (keys, fps) and len(keys) == 31
+    assert indexed[0]["digest"] in header.decode()
+    # a text changed behind the index's back is parsed, never trusted through a stale index
+    env.runs.upload_blob(path + ".txt", env.runs.download_blob(path + ".txt").readall(), overwrite=True)
+    assert load_index(env.runs, path + ".idx", path + ".txt") is None
+    again = env.export(_upload(env, [*lines[:30], b"zz@example.com,New,gold"]), mirror)
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 31, 0) and again.balanced

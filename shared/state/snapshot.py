@@ -19,7 +19,6 @@ no one is taken off the list on their account who is still in a segment.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import json
 import logging
@@ -32,7 +31,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient
 
-from shared.state.keys import email_key
+from shared.state.snapshot_index import IndexWriter, load_index
 from shared.state.snapshot_lines import (
     DigestWriter,
     OldLines,
@@ -40,8 +39,8 @@ from shared.state.snapshot_lines import (
     copied,
     line_blocks,
     parse_block,
-    sorted_by_key,
 )
+from shared.state.snapshot_v1 import upgrade_v1
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +122,7 @@ class SnapshotStore:
         self.config_digest = config_digest
         self.list_id = list_id  # the snapshot's membership is kept across a config change only on the same list
         self._path = f"state/{destination}/snapshot.txt"
+        self._index_path = f"state/{destination}/snapshot.idx"  # shared.state.snapshot_index
         self.ensure_lock = ensure_lock
         self.snapshot: Snapshot | None = None
         self._read_etag: str | None = None
@@ -141,6 +141,10 @@ class SnapshotStore:
 
     def _load_snapshot(self, upgraded: bool = False) -> Snapshot | None:
         self.close()
+        indexed = load_index(self._container, self._index_path, self._path)
+        if indexed is not None:  # the arrays as written with this very text: the text is read only if needed
+            header, keys, fingerprints, self._read_etag = indexed
+            return self._snapshot_of(header, lambda: (keys, fingerprints))
         try:
             chunks = self._chunks()
             first = next(chunks)
@@ -150,8 +154,21 @@ class SnapshotStore:
         blocks = line_blocks(copied(itertools.chain([first], chunks), self._local))
         header = json.loads(next(blocks, b"{}"))
         if header.get("format") == V1_FORMAT and not upgraded:
-            self._upgrade_v1()
+            self.ensure_lock()
+            upgrade_v1(self._container, self._path, self.destination, self._store_snapshot)
             return self._load_snapshot(upgraded=True)
+
+        def parsed() -> tuple[array[int], array[int]]:
+            keys, fingerprints = array("q"), array("q")
+            for block in blocks:
+                parse_block(block, keys, fingerprints)
+            return keys, fingerprints
+
+        return self._snapshot_of(header, parsed)
+
+    def _snapshot_of(self, header: dict[str, Any],
+                     arrays: Callable[[], tuple[array[int], array[int]]]) -> Snapshot | None:
+        """The snapshot with this header, trusted or as membership only, or None (another list or format)."""
         if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
             self.close()
             return None
@@ -165,9 +182,7 @@ class SnapshotStore:
         elif not trusted:
             log.info("destination %s: snapshot of an older version; every contact is sent once more",
                      self.destination)
-        keys, fingerprints = array("q"), array("q")
-        for block in blocks:
-            parse_block(block, keys, fingerprints)
+        keys, fingerprints = arrays()
         return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
@@ -218,16 +233,30 @@ class SnapshotStore:
                 changed = True
             if not changed:
                 return len(old) if old is not None else 0
-            writer = DigestWriter(out)
-            lines = OldLines(self._old_blocks(), carried_fp, sorted(drops))
+            writer, index = DigestWriter(out), IndexWriter()
             old_keys = old.keys if old is not None else array("q")
-            for key, line in new.in_order():
-                lines.copy_to(bisect.bisect_left(old_keys, key), writer)
-                writer.write(line)
-            lines.copy_to(len(old_keys), writer)
-            writer.flush()
-            self._store_snapshot(out, {"config": self.config_digest, "list": self.list_id, "count": writer.count,
-                                       "digest": writer.digest.hexdigest()})
+            old_fps = old.fingerprints if old is not None else array("q")
+
+            def copied_run(position: int, count: int) -> None:  # the index follows the lines copied
+                fps = old_fps[position:position + count] if carried_fp is None else array("q", [carried_fp]) * count
+                index.add_run(old_keys[position:position + count], fps)
+
+            lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
+            try:
+                for key, fp, line in new.in_order():
+                    lines.copy_to(bisect.bisect_left(old_keys, key), writer)
+                    writer.write(line)
+                    index.add(key, fp)
+                lines.copy_to(len(old_keys), writer)
+                writer.flush()
+                header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
+                          "digest": writer.digest.hexdigest()}
+                etag = self._store_snapshot(out, header)
+                if etag is not None and index.count == writer.count:
+                    index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, etag,
+                                self.ensure_lock)
+            finally:
+                index.close()
         return writer.count
 
     def _old_blocks(self) -> Iterator[bytes]:
@@ -239,13 +268,16 @@ class SnapshotStore:
         return blocks
 
     def _stored_chunks(self) -> Iterator[bytes]:
-        """The snapshot as load read it: from the local copy (or, without one, storage, pinned to its ETag)."""
-        local = self._local
-        if local is None or self.snapshot is None:
-            yield from self._chunks(self.snapshot.etag if self.snapshot is not None else None)
+        """The snapshot as load read it, from the local copy; loaded from its index, the text is downloaded
+        (pinned to the ETag the index was written with) into that copy the first time it is needed."""
+        if self.snapshot is None:
             return
-        local.seek(0)
-        while chunk := local.read(READ_BLOCK):
+        if self._local is None:
+            self._local = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+            for chunk in self._chunks(self.snapshot.etag):
+                self._local.write(chunk)
+        self._local.seek(0)
+        while chunk := self._local.read(READ_BLOCK):
             yield chunk
 
     def _chunks(self, etag: str | None = None) -> Iterator[bytes]:
@@ -266,7 +298,7 @@ class SnapshotStore:
             offset += len(data)
             yield data
 
-    def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> None:
+    def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> str | None:
         """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes: the SDK would read a stream of
         up to 64 MB (a million-contact snapshot) into memory for a single PUT, and copy it."""
         lines.seek(0)
@@ -276,8 +308,7 @@ class SnapshotStore:
         following = lines.read(UPLOAD_BLOCK)
         self.ensure_lock()
         if not following:
-            blob.upload_blob(chunk, overwrite=True)
-            return
+            return str(blob.upload_blob(chunk, overwrite=True).get("etag") or "") or None
         blocks: list[BlobBlock] = []
         while chunk:
             block_id = f"{len(blocks):08d}"
@@ -285,36 +316,4 @@ class SnapshotStore:
             blocks.append(BlobBlock(block_id))
             chunk, following = following, lines.read(UPLOAD_BLOCK) if following else b""
         self.ensure_lock()
-        blob.commit_block_list(blocks)
-
-    def _upgrade_v1(self) -> None:
-        """Rewrite a v1 snapshot (blake2b keys) as v3: keys computed again from its emails, and sorted again.
-
-        Its fingerprints cannot be recomputed (the rows are not stored), so they become UNTRUSTED: each
-        contact is sent once more, while mirror mode keeps the membership and still removes those who
-        left. Memory: two arrays (16 bytes an entry); the lines wait in a local file.
-        """
-        self.ensure_lock()
-        stream = self._container.download_blob(self._path)
-        with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
-            for chunk in stream.chunks():
-                old.write(chunk)
-            old.seek(0)
-            header = json.loads(old.readline())
-            keys, offsets = array("q"), array("Q")
-            offset = old.tell()
-            for line in old:
-                keys.append(email_key(line.rstrip(b"\n").split(b" ", 2)[2].decode()))
-                offsets.append(offset)
-                offset += len(line)
-            digest = hashlib.sha256()
-            for index in sorted_by_key(keys, iter(range(len(keys)))):
-                old.seek(offsets[index])
-                email = old.readline().rstrip(b"\n").split(b" ", 2)[2].decode()
-                line = f"{keys[index]} {UNTRUSTED} {email}\n".encode()
-                out.write(line)
-                digest.update(line)
-            self._store_snapshot(out, {"config": header.get("config"), "list": header.get("list"),
-                                       "count": len(keys), "digest": digest.hexdigest()})
-        log.info("destination %s: snapshot upgraded to %s; every contact is sent once more", self.destination,
-                 SNAPSHOT_FORMAT)
+        return str(blob.commit_block_list(blocks).get("etag") or "") or None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from azure.core.exceptions import ResourceModifiedError
@@ -104,8 +104,10 @@ class OldLines:
     """The previous snapshot's lines in order, copied in runs up to a position, the `drops` left out; with
     `carried_fp`, each rewritten under that fingerprint (an untrusted snapshot carried over)."""
 
-    def __init__(self, blocks: Iterator[bytes], carried_fp: int | None, drops: list[int]) -> None:
+    def __init__(self, blocks: Iterator[bytes], carried_fp: int | None, drops: list[int],
+                 on_copy: Callable[[int, int], None] | None = None) -> None:
         self._blocks = blocks
+        self._on_copy = on_copy  # (position, count) of each run copied
         self._lines: list[bytes] = []
         self._at = 0
         self._cursor = 0  # the position of the next line
@@ -131,6 +133,8 @@ class OldLines:
         return True
 
     def _copy(self, count: int, writer: DigestWriter | None) -> None:
+        if writer is not None and count > 0 and self._on_copy is not None:
+            self._on_copy(self._cursor, count)
         self._cursor += count
         while count > 0:
             if not self._fill():
@@ -167,16 +171,21 @@ class SortedLines:
             self._files[bucket].write(b"".join(pending))
             pending.clear()
 
-    def in_order(self) -> Iterator[tuple[int, bytes]]:
+    def in_order(self) -> Iterator[tuple[int, int, bytes]]:
+        """(key, fingerprint, line) of every line added, by key."""
         for bucket, file in enumerate(self._files):
             file.write(b"".join(self._pending[bucket]))
             self._pending[bucket].clear()
             file.seek(0)
-            lines = file.read().split(b"\n")
-            keys = self._keys[bucket]
+            data = file.read()
+            lines = data.split(b"\n")
+            keys, fps = self._keys[bucket], array("q")
             self._keys[bucket] = array("q")
+            if data:
+                parse_block(data[:-1], array("q"), fps)
+            del data
             for index in sorted(range(len(keys)), key=keys.__getitem__):
-                yield keys[index], lines[index] + b"\n"
+                yield keys[index], fps[index], lines[index] + b"\n"
 
     def __enter__(self) -> SortedLines:
         return self
