@@ -179,7 +179,7 @@ def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
         matcher = LineMatcher(reader, 1234, columns, snapshot)
         chunk = next(item for item in reader.project_lines(columns) if isinstance(item, RawChunk))
         parsed = list(reader.parse_lines(chunk, range(len(chunk.lines))))
-        _, _, emails, fps = matcher._match(chunk.lines)
+        _, _, emails, fps = matcher._match(chunk.lines, 1 << 30)
     assert len(parsed) == 6 and parsed[-1] is not None and parsed[-1][3] is not None  # the short line
     for row, fp, email in zip(parsed[:-1], fps[:-1], emails, strict=False):
         assert row is not None and int(fp) == source_fingerprint(row[2], 1234)
@@ -189,7 +189,8 @@ def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
 
 # -- the snapshot's index -----------------------------------------------------------------------------------
 
-def test_a_refresh_loads_the_snapshots_index_and_downloads_its_text_only_for_leavers(env: Env, monkeypatch: Any) -> None:
+def test_a_refresh_loads_the_snapshots_index_and_downloads_its_text_only_for_leavers(env: Env,
+                                                                                   monkeypatch: Any) -> None:
     from array import array
 
     from shared.state import snapshot as snapshot_module
@@ -229,3 +230,37 @@ def test_a_refresh_loads_the_snapshots_index_and_downloads_its_text_only_for_lea
     assert load_index(env.runs, path + ".idx", path + ".txt") is None
     again = env.export(_upload(env, [*lines[:30], b"zz@example.com,New,gold"]), mirror)
     assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 31, 0) and again.balanced
+
+
+@pytest.mark.parametrize("content", [
+    b"Email,First,Tier\ra@example.com,Ann,gold\rb@example.com,Bob,gold\r",  # classic Mac line ends
+    b"Email,First,Tier\ra@example.com,Ann,gold\n",
+    b"Email,First,Tier\r\na@example.com,Ann,gold\rb@example.com,Bob,gold\r\n",
+], ids=["cr", "cr-then-lf", "crlf-with-a-lone-cr"])
+def test_lines_ended_by_a_lone_carriage_return_are_all_read(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "f.csv").write_bytes(content)
+    source = LocalDirSource(str(tmp_path))
+    with open_segment(source, "f.csv", ReaderOptions(escapechar="\\")) as plain:
+        expected = _rows(plain, lines=False)
+    with open_segment(source, "f.csv", raw_lines=True) as reader:
+        assert _rows(reader, lines=True) == expected and expected
+
+
+def test_a_quoted_value_running_over_lines_past_the_limit_stops_the_file_after_plain_lines(tmp_path: Path) -> None:
+    from shared.errors import SegmentFileError
+
+    content = (b'Email,First,Tier\na@example.com,A,b\nb@example.com,"' + b"x" * 70000 + b"\n" + b"y" * 70000
+               + b'\nevil@example.com,Eve,z\nend",t\n')
+    (tmp_path / "f.csv").write_bytes(content)
+    with (open_segment(LocalDirSource(str(tmp_path)), "f.csv", raw_lines=True) as reader,
+          pytest.raises(SegmentFileError, match="runs over 2 lines") as caught):
+        _rows(reader, lines=True)
+    assert caught.value.row == 2
+
+
+@pytest.mark.parametrize("tier", [b"go\x00ld", b"g\xffold", b"g" * 140_000], ids=["nul", "bad-utf8", "too-long"])
+def test_a_line_the_parser_rejects_for_an_unmapped_column_is_never_unchanged(env: Env, tier: bytes) -> None:
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, [b"a@example.com,Ann,gold", b"b@example.com,Bob,gold"]), mirror)
+    report = env.export(_upload(env, [b"a@example.com,Ann," + tier, b"b@example.com,Bob,gold"]), mirror)
+    assert (report.rejected_count, report.unchanged_skipped, report.exported) == (1, 1, 0) and report.balanced

@@ -66,7 +66,7 @@ class LineMatcher:
         lines = chunk.lines
         if chunk.crlf:
             lines = list(map(bytes.removesuffix, lines, repeat(b"\r")))
-        hit, keys, emails, fps = self._match(lines)
+        hit, keys, emails, fps = self._match(lines, self._reader.raw_trusted_below)
         misses: list[int] = self._np.flatnonzero(~hit).tolist()
         start, first, source, count = 0, chunk.first_row, chunk.source, len(lines)
         for i, row in zip(misses, self._reader.parse_lines(chunk, misses), strict=True):
@@ -80,10 +80,18 @@ class LineMatcher:
             spool.add_unchanged_run(source, first + start, keys[start:].tobytes(), emails[start:])
             report.rows_read += count - start
 
-    def _match(self, lines: list[bytes]) -> tuple[Any, Any, list[bytes], Any]:
-        """Which lines are unchanged (marked in the snapshot), with every line's key, email and fingerprint."""
+    def _match(self, lines: list[bytes], below: int) -> tuple[Any, Any, list[bytes], Any]:
+        """Which lines are unchanged (marked in the snapshot), with every line's key, email and fingerprint.
+
+        Only a line of the header's width, shorter than `below` (the reader's guard: no NUL or undecodable
+        byte read, no value past max_field_chars) can be unchanged: the parser would reject any other, for a
+        problem in any column, mapped or not.
+        """
         np, delimiter, count = self._np, self._delimiter, len(lines)
         whole = np.fromiter(map(bytes.count, lines, repeat(delimiter)), dtype=np.int64, count=count) == self._width - 1
+        eligible = whole
+        if count and max(map(len, lines)) >= below:
+            eligible = whole & (np.fromiter(map(len, lines), dtype=np.int64, count=count) < below)
         raw: Iterable[bytes]
         if whole.all():
             fps = self._fingerprints(lines)
@@ -98,7 +106,7 @@ class LineMatcher:
         keys = (np.fromiter(map(xxh3, emails), dtype=np.uint64, count=count) ^ self._flip).view(np.int64)
         at = np.searchsorted(self._keys, keys)
         np.minimum(at, self._last, out=at)
-        hit = (self._keys[at] == keys) & (self._fps[at] == fps) & whole
+        hit = (self._keys[at] == keys) & (self._fps[at] == fps) & eligible
         self._seen[at[hit]] = 1
         return hit, keys, emails, fps
 

@@ -3,11 +3,10 @@
 One line per exported contact, sorted by email key: `<key> <fingerprint> <email>`. The fingerprint is of the
 row's mapped source values under the destination's mapping rules (shared.state.keys.source_fingerprint), so
 a row that did not change is known before it is mapped. Keys and fingerprints load into two arrays (16 bytes
-a contact), with a bucket index over the keys so a look-up is a few comparisons, not a dictionary of a
-million strings. Emails are only read back for contacts that left the segments (mirror), and a new snapshot
-copies the stored lines of the contacts that did not change as they are, in runs: a refresh costs what
-changed, not the list's size. The stored snapshot is downloaded once a run: load keeps a copy on local disk,
-which the leavers' emails and the merge read.
+a contact; from the binary index beside the text when it is valid, shared.state.snapshot_index), with a
+bucket index over the keys so a look-up is a few comparisons. The text is read for the emails of contacts
+that left (mirror) and for the merge, once, into a local copy; a new snapshot copies the stored lines of
+unchanged contacts in runs: a refresh costs what changed, not the list's size.
 
 A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
 fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
@@ -251,7 +250,7 @@ class SnapshotStore:
                 writer.flush()
                 header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
                           "digest": writer.digest.hexdigest()}
-                etag = self._store_snapshot(out, header)
+                etag = self._store_snapshot(out, header, replacing=old.etag if old is not None else None)
                 if etag is not None and index.count == writer.count:
                     index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, etag,
                                 self.ensure_lock)
@@ -268,8 +267,7 @@ class SnapshotStore:
         return blocks
 
     def _stored_chunks(self) -> Iterator[bytes]:
-        """The snapshot as load read it, from the local copy; loaded from its index, the text is downloaded
-        (pinned to the ETag the index was written with) into that copy the first time it is needed."""
+        """The text as loaded, from the local copy (downloaded, pinned to its ETag, when first needed)."""
         if self.snapshot is None:
             return
         if self._local is None:
@@ -298,17 +296,20 @@ class SnapshotStore:
             offset += len(data)
             yield data
 
-    def _store_snapshot(self, lines: Any, header: dict[str, Any]) -> str | None:
-        """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes: the SDK would read a stream of
-        up to 64 MB (a million-contact snapshot) into memory for a single PUT, and copy it."""
+    def _store_snapshot(self, lines: Any, header: dict[str, Any], replacing: str | None = None) -> str | None:
+        """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes (the SDK would hold a 64 MB
+        snapshot in memory for one PUT, and copy it); returns the new ETag."""
         lines.seek(0)
         head = json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n"
         blob = self._container.get_blob_client(self._path)
         chunk = head + lines.read(UPLOAD_BLOCK - len(head))
         following = lines.read(UPLOAD_BLOCK)
         self.ensure_lock()
+        # Only over the version this run loaded (the merge read its lines): a blob changed since fails the write.
+        pinned: dict[str, Any] = {"etag": replacing, "match_condition": MatchConditions.IfNotModified} if (
+            replacing) else {}
         if not following:
-            return str(blob.upload_blob(chunk, overwrite=True).get("etag") or "") or None
+            return str(blob.upload_blob(chunk, overwrite=True, **pinned).get("etag") or "") or None
         blocks: list[BlobBlock] = []
         while chunk:
             block_id = f"{len(blocks):08d}"
@@ -316,4 +317,4 @@ class SnapshotStore:
             blocks.append(BlobBlock(block_id))
             chunk, following = following, lines.read(UPLOAD_BLOCK) if following else b""
         self.ensure_lock()
-        return str(blob.commit_block_list(blocks).get("etag") or "") or None
+        return str(blob.commit_block_list(blocks, **pinned).get("etag") or "") or None

@@ -84,6 +84,11 @@ class SegmentReader(ABC):
         return False
 
     @property
+    def raw_trusted_below(self) -> int:
+        """Plain lines shorter than this cannot hold a value the parser would reject (0: no line)."""
+        return 0
+
+    @property
     def line_delimiter(self) -> bytes:
         return b","
 

@@ -83,6 +83,14 @@ class CsvSegmentReader(SegmentReader):
         return self._feed is not None
 
     @property
+    def raw_trusted_below(self) -> int:
+        """Plain lines shorter than this hold no value the parser would reject (0: none, as a NUL or an
+        undecodable byte has been read, or the csv module's limit is looser than this reader's)."""
+        if self._stream.guard.suspect or not self._limit_exact:
+            return 0
+        return self._limit + 1
+
+    @property
     def line_delimiter(self) -> bytes:
         return self._layout.delimiter.encode("utf-8")  # raw lines are UTF-8 only (raw_lines.line_safe)
 
@@ -290,7 +298,8 @@ class CsvSegmentReader(SegmentReader):
     def _row_problem(self, exc: csv.Error, row: int, start_line: int, line: int) -> str:
         """The reason to reject the row the parser stopped on; raises when the rest of the file is unusable."""
         text = str(exc)
-        start_line += self._feed.plain_taken if self._feed is not None else 0  # lines csv never saw
+        skipped = self._feed.plain_taken if self._feed is not None else 0  # lines csv never saw
+        start_line, line = start_line + skipped, line + skipped
         if text.startswith("unexpected end of data"):
             raise SegmentFileError(self._description, f"unterminated quoted value: the quote opened in this row "
                                                       f"(line {start_line + 1}) is never closed", row=row)

@@ -112,7 +112,7 @@ class LineFeed:
         return lines
 
     def at_end(self) -> bool:
-        return self._at >= len(self._lines) and not self._fill()
+        return not self._pieces and self._at >= len(self._lines) and not self._fill()
 
     # -- reading --------------------------------------------------------------------------------------
 
