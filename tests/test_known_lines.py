@@ -264,3 +264,27 @@ def test_a_line_the_parser_rejects_for_an_unmapped_column_is_never_unchanged(env
     env.export(_upload(env, [b"a@example.com,Ann,gold", b"b@example.com,Bob,gold"]), mirror)
     report = env.export(_upload(env, [b"a@example.com,Ann," + tier, b"b@example.com,Bob,gold"]), mirror)
     assert (report.rejected_count, report.unchanged_skipped, report.exported) == (1, 1, 0) and report.balanced
+
+
+def test_the_index_is_best_effort_and_goes_with_an_erasure(env: Env, monkeypatch: Any) -> None:
+    from azure.core.exceptions import ServiceResponseError
+
+    from shared.privacy.scrub import scrub_snapshot
+    from shared.state import snapshot_index
+
+    mirror = destination(mode="mirror")
+    index = f"state/{NAME}/snapshot.idx"
+
+    def failing(*_: Any) -> None:
+        raise ServiceResponseError("storage went away")
+
+    monkeypatch.setattr(snapshot_index.IndexWriter, "_store", failing)
+    first = env.export(_upload(env, _people(12)), mirror)
+    assert first.status == "succeeded" and env.state("snapshot.idx") is None  # the text is stored all the same
+    monkeypatch.undo()
+    again = env.export(_upload(env, _people(12)[:11]), mirror)  # the text parsed; the index written with it
+    assert (again.unchanged_skipped, again.removed_from_list) == (11, 1) and env.runs.get_blob_client(index).exists()
+    assert scrub_snapshot(env.runs, NAME, {"p003@example.com"}, lambda: None) == 1
+    assert not env.runs.get_blob_client(index).exists()  # it held the erased person's key
+    after = env.export(_upload(env, _people(12)[:11]), mirror)
+    assert (after.exported, after.unchanged_skipped) == (1, 10) and after.balanced  # p003 is sent again

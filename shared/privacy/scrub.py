@@ -7,6 +7,7 @@ it): an export merging into it meanwhile would otherwise write the erased entrie
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -57,6 +58,9 @@ def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str
             body.seek(0)
             ensure_lock()
             container.get_blob_client(path).upload_blob(body, overwrite=True)
+    # The binary index (shared.state.snapshot_index) holds the erased people's keys too; stale now, it goes.
+    with contextlib.suppress(ResourceNotFoundError):
+        container.delete_blob(f"state/{destination}/snapshot.idx")
     return removed
 
 

@@ -37,6 +37,7 @@ from shared.state.snapshot_lines import (
     SortedLines,
     copied,
     line_blocks,
+    local_copy,
     parse_block,
 )
 from shared.state.snapshot_v1 import upgrade_v1
@@ -211,9 +212,8 @@ class SnapshotStore:
         `exported`: (key, fingerprint, UTF-8 email) of each contact SendGrid confirmed this run, in any order:
         each takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged
         contact, or one whose import did not complete, so the next refresh sends it again), except the
-        `dropped` positions of the previous snapshot (mirror: contacts taken off the list). New lines are
-        sorted in buckets on local disk; the stored lines between the changes are copied as they are; a
-        snapshot that would come out as it was is not uploaded again.
+        `dropped` positions of the previous snapshot (mirror: contacts taken off the list). New lines are sorted
+        in buckets on local disk, stored lines copied in runs; an unchanged snapshot is not uploaded again.
         """
         self.ensure_lock()
         old = self.snapshot
@@ -233,16 +233,17 @@ class SnapshotStore:
             if not changed:
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
-            old_keys = old.keys if old is not None else array("q")
-            old_fps = old.fingerprints if old is not None else array("q")
+            old_keys, old_fps = (old.keys, old.fingerprints) if old is not None else (array("q"), array("q"))
 
             def copied_run(position: int, count: int) -> None:  # the index follows the lines copied
                 fps = old_fps[position:position + count] if carried_fp is None else array("q", [carried_fp]) * count
                 index.add_run(old_keys[position:position + count], fps)
 
-            lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
             try:
-                for key, fp, line in new.in_order():
+                lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
+                if not old_keys:  # nothing stored to merge with
+                    new.write_sorted(writer, index.add_run)
+                for key, fp, line in new.in_order() if old_keys else ():
                     lines.copy_to(bisect.bisect_left(old_keys, key), writer)
                     writer.write(line)
                     index.add(key, fp)
@@ -252,8 +253,7 @@ class SnapshotStore:
                           "digest": writer.digest.hexdigest()}
                 etag = self._store_snapshot(out, header, replacing=old.etag if old is not None else None)
                 if etag is not None and index.count == writer.count:
-                    index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, etag,
-                                self.ensure_lock)
+                    index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, etag)
             finally:
                 index.close()
         return writer.count
@@ -271,9 +271,7 @@ class SnapshotStore:
         if self.snapshot is None:
             return
         if self._local is None:
-            self._local = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-            for chunk in self._chunks(self.snapshot.etag):
-                self._local.write(chunk)
+            self._local = local_copy(self._chunks(self.snapshot.etag))
         self._local.seek(0)
         while chunk := self._local.read(READ_BLOCK):
             yield chunk

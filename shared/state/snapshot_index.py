@@ -13,15 +13,17 @@ Written and read a block at a time, through local files: the arrays of a million
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 from array import array
-from collections.abc import Callable
 from typing import IO, Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient
+
+log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "segment-to-sendgrid snapshot index v1"
 _BLOCK = 2 << 20  # bytes an upload block or a ranged read
@@ -66,14 +68,24 @@ class IndexWriter:
         fps.tofile(self._fps)
         self._written += len(keys)
 
-    def store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str,
-              ensure_lock: Callable[[], None]) -> None:
-        """Upload as `path`: a JSON line (the text's header and ETag), then the keys, then the fingerprints."""
+    def store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str) -> None:
+        """Upload as `path`: a JSON line (the text's header and ETag), then the keys, then the fingerprints.
+
+        Best effort, after the text is stored: an index that fails to upload is only missing (the old one no
+        longer matches the text's ETag), so the next run parses the text. No lease check is needed either: a
+        run that took the lock over has written, or will write, its own text, which this index does not match.
+        """
+        try:
+            self._store(container, path, header, text_etag)
+        except AzureError as exc:
+            log.warning("snapshot index %s not stored (%s): the next run reads the snapshot's text", path,
+                        type(exc).__name__)
+
+    def _store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str) -> None:
         self.flush()
         head = json.dumps({"format": INDEX_FORMAT, "text_etag": text_etag, "count": self.count,
                            "header": header}).encode() + b"\n"
         blob = container.get_blob_client(path)
-        ensure_lock()
         if 16 * self.count + len(head) <= _BLOCK:
             self._keys.seek(0)
             self._fps.seek(0)
@@ -91,7 +103,6 @@ class IndexWriter:
             part.seek(0)
             while chunk := part.read(_BLOCK):
                 stage(chunk)
-        ensure_lock()
         blob.commit_block_list(blocks)
 
     def close(self) -> None:
@@ -109,10 +120,14 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
         return None
     first = stream.readall()
     end = first.find(b"\n")
-    head = json.loads(first[:end]) if end >= 0 else {}
+    try:
+        head = json.loads(first[:end])
+        count, header = int(head["count"]), dict(head["header"])
+    except (ValueError, TypeError, KeyError):
+        return None  # not an index this code wrote: the text is parsed instead
     if head.get("format") != INDEX_FORMAT or head.get("text_etag") != text_etag:
         return None  # written with another version of the text: stale (the text is parsed instead)
-    count, etag = int(head["count"]), stream.properties.etag
+    etag = stream.properties.etag
     data = bytearray(first[end + 1:])
     size = stream.properties.size or 0
     content_range = stream.properties.content_range or ""
@@ -139,7 +154,7 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
     if not _LITTLE:
         keys.byteswap()
         fps.byteswap()
-    return head["header"], keys, fps, text_etag
+    return header, keys, fps, text_etag
 
 
 def _take(data: memoryview, keys: array[int], fps: array[int], count: int) -> None:

@@ -173,19 +173,33 @@ class SortedLines:
 
     def in_order(self) -> Iterator[tuple[int, int, bytes]]:
         """(key, fingerprint, line) of every line added, by key."""
+        for keys, fps, lines in self._buckets():
+            for index in sorted(range(len(keys)), key=keys.__getitem__):
+                yield keys[index], fps[index], lines[index] + b"\n"
+
+    def _buckets(self) -> Iterator[tuple[array[int], array[int], list[bytes]]]:
+        """Each bucket's keys, fingerprints and lines (without their newline), in the order added."""
         for bucket, file in enumerate(self._files):
             file.write(b"".join(self._pending[bucket]))
             self._pending[bucket].clear()
             file.seek(0)
             data = file.read()
-            lines = data.split(b"\n")
             keys, fps = self._keys[bucket], array("q")
             self._keys[bucket] = array("q")
-            if data:
-                parse_block(data[:-1], array("q"), fps)
+            if not data:
+                continue
+            parse_block(data[:-1], array("q"), fps)
+            lines = data[:-1].split(b"\n")
             del data
-            for index in sorted(range(len(keys)), key=keys.__getitem__):
-                yield keys[index], fps[index], lines[index] + b"\n"
+            yield keys, fps, lines
+
+    def write_sorted(self, writer: DigestWriter, index: Callable[[array[int], array[int]], None]) -> None:
+        """Every line added, by key, into `writer` a bucket at a time, and its keys and fingerprints to `index`:
+        the snapshot of a first export, with no stored lines to merge."""
+        for keys, fps, lines in self._buckets():
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            index(array("q", map(keys.__getitem__, order)), array("q", map(fps.__getitem__, order)))
+            writer.write_block(b"\n".join(map(lines.__getitem__, order)) + b"\n", len(order))
 
     def __enter__(self) -> SortedLines:
         return self
@@ -210,3 +224,15 @@ def sorted_by_key(keys: array[int], indices: Iterator[int]) -> Iterator[int]:
     # Signed keys: buckets 128..255 hold the negative ones, which sort first.
     for bucket in (*buckets[128:], *buckets[:128]):
         yield from sorted(bucket, key=keys.__getitem__)
+
+
+def local_copy(chunks: Iterator[bytes]) -> IO[bytes]:
+    """The chunks in a local temporary file, complete (closed again when reading them fails part way)."""
+    local = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's, or closed below
+    try:
+        for chunk in chunks:
+            local.write(chunk)
+    except BaseException:
+        local.close()
+        raise
+    return local
