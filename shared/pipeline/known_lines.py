@@ -7,7 +7,7 @@ snapshot's entry for the line's email has that fingerprint, and the line has the
 unchanged: it is marked in the snapshot and spooled by its key and email, in runs, never decoded, parsed or
 mapped; an unmapped column changing changes nothing, as on the row-by-row path.
 
-The work is done a chunk (~10,000 lines) at a time, in C-level maps and numpy: a look-up per row in Python
+The work is done a chunk (~3,000 lines) at a time, in C-level maps and numpy: a look-up per row in Python
 would cost more than parsing the row. The other lines (changed, new, blank, malformed, or an email that needs
 more than lower-casing) take the row-by-row path, with their fingerprint. numpy does the sorted search and the
 gathers over the snapshot's arrays (views, no copies); it is imported only by a run with a snapshot to compare
