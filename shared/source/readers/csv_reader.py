@@ -28,7 +28,7 @@ from shared.source.readers.csv_header import (
 )
 from shared.source.readers.decoding import EmptyFileError, TextStream, open_text
 from shared.source.readers.options import ReaderOptions
-from shared.source.readers.raw_lines import LineFeed, RawChunk, line_safe
+from shared.source.readers.raw_lines import LineFeed, RawChunk, line_safe, mostly_plain
 from shared.source.readers.text_encoding import ESCAPE
 from shared.source.records import Record
 from shared.source.sources import ByteSource
@@ -56,7 +56,8 @@ class CsvSegmentReader(SegmentReader):
         binary = cast(io.BufferedReader, self._stream.text.buffer)
         self._feed = LineFeed(binary, self._stream.encoding, layout.quotechar) if (
             raw_lines and layout.header == "first-row" and layout.columns is None and layout.escapechar is None
-            and not layout.quote_none and line_safe(self._stream.encoding)) else None
+            and not layout.quote_none and line_safe(self._stream.encoding)
+            and mostly_plain(binary.peek(1 << 16), layout.quotechar)) else None
         try:
             self._reader = csv.reader(
                 self._feed if self._feed is not None else self._stream.text, **self._dialect())

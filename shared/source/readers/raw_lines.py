@@ -33,6 +33,12 @@ def line_safe(encoding: str) -> bool:
     return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
+def mostly_plain(head: bytes, quotechar: str) -> bool:
+    """Whether the file's first lines are mostly plain: in a file that quotes every value, no line is, and
+    handing each line to the parser through the feed would only cost more than the text stream."""
+    return head.count(quotechar.encode("utf-8")) < head.count(b"\n") + 1
+
+
 @dataclass(slots=True)
 class RawChunk:
     """Consecutive lines of one file, each one whole record (or blank), as bytes without their b"\\n";
