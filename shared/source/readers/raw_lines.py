@@ -64,7 +64,8 @@ class LineFeed:
         self._at = 0
         self._special: list[int] = []  # indices of lines that are not plain, ascending
         self._next_special = 0
-        self._rest = b""
+        self._rest = b""  # the start of a line the last read cut, and the reads since that it runs over
+        self._rest_parts: list[bytes] = []
         self._eof = False
         self._last_has_newline = True
         self.crlf = False  # the current chunk has b"\r" (only at line ends, in its plain lines)
@@ -131,18 +132,20 @@ class LineFeed:
                 break
             if self._bom:
                 self._bom = False
-                if self._rest == b"" and data.startswith(codecs.BOM_UTF8):
+                if not self._rest and not self._rest_parts and data.startswith(codecs.BOM_UTF8):
                     data = data[len(codecs.BOM_UTF8):]
             cut = data.rfind(b"\n")
-            if cut < 0:
-                self._rest += data
+            if cut < 0:  # a line longer than a read: its parts are joined once it ends, not at every read
+                self._rest_parts.append(data)
                 continue
-            chunk, self._rest = self._rest + data[:cut], data[cut + 1:]
+            chunk, self._rest = b"".join([self._rest, *self._rest_parts, data[:cut]]), data[cut + 1:]
+            self._rest_parts.clear()
             self._set(chunk.split(b"\n"), chunk, has_newline=True)
             return True
-        if self._rest and self._error is None:  # after a failed read the line in progress is its row's error
-            chunk, self._rest = self._rest, b""
-            self._set([chunk], chunk, has_newline=False)
+        rest = b"".join([self._rest, *self._rest_parts])
+        self._rest, self._rest_parts = b"", []
+        if rest and self._error is None:  # after a failed read the line in progress is its row's error
+            self._set([rest], rest, has_newline=False)
             return True
         self._lines, self._at = [], 0
         if self._error is not None:
