@@ -168,7 +168,7 @@ def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
 
     from shared.pipeline.known_lines import LineMatcher
     from shared.state.keys import source_fingerprint
-    from shared.state.snapshot import Snapshot
+    from shared.state.snapshot_entries import Snapshot
 
     width = header.count(b",") + 1
     body = [b"x%d@example.com,Ann %d,,gold" % (i, i) for i in range(5)] + [b"short@example.com"]
@@ -179,7 +179,7 @@ def test_a_lines_fingerprint_is_the_source_fingerprint_of_its_parsed_values(
         matcher = LineMatcher(reader, 1234, columns, snapshot)
         chunk = next(item for item in reader.project_lines(columns) if isinstance(item, RawChunk))
         parsed = list(reader.parse_lines(chunk, range(len(chunk.lines))))
-        _, _, emails, fps = matcher._match(chunk.lines, 1 << 30)
+        _, _, emails, fps, _ = matcher._match(chunk.lines, 1 << 30)
     assert len(parsed) == 6 and parsed[-1] is not None and parsed[-1][3] is not None  # the short line
     for row, fp, email in zip(parsed[:-1], fps[:-1], emails, strict=False):
         assert row is not None and int(fp) == source_fingerprint(row[2], 1234)

@@ -63,8 +63,8 @@ def _arrays(emails: list[str], bodies: list[bytes]) -> tuple["array[int]", "arra
 
 
 def _entries(keys: "array[int]", fps: "array[int]", emails: list[str],
-             confirmed: Iterable[int]) -> list[tuple[int, int, bytes]]:
-    return [(keys[i], fps[i], emails[i].encode()) for i in confirmed]
+             confirmed: Iterable[int]) -> list[tuple[int, int, bytes, int]]:
+    return [(keys[i], fps[i], emails[i].encode(), 0) for i in confirmed]
 
 
 def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container: ContainerClient) -> None:

@@ -687,8 +687,8 @@ def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClie
         other.release()
 
 
-def _one_contact() -> tuple[list[tuple[int, int, bytes]]]:
-    return ([(email_key("a@example.com"), fingerprint(b"{}"), b"a@example.com")],)
+def _one_contact() -> tuple[list[tuple[int, int, bytes, int]]]:
+    return ([(email_key("a@example.com"), fingerprint(b"{}"), b"a@example.com", 0)],)
 
 
 # -- (h) what invalidates the snapshot -------------------------------------------------------------------------

@@ -42,7 +42,8 @@ __all__ = ["ExportOptions", "ExportResult", "Outcome", "RunArguments", "describe
            "export_segments", "reader_options"]
 
 
-_UNCHANGED_CODE = bytes([Outcome.NOT_SENT, Outcome.UNCHANGED]).ljust(256, b"\0")  # Spool.unchanged -> codes
+# Spool.unchanged (mapped, unchanged, recognised by its line) -> outcome codes
+_UNCHANGED_CODE = bytes([Outcome.NOT_SENT, Outcome.UNCHANGED, Outcome.UNCHANGED]).ljust(256, b"\0")
 
 
 class RunArguments(TypedDict, total=False):
@@ -87,6 +88,8 @@ def export_segments(
     spool = Spool(options.spool_dir)
     try:
         known = Known(sync.snapshot) if sync is not None and not options.dry_run else None
+        if sync is not None:
+            spool.entry_emails = sync.snapshot_emails  # rows recognised by their line keep only their entry
         read_segments(destination, source, files, ContactMapper(destination, custom), spool, result, options, known)
         superseded = spool.superseded()
         report.duplicates_merged = len(superseded)

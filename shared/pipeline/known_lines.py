@@ -7,15 +7,21 @@ snapshot's entry for the line's email has that fingerprint, and the line has the
 unchanged: it is marked in the snapshot and spooled by its key and email, in runs, never decoded, parsed or
 mapped; an unmapped column changing changes nothing, as on the row-by-row path.
 
+Cheaper still, a line whose hash (shared.state.line_hashes) is an entry's is that entry's very line: one
+digest a line, no split, and the spool keeps only the entry. A line that changed only in an unmapped column
+is found by its values as above, and its entry takes the new line hash.
+
 The work is done a chunk (~3,000 lines) at a time, in C-level maps and numpy: a look-up per row in Python
 would cost more than parsing the row. The other lines (changed, new, blank, malformed, or an email that needs
-more than lower-casing) take the row-by-row path, with their fingerprint. numpy does the sorted search and the
-gathers over the snapshot's arrays (views, no copies); it is imported only by a run with a snapshot to compare
-with, as its ~10 MB count against peak RSS.
+more than lower-casing) take the row-by-row path, with their fingerprint and line hash. numpy does the sorted
+searches and the gathers over the snapshot's arrays (views, no copies); it is imported only by a run with a
+snapshot to compare with, as its ~10 MB count against peak RSS.
 """
 
 from __future__ import annotations
 
+import itertools
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -24,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from shared.source.readers.base import ProjectedRow, SegmentReader
 from shared.source.readers.raw_lines import SEPARATOR, RawChunk
 from shared.staging.spool import Spool
-from shared.state.keys import xxh3
-from shared.state.snapshot import Snapshot
+from shared.state.keys import line_seed, xxh3
+from shared.state.snapshot_entries import Snapshot
 
 if TYPE_CHECKING:
     from shared.pipeline.report import RunReport
@@ -41,6 +47,7 @@ class LineMatcher:
         self._reader = reader
         self._width = len(header)
         self._delimiter = reader.line_delimiter
+        self._line_seed = line_seed(seed, header, self._delimiter)
         positions = [header.index(column) for column in columns]
         self._picked = itemgetter(*positions)
         self._several = len(positions) > 1
@@ -59,29 +66,66 @@ class LineMatcher:
         self._fps = numpy.frombuffer(snapshot.fingerprints, dtype=numpy.int64)
         self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
         self._last = len(snapshot) - 1
+        self._lines = snapshot.lines
+        lookup = snapshot.lines.sorted_lookup() if snapshot.lines.known() else (None, None)
+        self._sorted: Any = lookup[0]  # the entries' line hashes, sorted
+        self._entry: Any = lookup[1]  # the entry of each
 
-    def rows(self, chunk: RawChunk, spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int]]:
-        """(row, its fingerprint) of each line not known unchanged, in order; the unchanged ones go into the
-        spool in runs between them (so the spool keeps file order) and count as rows read."""
-        lines = chunk.lines
+    def rows(self, chunk: RawChunk, spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int, int]]:
+        """(row, its fingerprint, its line hash) of each line not known unchanged, in order; the unchanged ones
+        go into the spool in runs between them (so the spool keeps file order) and count as rows read."""
+        np, lines = self._np, chunk.lines
         if chunk.crlf:
             lines = list(map(bytes.removesuffix, lines, repeat(b"\r")))
-        hit, keys, emails, fps = self._match(lines, self._reader.raw_trusted_below)
-        misses: list[int] = self._np.flatnonzero(~hit).tolist()
-        start, first, source, count = 0, chunk.first_row, chunk.source, len(lines)
-        for i, row in zip(misses, self._reader.parse_lines(chunk, misses), strict=True):
-            if i > start:
-                spool.add_unchanged_run(source, first + start, keys[start:i].tobytes(), emails[start:i])
-                report.rows_read += i - start
-            start = i + 1
-            if row is not None:
-                yield row, int(fps[i])
-        if start < count:
-            spool.add_unchanged_run(source, first + start, keys[start:].tobytes(), emails[start:])
-            report.rows_read += count - start
+        count, below = len(lines), self._reader.raw_trusted_below
+        hashes = (np.fromiter(map(xxh3, lines, repeat(self._line_seed)), dtype=np.uint64, count=count)
+                  ^ self._flip).view(np.int64)
+        kind = np.zeros(count, dtype=np.uint8)  # _MISS, _SAME_VALUES or _SAME_LINE
+        keys, entries = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        if self._sorted is not None and below:
+            at = np.searchsorted(self._sorted, hashes)
+            np.minimum(at, self._last, out=at)
+            same_line = (self._sorted[at] == hashes) & (hashes != 0)
+            entries[same_line] = self._entry[at[same_line]]
+            self._seen[entries[same_line]] = 1
+            keys[same_line] = self._keys[entries[same_line]]
+            kind[same_line] = _SAME_LINE
+        rest = np.flatnonzero(kind == _MISS)
+        emails: list[bytes] = []
+        fps = np.zeros(count, dtype=np.int64)
+        if len(rest):
+            subset = lines if len(rest) == count else [lines[i] for i in rest.tolist()]
+            hit, keys[rest], emails, fps[rest], found = self._match(subset, below)
+            kind[rest[hit]] = _SAME_VALUES
+            self._lines.update(found[hit], hashes[rest[hit]])  # their lines changed: next time, these lines
+        yield from self._spooled(chunk, kind, keys, entries, fps, hashes, rest, emails, spool, report)
 
-    def _match(self, lines: list[bytes], below: int) -> tuple[Any, Any, list[bytes], Any]:
-        """Which lines are unchanged (marked in the snapshot), with every line's key, email and fingerprint.
+    def _spooled(self, chunk: RawChunk, kind: Any, keys: Any, entries: Any, fps: Any, hashes: Any, rest: Any,
+                 emails: list[bytes], spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int, int]]:
+        """The chunk's lines into the spool in file order, a run of one kind at a time; the misses parsed."""
+        np, count = self._np, len(kind)
+        misses = np.flatnonzero(kind == _MISS).tolist()
+        parsed = iter(zip(misses, self._reader.parse_lines(chunk, misses), strict=True))
+        bounds = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), count]
+        source, first = chunk.source, chunk.first_row
+        for start, end in itertools.pairwise(bounds):
+            what = kind[start]
+            if what == _SAME_LINE:
+                spool.add_known_lines(source, first + start, keys[start:end].tobytes(),
+                                      array("Q", entries[start:end].tobytes()))
+                report.rows_read += end - start
+            elif what == _SAME_VALUES:
+                at = int(np.searchsorted(rest, start))
+                spool.add_unchanged_run(source, first + start, keys[start:end].tobytes(), emails[at:at + end - start])
+                report.rows_read += end - start
+            else:
+                for i, row in itertools.islice(parsed, end - start):
+                    if row is not None:
+                        yield row, int(fps[i]), int(hashes[i])
+
+    def _match(self, lines: list[bytes], below: int) -> tuple[Any, Any, list[bytes], Any, Any]:
+        """Which lines are unchanged (marked in the snapshot), with every line's key, email, fingerprint and the
+        entry it was compared with (meaningful where unchanged).
 
         Only a line of the header's width, shorter than `below` (the reader's guard: no NUL or undecodable
         byte read, no value past max_field_chars) can be unchanged: the parser would reject any other, for a
@@ -108,7 +152,7 @@ class LineMatcher:
         np.minimum(at, self._last, out=at)
         hit = (self._keys[at] == keys) & (self._fps[at] == fps) & eligible
         self._seen[at[hit]] = 1
-        return hit, keys, emails, fps
+        return hit, keys, emails, fps, at
 
     def _fingerprints(self, lines: list[bytes]) -> Any:
         """source_fingerprint of each line's values (lines of the header's width): joined with SEPARATOR,
@@ -128,3 +172,6 @@ class LineMatcher:
             values = map(SEPARATOR.join, map(self._picked, fields)) if self._several else map(self._picked, fields)
         digests = np.fromiter(map(xxh3, values, repeat(self.seed)), dtype=np.uint64, count=len(lines))
         return (digests ^ self._flip).view(np.int64)
+
+
+_MISS, _SAME_VALUES, _SAME_LINE = 0, 1, 2

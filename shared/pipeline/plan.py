@@ -10,7 +10,7 @@ from array import array
 
 from shared.config.destinations import Destination
 from shared.pipeline.result import ExportResult, Run
-from shared.state.snapshot import Snapshot
+from shared.state.snapshot_entries import Snapshot
 
 
 def plan_removals(run: Run) -> set[int] | None:

@@ -24,7 +24,7 @@ from shared.source.segment_files import SegmentFile
 from shared.source.sources import ByteSource
 from shared.staging.spool import Spool
 from shared.state.keys import SIGNED, email_key, fingerprint_seed, source_fingerprint, xxh3
-from shared.state.snapshot import Snapshot
+from shared.state.snapshot_entries import Snapshot
 
 
 @dataclass
@@ -112,19 +112,19 @@ def _read_file(
         for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
             if type(item) is RawChunk:
                 assert lines is not None
-                for (origin, row, values, error), fp in lines.rows(item, spool, report):
-                    one(origin, row, values, error, fp)
+                for (origin, row, values, error), fp, line_hash in lines.rows(item, spool, report):
+                    one(origin, row, values, error, fp, line_hash)
                 continue
             origin, row, values, error = item  # type: ignore[misc]
             fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
-            one(origin, row, values, error, fp)
+            one(origin, row, values, error, fp, 0)
         if unseen and reader.keys_seen:
             raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
 
 
 def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,
               known: Known | None, unseen: set[int]) -> Callable[
-                  [str, int, Sequence[str | None], str | None, int], None]:
+                  [str, int, Sequence[str | None], str | None, int, int], None]:
     """The row-by-row path: one row, with its fingerprint, into the spool (unchanged or mapped) or the rejects.
 
     Why long: this runs once per row that is not recognised as a whole line; its look-ups are bound once here.
@@ -136,7 +136,7 @@ def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options
     position, trusted, seen = _known_rows(known)
     add_unchanged = spool.add_unchanged
 
-    def one(origin: str, row: int, values: Sequence[str | None], error: str | None, fp: int) -> None:
+    def one(origin: str, row: int, values: Sequence[str | None], error: str | None, fp: int, line_hash: int) -> None:
         report.rows_read += 1
         if error is not None:
             result.unreadable_rows += 1
@@ -165,7 +165,7 @@ def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options
                     at = position(key)
                 if at >= 0:
                     seen[at] = 1
-            add(origin, row, mapped.email, mapped.body, fp, key)
+            add(origin, row, mapped.email, mapped.body, fp, key, line_hash)
             if mapped.truncated:
                 for truncated in mapped.truncated:
                     report.add_truncated(TruncatedField(origin, row, truncated))

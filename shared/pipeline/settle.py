@@ -66,7 +66,7 @@ def _save_snapshot(run: Run, sync: SyncState, removed_ok: set[int]) -> bool:
     keys, exported = spool.keys, Outcome.EXPORTED
     mirror = run.destination.mode == "mirror"
     try:
-        sync.write_snapshot(((keys[index], fp, email) for index, fp, email in spool.emails()
+        sync.write_snapshot(((keys[index], fp, email, line_hash) for index, fp, line_hash, email in spool.emails()
                              if outcome_of[index] == exported), dropped=removed_ok if mirror else set())
         sync.clear_checkpoint()
     except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now

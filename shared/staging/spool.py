@@ -7,8 +7,9 @@ fraction of re-parsing the source file.
 
 A row known unchanged (its source fingerprint is the snapshot's, see shared.pipeline.read) is never mapped:
 it takes a position like any contact (its key, where it came from) but only its email is kept, in a
-second file, so the duplicates check can still compare real emails. `contacts()` yields the mapped ones only:
-an unchanged refresh re-reads nothing.
+second file, so the duplicates check can still compare real emails; a row recognised by its whole line keeps
+not even that, only its snapshot entry, whose email the snapshot has (`entry_emails`). `contacts()` yields the
+mapped ones only: an unchanged refresh re-reads nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import itertools
 import os
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from shared.state.keys import SIGNED, email_key, fingerprint, xxh3
@@ -33,6 +34,8 @@ _xxh3 = xxh3  # email_key() and fingerprint() are inlined in Spool.add, which ru
 
 __all__ = ["Spool", "email_key", "fingerprint"]
 
+MAPPED, UNCHANGED, KNOWN_LINE = 0, 1, 2  # Spool.unchanged: mapped; unchanged, email kept; by its line (entry kept)
+
 
 class Spool:
     def __init__(self, directory: str | None = None) -> None:
@@ -42,6 +45,10 @@ class Spool:
         # The source fingerprint (shared.state.keys; 0 in a run without state) of each mapped contact, by its
         # line in the spool file: an unchanged row's is the snapshot's already, and is not kept again.
         self._fingerprints = array("q")
+        # The line hash of each mapped contact's line, as _fingerprints (None while all were 0: no raw lines).
+        self._line_hashes: array[int] | None = None
+        # The emails of snapshot entries (KNOWN_LINE rows), asked for only when their key repeats.
+        self.entry_emails: Callable[[set[int]], dict[int, str]] | None = None
         # Where each contact came from, as runs of consecutive rows of one source (a run breaks at a rejected
         # row or a new source): the position each run starts at, its source (an index into source_names: a
         # CDM folder may have many partitions) and its first row number. A clean file is one run.
@@ -49,8 +56,9 @@ class Spool:
         self._run_sources = array("I")
         self._run_rows = array("I")
         self._next_row = -1  # the row that continues the current run
-        self.unchanged = bytearray()  # 1 per position whose row is unchanged (not mapped, not in `contacts()`)
-        self._offsets = array("Q")  # where each contact's line starts in its file (the spool's or `_known`'s)
+        self.unchanged = bytearray()  # per position: MAPPED, or UNCHANGED / KNOWN_LINE (not in `contacts()`)
+        # Where each contact's line starts in its file (the spool's or `_known`'s), or a KNOWN_LINE row's entry.
+        self._offsets = array("Q")
         # The position of each line of the spool file; None while every row was mapped (line == position),
         # so a first export keeps no such array.
         self._mapped: array[int] | None = None
@@ -65,7 +73,7 @@ class Spool:
         return len(self.keys)
 
     def add(self, source: str, row: int, email: str, body: bytes, fingerprint: int = 0,
-            key: int | None = None) -> None:
+            key: int | None = None, line_hash: int = 0) -> None:
         """A mapped contact; `key` when the caller has email_key(email) already."""
         if source is not self._last_source:
             self._switch_source(source)
@@ -74,6 +82,11 @@ class Spool:
         # email_key(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
         self._fingerprints.append(fingerprint)
+        if self._line_hashes is not None:
+            self._line_hashes.append(line_hash)
+        elif line_hash:
+            self._line_hashes = array("q", bytes(8 * (len(self._fingerprints) - 1)))
+            self._line_hashes.append(line_hash)
         if row != self._next_row:
             self._new_run(row)
         self._next_row = row + 1
@@ -114,6 +127,22 @@ class Spool:
         self.unchanged.extend(b"\x01" * len(emails))
         self._offsets.extend(self._known.add_many(emails))
 
+    def add_known_lines(self, source: str, row: int, keys: bytes, entries: array[int]) -> None:
+        """Consecutive rows from `row` on recognised by their lines: their keys (as bytes) and snapshot entries."""
+        if source is not self._last_source:
+            self._switch_source(source)
+        if self._mapped is None:
+            self._mapped = array("I", range(len(self.keys)))
+        start = len(self.keys)
+        self.keys.frombytes(keys)
+        if row != self._next_row:
+            self._run_starts.append(start)
+            self._run_sources.append(self._last_index)
+            self._run_rows.append(row)
+        self._next_row = row + len(entries)
+        self.unchanged.extend(b"\x02" * len(entries))
+        self._offsets.extend(entries)
+
     def _switch_source(self, source: str) -> None:
         index = self._source_index.get(source)
         if index is None:
@@ -143,6 +172,19 @@ class Spool:
     def email_at(self, index: int) -> str:
         """Read one contact's email back from the spool: a read at its offset, which leaves the file's
         position (maybe mid-iteration of `contacts()`) alone."""
+        return self.emails_at([index])[index]
+
+    def emails_at(self, indices: list[int]) -> dict[int, str]:
+        """The emails of these contacts; those recognised by their line from the snapshot, in one pass."""
+        entries = {index: self._offsets[index] for index in indices if self.unchanged[index] == KNOWN_LINE}
+        found = {index: self._email_here(index) for index in indices if index not in entries}
+        if entries:
+            assert self.entry_emails is not None, "rows recognised by their line come with the snapshot's emails"
+            emails = self.entry_emails(set(entries.values()))
+            found.update((index, emails[entry]) for index, entry in entries.items())
+        return found
+
+    def _email_here(self, index: int) -> str:
         if self.unchanged[index]:
             return self._known.at(self._offsets[index]).decode()
         if self._unwritten:
@@ -157,12 +199,12 @@ class Spool:
         for number, line in enumerate(self._file):
             yield number if mapped is None else mapped[number], line[:-1]
 
-    def emails(self) -> Iterator[tuple[int, int, bytes]]:
-        """(index, source fingerprint, UTF-8 email) of the mapped contacts, in file order: one sequential read
-        of the spool."""
-        fingerprints = self._fingerprints
+    def emails(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(index, source fingerprint, line hash, UTF-8 email) of the mapped contacts, in file order: one
+        sequential read of the spool."""
+        fingerprints, hashes = self._fingerprints, self._line_hashes
         for number, (index, body) in enumerate(self.contacts()):
-            yield index, fingerprints[number], _email_of(body)
+            yield index, fingerprints[number], hashes[number] if hashes is not None else 0, _email_of(body)
 
     def superseded(self) -> set[int]:
         """Indices of contacts whose email appears again later in the file (last row wins).
@@ -174,13 +216,11 @@ class Spool:
         if not repeated:
             return set()
         last: dict[str, int] = {}
-        candidates: list[tuple[int, str]] = []
-        for index, key in enumerate(self.keys):
-            if key in repeated:
-                email = self.email_at(index)
-                candidates.append((index, email))
-                last[email] = index
-        return {index for index, email in candidates if last[email] != index}
+        candidates = [index for index, key in enumerate(self.keys) if key in repeated]
+        emails = self.emails_at(candidates)
+        for index in candidates:
+            last[emails[index]] = index
+        return {index for index in candidates if last[emails[index]] != index}
 
     def _repeated_keys(self) -> set[int]:
         """Keys that occur more than once.

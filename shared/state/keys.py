@@ -51,3 +51,10 @@ def source_fingerprint(values: Sequence[str | None], seed: int) -> int:
     if joined is None or joined.count(_SEP) != len(values) - 1:
         return xxh3(repr(values).encode("utf-8", "surrogatepass"), seed ^ _OTHER_PATH) - SIGNED
     return xxh3(joined.encode("utf-8", "surrogatepass"), seed) - SIGNED
+
+
+def line_seed(seed: int, header: Sequence[str], delimiter: bytes) -> int:
+    """The xxh3 seed of line hashes (shared.state.line_hashes): the fingerprints' seed (the rules) and the
+    file's header and delimiter (which value of a line is which column). Any of them changing, no line matches."""
+    layout = "\x1f".join(header).encode("utf-8", "surrogatepass") + b"\x00" + delimiter
+    return xxh3(layout, seed)

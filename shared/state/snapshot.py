@@ -30,6 +30,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient
 
+from shared.state.line_hashes import LineHashes
+from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter, load_index
 from shared.state.snapshot_lines import (
     DigestWriter,
@@ -52,64 +54,6 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 UNTRUSTED = 0
 UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
 READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
-_INDEX_BITS_MAX = 16  # bucket index: up to 65,536 buckets, about 16 keys each
-
-
-class Snapshot:
-    def __init__(self, header: dict[str, Any], keys: array[int], fingerprints: array[int], *,
-                 trusted: bool = True, etag: str | None = None) -> None:
-        self.header = header
-        self.keys = keys
-        self.fingerprints = fingerprints
-        # False: membership only (full re-sync, mapping changed, older format): no contact counts as unchanged.
-        self.trusted = trusted
-        self.etag = etag  # the stored version these arrays were read from (the merge reads its lines again)
-        # 1 per entry whose person a segment of this run holds (pipeline.read marks them; plan removes the rest)
-        self.seen = bytearray(len(keys))
-        bits = max(0, min(_INDEX_BITS_MAX, len(keys).bit_length() - 4))
-        self._shift = 64 - bits
-        self._index = array("L", (bisect.bisect_left(keys, (bucket << self._shift) - (1 << 63))
-                                  for bucket in range((1 << bits) + 1))) if bits else None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @property
-    def digest(self) -> str:
-        return str(self.header.get("digest", ""))
-
-    def position(self, key: int) -> int:
-        """The entry of this email key, or -1."""
-        keys, index = self.keys, self._index
-        if index is None:
-            at = bisect.bisect_left(keys, key)
-            end = len(keys)
-        else:
-            bucket = (key + (1 << 63)) >> self._shift
-            at = bisect.bisect_left(keys, key, index[bucket], index[bucket + 1])
-            end = index[bucket + 1]
-        return at if at < end and keys[at] == key else -1
-
-    def fingerprint(self, key: int) -> int | None:
-        if not self.trusted:
-            return None
-        position = self.position(key)
-        return self.fingerprints[position] if position >= 0 else None
-
-    def mark(self, key: int) -> None:
-        """This email key is in a segment this run (a row rejected for another field counts)."""
-        position = self.position(key)
-        if position >= 0:
-            self.seen[position] = 1
-
-    def unseen(self) -> set[int]:
-        """Positions of the entries no segment of this run holds (after every row was read and marked)."""
-        gone: set[int] = set()
-        seen, at = self.seen, self.seen.find(0)
-        while at >= 0:
-            gone.add(at)
-            at = seen.find(0, at + 1)
-        return gone
 
 
 class SnapshotStore:
@@ -143,8 +87,8 @@ class SnapshotStore:
         self.close()
         indexed = load_index(self._container, self._index_path, self._path)
         if indexed is not None:  # the arrays as written with this very text: the text is read only if needed
-            header, keys, fingerprints, self._read_etag = indexed
-            return self._snapshot_of(header, lambda: (keys, fingerprints))
+            header, keys, fingerprints, self._read_etag, lines = indexed
+            return self._snapshot_of(header, lambda: (keys, fingerprints), LineHashes(lines))
         try:
             chunks = self._chunks()
             first = next(chunks)
@@ -166,8 +110,8 @@ class SnapshotStore:
 
         return self._snapshot_of(header, parsed)
 
-    def _snapshot_of(self, header: dict[str, Any],
-                     arrays: Callable[[], tuple[array[int], array[int]]]) -> Snapshot | None:
+    def _snapshot_of(self, header: dict[str, Any], arrays: Callable[[], tuple[array[int], array[int]]],
+                     lines: LineHashes | None = None) -> Snapshot | None:
         """The snapshot with this header, trusted or as membership only, or None (another list or format)."""
         if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
             self.close()
@@ -183,7 +127,7 @@ class SnapshotStore:
             log.info("destination %s: snapshot of an older version; every contact is sent once more",
                      self.destination)
         keys, fingerprints = arrays()
-        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag)
+        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag, lines=lines)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
         """Emails of the snapshot entries at these positions (contacts that left the segment)."""
@@ -203,50 +147,63 @@ class SnapshotStore:
             first += len(lines)
         return found
 
-    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes]], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
         Why long: one streaming merge of two sorted sequences (the stored lines and this run's new lines),
         whose cases share the output file and its digest; split up, each piece would need all of that state.
 
-        `exported`: (key, fingerprint, UTF-8 email) of each contact SendGrid confirmed this run, in any order:
-        each takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged
+        `exported`: (key, fingerprint, UTF-8 email, line hash) of each contact SendGrid confirmed this run, in any
+        order: each takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged
         contact, or one whose import did not complete, so the next refresh sends it again), except the
         `dropped` positions of the previous snapshot (mirror: contacts taken off the list). New lines are sorted
-        in buckets on local disk, stored lines copied in runs; an unchanged snapshot is not uploaded again.
+        in buckets on local disk, stored lines copied in runs; an unchanged snapshot is not uploaded again (its
+        index is, alone, when only line hashes changed).
         """
         self.ensure_lock()
         old = self.snapshot
         carried_fp = None if old is None or old.trusted else UNTRUSTED
         changed = old is None or not old.trusted or bool(dropped)
         drops = set(dropped)
+        relined: tuple[list[int], list[int]] = ([], [])  # entries kept whose line hash is new
         with SortedLines() as new, tempfile.TemporaryFile() as out:
-            for key, fp, email in exported:
+            for key, fp, email, line_hash in exported:
                 if old is not None:
                     at = old.position(key)
                     if at >= 0:
                         if carried_fp is None and old.fingerprints[at] == fp:
+                            relined[0].append(at)
+                            relined[1].append(line_hash)
                             continue  # the same source values: its stored line stays
                         drops.add(at)  # replaced by its new line, in the same place
-                new.add(key, b"%d %d %s\n" % (key, fp, email))
+                new.add(key, b"%d %d %s\n" % (key, fp, email), line_hash)
                 changed = True
+            if old is not None and relined[0]:
+                old.lines.update(relined[0], relined[1])
             if not changed:
+                if old is not None and old.lines.changed and old.etag:
+                    self._store_index_alone(old)
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
             old_keys, old_fps = (old.keys, old.fingerprints) if old is not None else (array("q"), array("q"))
 
             def copied_run(position: int, count: int) -> None:  # the index follows the lines copied
-                fps = old_fps[position:position + count] if carried_fp is None else array("q", [carried_fp]) * count
-                index.add_run(old_keys[position:position + count], fps)
+                assert old is not None
+                if carried_fp is None:
+                    index.add_run(old_keys[position:position + count], old_fps[position:position + count],
+                                  old.lines.run(position, count))
+                else:  # sent again next time: neither its fingerprint nor its line may match
+                    index.add_run(old_keys[position:position + count], array("q", [carried_fp]) * count,
+                                  array("q", bytes(8 * count)))
 
             try:
                 lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
                 if not old_keys:  # nothing stored to merge with
                     new.write_sorted(writer, index.add_run)
-                for key, fp, line in new.in_order() if old_keys else ():
+                for key, fp, line_hash, line in new.in_order() if old_keys else ():
                     lines.copy_to(bisect.bisect_left(old_keys, key), writer)
                     writer.write(line)
-                    index.add(key, fp)
+                    index.add(key, fp, line_hash)
                 lines.copy_to(len(old_keys), writer)
                 writer.flush()
                 header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
@@ -257,6 +214,18 @@ class SnapshotStore:
             finally:
                 index.close()
         return writer.count
+
+    def _store_index_alone(self, old: Snapshot) -> None:
+        """The stored text stays; its index again, with the line hashes this run learnt (an unmapped column
+        changed): the next refresh recognises those lines too."""
+        assert old.etag is not None
+        index = IndexWriter()
+        try:
+            index.add_run(old.keys, old.fingerprints, old.lines.run(0, len(old)))
+            header = {key: value for key, value in old.header.items() if key != "format"}
+            index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, old.etag)
+        finally:
+            index.close()
 
     def _old_blocks(self) -> Iterator[bytes]:
         """The previous snapshot's lines, as read at load (a changed blob fails the download: not merged)."""

@@ -2,10 +2,12 @@
 
 What a run loads of a snapshot is its keys and fingerprints; taking them from the text means downloading every
 line (~60 MB at a million contacts) and parsing two integers out of each (~0.5 s). The index holds the same two
-arrays as 8-byte integers (16 bytes an entry), tied to the one version of the text it was written with by that
-blob's ETag. A text written without one (an older version of this app, an erasure's rewrite, a v1 upgrade) or
-changed since has no valid index, and is parsed as before: the index can only be missing, never wrong. The text
-itself is then downloaded only when its emails are needed (mirror's leavers) or it is merged into the next one.
+arrays as 8-byte integers, and each entry's line hash (shared.state.line_hashes), which the text has no place
+for (24 bytes an entry; a v1 index, without line hashes, still loads). It is tied to the one version of the
+text it was written with by that blob's ETag. A text written without one (an older version of this app, an
+erasure's rewrite, a v1 upgrade) or changed since has no valid index, and is parsed as before: the index can
+only be missing, never wrong. The text itself is then downloaded only when its emails are needed (mirror's
+leavers) or it is merged into the next one.
 
 Written and read a block at a time, through local files: the arrays of a million entries are never held twice.
 """
@@ -25,48 +27,50 @@ from azure.storage.blob import BlobBlock, ContainerClient
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "segment-to-sendgrid snapshot index v1"
+INDEX_FORMAT = "segment-to-sendgrid snapshot index v2"  # v2: keys, fingerprints, line hashes
+INDEX_V1 = "segment-to-sendgrid snapshot index v1"  # keys and fingerprints
 _BLOCK = 2 << 20  # bytes an upload block or a ranged read
 _LITTLE = sys.byteorder == "little"  # stored little-endian, whatever the machine
 
 
 class IndexWriter:
-    """The new snapshot's keys and fingerprints in its order, in two local files until uploaded."""
+    """The new snapshot's keys, fingerprints and line hashes in its order, in local files until uploaded."""
 
     def __init__(self) -> None:
-        self._keys: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self._fps: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self._pending_keys = array("q")
-        self._pending_fps = array("q")
+        self._files: list[IO[bytes]] = [tempfile.TemporaryFile() for _ in range(3)]  # noqa: SIM115 - close()
+        self._pending: tuple[array[int], array[int], array[int]] = (array("q"), array("q"), array("q"))
         self._written = 0
 
     @property
     def count(self) -> int:
-        return self._written + len(self._pending_keys)
+        return self._written + len(self._pending[0])
 
-    def add(self, key: int, fp: int) -> None:
-        self._pending_keys.append(key)
-        self._pending_fps.append(fp)
-        if len(self._pending_keys) >= 4096:
+    def add(self, key: int, fp: int, line_hash: int = 0) -> None:
+        keys, fps, lines = self._pending
+        keys.append(key)
+        fps.append(fp)
+        lines.append(line_hash)
+        if len(keys) >= 4096:
             self.flush()
 
-    def add_run(self, keys: array[int], fps: array[int]) -> None:
+    def add_run(self, keys: array[int], fps: array[int], lines: array[int]) -> None:
         self.flush()
-        self._write(keys, fps)
+        self._write((keys, fps, lines))
 
     def flush(self) -> None:
-        if self._pending_keys:
-            self._write(self._pending_keys, self._pending_fps)
-            self._pending_keys, self._pending_fps = array("q"), array("q")
+        if self._pending[0]:
+            self._write(self._pending)
+            self._pending = (array("q"), array("q"), array("q"))
 
-    def _write(self, keys: array[int], fps: array[int]) -> None:
-        if not _LITTLE:
-            keys, fps = array("q", keys), array("q", fps)
-            keys.byteswap()
-            fps.byteswap()
-        keys.tofile(self._keys)
-        fps.tofile(self._fps)
-        self._written += len(keys)
+    def _write(self, parts: tuple[array[int], array[int], array[int]]) -> None:
+        assert len(parts[0]) == len(parts[1]) == len(parts[2])
+        for part, file in zip(parts, self._files, strict=True):
+            stored = part
+            if not _LITTLE:
+                stored = array("q", part)
+                stored.byteswap()
+            stored.tofile(file)
+        self._written += len(parts[0])
 
     def store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str) -> None:
         """Upload as `path`: a JSON line (the text's header and ETag), then the keys, then the fingerprints.
@@ -86,10 +90,10 @@ class IndexWriter:
         head = json.dumps({"format": INDEX_FORMAT, "text_etag": text_etag, "count": self.count,
                            "header": header}).encode() + b"\n"
         blob = container.get_blob_client(path)
-        if 16 * self.count + len(head) <= _BLOCK:
-            self._keys.seek(0)
-            self._fps.seek(0)
-            blob.upload_blob(head + self._keys.read() + self._fps.read(), overwrite=True)
+        if 24 * self.count + len(head) <= _BLOCK:
+            for file in self._files:
+                file.seek(0)
+            blob.upload_blob(b"".join([head, *(file.read() for file in self._files)]), overwrite=True)
             return
         blocks: list[BlobBlock] = []
 
@@ -99,20 +103,21 @@ class IndexWriter:
             blocks.append(BlobBlock(block_id))
 
         stage(head)
-        for part in (self._keys, self._fps):
+        for part in self._files:
             part.seek(0)
             while chunk := part.read(_BLOCK):
                 stage(chunk)
         blob.commit_block_list(blocks)
 
     def close(self) -> None:
-        self._keys.close()
-        self._fps.close()
+        for file in self._files:
+            file.close()
 
 
 def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
-        dict[str, Any], array[int], array[int], str] | None:
-    """(the text's header, keys, fingerprints, the text's ETag) when a valid index of the stored text exists."""
+        dict[str, Any], array[int], array[int], str, array[int]] | None:
+    """(the text's header, keys, fingerprints, the text's ETag, line hashes) when a valid index of the stored
+    text exists (a v1 index has no line hashes: all 0)."""
     try:
         text_etag = str(container.get_blob_client(text_path).get_blob_properties().etag)
         stream = container.download_blob(path, offset=0, length=_BLOCK)
@@ -125,19 +130,19 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
         count, header = int(head["count"]), dict(head["header"])
     except (ValueError, TypeError, KeyError):
         return None  # not an index this code wrote: the text is parsed instead
-    if head.get("format") != INDEX_FORMAT or head.get("text_etag") != text_etag:
+    if head.get("format") not in (INDEX_FORMAT, INDEX_V1) or head.get("text_etag") != text_etag:
         return None  # written with another version of the text: stale (the text is parsed instead)
     etag = stream.properties.etag
     data = bytearray(first[end + 1:])
     size = stream.properties.size or 0
     content_range = stream.properties.content_range or ""
     total = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else size
-    keys, fps = array("q"), array("q")
+    parts = (array("q"), array("q"), array("q"))
     offset = len(first)
     try:
         while True:
             whole = len(data) - len(data) % 8
-            _take(memoryview(data)[:whole], keys, fps, count)
+            _take(memoryview(data)[:whole], parts, count)
             del data[:whole]
             if offset >= total:
                 break
@@ -149,16 +154,21 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
             offset += len(chunk)
     except (ResourceModifiedError, ResourceNotFoundError):
         return None  # rewritten meanwhile: the text is parsed instead
-    if len(keys) != count or len(fps) != count:
+    keys, fps, lines = parts
+    if head["format"] == INDEX_V1 and not lines:
+        lines.frombytes(bytes(8 * count))
+    if not len(keys) == len(fps) == len(lines) == count:
         return None
     if not _LITTLE:
-        keys.byteswap()
-        fps.byteswap()
-    return header, keys, fps, text_etag
+        for part in parts:
+            part.byteswap()
+    return header, keys, fps, text_etag, lines
 
 
-def _take(data: memoryview, keys: array[int], fps: array[int], count: int) -> None:
-    """Whole 8-byte values into the keys until there are `count`, then into the fingerprints."""
-    room = max(0, count - len(keys)) * 8
-    keys.frombytes(data[:room])
-    fps.frombytes(data[room:])
+def _take(data: memoryview, parts: tuple[array[int], ...], count: int) -> None:
+    """Whole 8-byte values into each part in turn, `count` a part (the last takes the rest)."""
+    for part in parts[:-1]:
+        room = max(0, count - len(part)) * 8
+        part.frombytes(data[:room])
+        data = data[room:]
+    parts[-1].frombytes(data)

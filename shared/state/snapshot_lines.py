@@ -160,45 +160,49 @@ class SortedLines:
     def __init__(self) -> None:
         self._files = [tempfile.TemporaryFile() for _ in range(self._BUCKETS)]  # noqa: SIM115 - closed in __exit__
         self._keys = [array("q") for _ in range(self._BUCKETS)]
+        self._line_hashes = [array("q") for _ in range(self._BUCKETS)]
         self._pending: list[list[bytes]] = [[] for _ in range(self._BUCKETS)]
 
-    def add(self, key: int, line: bytes) -> None:
+    def add(self, key: int, line: bytes, line_hash: int = 0) -> None:
         bucket = (key + (1 << 63)) >> 58
         self._keys[bucket].append(key)
+        self._line_hashes[bucket].append(line_hash)
         pending = self._pending[bucket]
         pending.append(line)
         if len(pending) >= self._FLUSH:
             self._files[bucket].write(b"".join(pending))
             pending.clear()
 
-    def in_order(self) -> Iterator[tuple[int, int, bytes]]:
-        """(key, fingerprint, line) of every line added, by key."""
-        for keys, fps, lines in self._buckets():
+    def in_order(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(key, fingerprint, line hash, line) of every line added, by key."""
+        for keys, fps, hashes, lines in self._buckets():
             for index in sorted(range(len(keys)), key=keys.__getitem__):
-                yield keys[index], fps[index], lines[index] + b"\n"
+                yield keys[index], fps[index], hashes[index], lines[index] + b"\n"
 
-    def _buckets(self) -> Iterator[tuple[array[int], array[int], list[bytes]]]:
-        """Each bucket's keys, fingerprints and lines (without their newline), in the order added."""
+    def _buckets(self) -> Iterator[tuple[array[int], array[int], array[int], list[bytes]]]:
+        """Each bucket's keys, fingerprints, line hashes and lines (without their newline), in the order added."""
         for bucket, file in enumerate(self._files):
             file.write(b"".join(self._pending[bucket]))
             self._pending[bucket].clear()
             file.seek(0)
             data = file.read()
-            keys, fps = self._keys[bucket], array("q")
-            self._keys[bucket] = array("q")
+            keys, hashes, fps = self._keys[bucket], self._line_hashes[bucket], array("q")
+            self._keys[bucket], self._line_hashes[bucket] = array("q"), array("q")
             if not data:
                 continue
             parse_block(data[:-1], array("q"), fps)
             lines = data[:-1].split(b"\n")
             del data
-            yield keys, fps, lines
+            yield keys, fps, hashes, lines
 
-    def write_sorted(self, writer: DigestWriter, index: Callable[[array[int], array[int]], None]) -> None:
-        """Every line added, by key, into `writer` a bucket at a time, and its keys and fingerprints to `index`:
-        the snapshot of a first export, with no stored lines to merge."""
-        for keys, fps, lines in self._buckets():
+    def write_sorted(self, writer: DigestWriter,
+                     index: Callable[[array[int], array[int], array[int]], None]) -> None:
+        """Every line added, by key, into `writer` a bucket at a time, and its keys, fingerprints and line hashes
+        to `index`: the snapshot of a first export, with no stored lines to merge."""
+        for keys, fps, hashes, lines in self._buckets():
             order = sorted(range(len(keys)), key=keys.__getitem__)
-            index(array("q", map(keys.__getitem__, order)), array("q", map(fps.__getitem__, order)))
+            index(array("q", map(keys.__getitem__, order)), array("q", map(fps.__getitem__, order)),
+                  array("q", map(hashes.__getitem__, order)))
             writer.write_block(b"\n".join(map(lines.__getitem__, order)) + b"\n", len(order))
 
     def __enter__(self) -> SortedLines:

@@ -22,7 +22,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.state.lock import LEASE_SECONDS, DestinationBusy, DestinationLock, LeaseTooShort, LockLost
-from shared.state.snapshot import Snapshot, SnapshotStore
+from shared.state.snapshot import SnapshotStore
+from shared.state.snapshot_entries import Snapshot
 
 __all__ = ["LEASE_SECONDS", "DestinationBusy", "LeaseTooShort", "LockLost", "SetAside", "Snapshot", "SyncState"]
 
@@ -100,7 +101,7 @@ class SyncState:
         """Emails of the snapshot entries at these positions (contacts that left the segments)."""
         return self._snapshots.snapshot_emails(positions)
 
-    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes]], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:
         """See SnapshotStore.write_snapshot; the snapshot this state loaded is the one merged."""
         self._snapshots.snapshot = self.snapshot
         return self._snapshots.write_snapshot(exported, dropped)
