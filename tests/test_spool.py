@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from shared.staging import email_file
 from shared.staging import spool as spool_module
 from shared.staging.spool import Spool
 
@@ -50,7 +51,7 @@ def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch
 def test_contacts_read_back_whole_while_writes_are_buffered(pread: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # more contacts than one buffered write, read back between adds and from several sources
     if not pread:
-        monkeypatch.setattr(spool_module, "_pread", None)  # as on Windows
+        monkeypatch.setattr(email_file, "_pread", None)  # as on Windows
     spool = Spool()
     try:
         emails = [f"p{i}@example.com" for i in range(2_500)]

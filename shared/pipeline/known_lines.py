@@ -38,9 +38,10 @@ if TYPE_CHECKING:
 
 
 class LineMatcher:
-    """Recognises the plain lines of one file that a trusted snapshot holds as they are."""
+    """Recognises the plain lines of one file that a trusted snapshot holds as they are; without one (a first
+    export, a full re-sync) it only digests each line, for the snapshot it is about to write."""
 
-    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot) -> None:
+    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot | None) -> None:
         header = reader.columns or []
         assert reader.raw_lines and all(column in header for column in columns)
         self.seed = seed
@@ -57,11 +58,13 @@ class LineMatcher:
         side_by_side = self._several and positions == list(range(first, last + 1))
         self._span = (first, self._width - 1 - last) if side_by_side else None
         self._to_separator = bytes.maketrans(self._delimiter, SEPARATOR)
-        assert snapshot.trusted and len(snapshot), "only lines a trusted snapshot holds are worth recognising"
-        import numpy  # noqa: PLC0415 - see the module docstring: only runs with a snapshot pay for it
+        import numpy  # noqa: PLC0415 - see the module docstring: only runs with sync state pay for it
 
         self._np: Any = numpy
         self._flip = numpy.uint64(1 << 63)
+        self._keys: Any = None  # nothing to compare with
+        if snapshot is None or not snapshot.trusted or not len(snapshot):
+            return
         self._keys = numpy.frombuffer(snapshot.keys, dtype=numpy.int64)
         self._fps = numpy.frombuffer(snapshot.fingerprints, dtype=numpy.int64)
         self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
@@ -82,6 +85,12 @@ class LineMatcher:
                   ^ self._flip).view(np.int64)
         kind = np.zeros(count, dtype=np.uint8)  # _MISS, _SAME_VALUES or _SAME_LINE
         keys, entries = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        if self._keys is None:  # every line parsed, with its fingerprint (of a line of the header's width)
+            fps = np.zeros(count, dtype=np.int64)
+            whole = self._whole(lines)
+            fps[whole] = self._fingerprints(lines if whole.all() else list(itertools.compress(lines, whole.tolist())))
+            yield from self._spooled(chunk, kind, keys, entries, fps, hashes, np.arange(count), [], spool, report)
+            return
         if self._sorted is not None and below:
             at = np.searchsorted(self._sorted, hashes)
             np.minimum(at, self._last, out=at)
@@ -108,6 +117,8 @@ class LineMatcher:
         parsed = iter(zip(misses, self._reader.parse_lines(chunk, misses), strict=True))
         bounds = [0, *(np.flatnonzero(kind[1:] != kind[:-1]) + 1).tolist(), count]
         source, first = chunk.source, chunk.first_row
+        fp_list: list[int] | None = None
+        hash_list: list[int] = []
         for start, end in itertools.pairwise(bounds):
             what = kind[start]
             if what == _SAME_LINE:
@@ -119,9 +130,11 @@ class LineMatcher:
                 spool.add_unchanged_run(source, first + start, keys[start:end].tobytes(), emails[at:at + end - start])
                 report.rows_read += end - start
             else:
+                if fp_list is None:
+                    fp_list, hash_list = fps.tolist(), hashes.tolist()
                 for i, row in itertools.islice(parsed, end - start):
                     if row is not None:
-                        yield row, int(fps[i]), int(hashes[i])
+                        yield row, fp_list[i], hash_list[i]
 
     def _match(self, lines: list[bytes], below: int) -> tuple[Any, Any, list[bytes], Any, Any]:
         """Which lines are unchanged (marked in the snapshot), with every line's key, email, fingerprint and the
@@ -132,7 +145,7 @@ class LineMatcher:
         problem in any column, mapped or not.
         """
         np, delimiter, count = self._np, self._delimiter, len(lines)
-        whole = np.fromiter(map(bytes.count, lines, repeat(delimiter)), dtype=np.int64, count=count) == self._width - 1
+        whole = self._whole(lines)
         eligible = whole
         if count and max(map(len, lines)) >= below:
             eligible = whole & (np.fromiter(map(len, lines), dtype=np.int64, count=count) < below)
@@ -153,6 +166,12 @@ class LineMatcher:
         hit = (self._keys[at] == keys) & (self._fps[at] == fps) & eligible
         self._seen[at[hit]] = 1
         return hit, keys, emails, fps, at
+
+    def _whole(self, lines: list[bytes]) -> Any:
+        """Which lines have the header's width (any other is rejected by the parser)."""
+        np = self._np
+        counts = np.fromiter(map(bytes.count, lines, repeat(self._delimiter)), dtype=np.int64, count=len(lines))
+        return counts == self._width - 1
 
     def _fingerprints(self, lines: list[bytes]) -> Any:
         """source_fingerprint of each line's values (lines of the header's width): joined with SEPARATOR,

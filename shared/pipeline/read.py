@@ -95,8 +95,9 @@ def _read_file(
     recognised as bytes), mapped, or rejected."""
     report = result.report
     snapshot = known.snapshot if known is not None else None
-    recognisable = snapshot is not None and snapshot.trusted and len(snapshot) > 0  # lines worth comparing
-    with open_segment(source, name, reading, raw_lines=recognisable) as reader:
+    # With sync state, a CSV file's plain lines are read as bytes (known_lines): recognised when the snapshot
+    # holds them, digested for the next snapshot in any case.
+    with open_segment(source, name, reading, raw_lines=known is not None) as reader:
         _check_columns(destination, where, reader.columns)
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
@@ -106,8 +107,7 @@ def _read_file(
         one = _row_sink(mapper, spool, result, options, known, unseen)
         seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
         lines = None
-        if recognisable and snapshot is not None and seed is not None and reader.raw_lines and all(
-                c in (reader.columns or ()) for c in columns):
+        if seed is not None and reader.raw_lines and all(c in (reader.columns or ()) for c in columns):
             lines = LineMatcher(reader, seed, columns, snapshot)
         for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
             if type(item) is RawChunk:

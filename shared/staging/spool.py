@@ -17,19 +17,17 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
-import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from shared.staging.email_file import EmailFile, read_line
 from shared.state.keys import SIGNED, email_key, fingerprint, xxh3
 
 _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _WRITE_EVERY = 1024  # contacts per write to the spool file
-_pread = getattr(os, "pread", None)
 _SIGNED = SIGNED
-_PLUS_ONE = (1).__add__
 _xxh3 = xxh3  # email_key() and fingerprint() are inlined in Spool.add, which runs once per contact
 
 __all__ = ["Spool", "email_key", "fingerprint"]
@@ -39,14 +37,15 @@ MAPPED, UNCHANGED, KNOWN_LINE = 0, 1, 2  # Spool.unchanged: mapped; unchanged, e
 
 class Spool:
     def __init__(self, directory: str | None = None) -> None:
+        self._directory = directory
         self._file: BinaryIO = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed in close()
-        self._known = _EmailFile(directory)  # the emails of the unchanged rows
+        self._known = EmailFile(directory)  # the emails of the unchanged rows
         self.keys = array("q")  # email_key per contact
-        # The source fingerprint (shared.state.keys; 0 in a run without state) of each mapped contact, by its
-        # line in the spool file: an unchanged row's is the snapshot's already, and is not kept again.
-        self._fingerprints = array("q")
-        # The line hash of each mapped contact's line, as _fingerprints (None while all were 0: no raw lines).
-        self._line_hashes: array[int] | None = None
+        # The source fingerprint (shared.state.keys; 0 in a run without state) and line hash (shared.state.
+        # line_hashes; 0: none) of each mapped contact, in pairs by its line in the spool file, on disk beside
+        # it (only emails() reads them, in order): an unchanged row's are the snapshot's already.
+        self._pairs = array("q")
+        self._pairs_file: BinaryIO | None = None
         # The emails of snapshot entries (KNOWN_LINE rows), asked for only when their key repeats.
         self.entry_emails: Callable[[set[int]], dict[int, str]] | None = None
         # Where each contact came from, as runs of consecutive rows of one source (a run breaks at a rejected
@@ -81,12 +80,8 @@ class Spool:
             self._mapped.append(len(self.keys))
         # email_key(), inlined: this runs once per contact
         self.keys.append(_xxh3(email.encode()) - _SIGNED if key is None else key)
-        self._fingerprints.append(fingerprint)
-        if self._line_hashes is not None:
-            self._line_hashes.append(line_hash)
-        elif line_hash:
-            self._line_hashes = array("q", bytes(8 * (len(self._fingerprints) - 1)))
-            self._line_hashes.append(line_hash)
+        self._pairs.append(fingerprint)
+        self._pairs.append(line_hash)
         if row != self._next_row:
             self._new_run(row)
         self._next_row = row + 1
@@ -162,7 +157,23 @@ class Spool:
             self._file.seek(0, io.SEEK_END)  # a read may have moved the position
             self._file.write(b"\n".join(self._unwritten) + b"\n")
             self._unwritten.clear()
+            if self._pairs_file is None:
+                self._pairs_file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 - close()
+            self._pairs_file.seek(0, io.SEEK_END)
+            self._pairs.tofile(self._pairs_file)
+            self._pairs = array("q")
         self._file.flush()
+
+    def _all_pairs(self) -> Iterator[tuple[int, int]]:
+        """(fingerprint, line hash) of each mapped contact, in spool order, read back a block at a time."""
+        self._write()
+        if self._pairs_file is None:
+            return
+        self._pairs_file.seek(0)
+        while data := self._pairs_file.read(16 * _WRITE_EVERY):
+            block = array("q")
+            block.frombytes(data)
+            yield from zip(block[0::2], block[1::2], strict=True)
 
     def where(self, index: int) -> tuple[str, int]:
         """(source, row number) of the contact at this position."""
@@ -189,7 +200,7 @@ class Spool:
             return self._known.at(self._offsets[index]).decode()
         if self._unwritten:
             self._write()
-        return _email_of(_read_line(self._file, self._offsets[index])).decode()
+        return _email_of(read_line(self._file, self._offsets[index])).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
         """(index, contact JSON) of the mapped contacts, in file order (unchanged rows are not in it)."""
@@ -202,9 +213,8 @@ class Spool:
     def emails(self) -> Iterator[tuple[int, int, int, bytes]]:
         """(index, source fingerprint, line hash, UTF-8 email) of the mapped contacts, in file order: one
         sequential read of the spool."""
-        fingerprints, hashes = self._fingerprints, self._line_hashes
-        for number, (index, body) in enumerate(self.contacts()):
-            yield index, fingerprints[number], hashes[number] if hashes is not None else 0, _email_of(body)
+        for (index, body), (source_fp, line_hash) in zip(self.contacts(), self._all_pairs(), strict=True):
+            yield index, source_fp, line_hash, _email_of(body)
 
     def superseded(self) -> set[int]:
         """Indices of contacts whose email appears again later in the file (last row wins).
@@ -243,69 +253,8 @@ class Spool:
     def close(self) -> None:
         self._file.close()
         self._known.close()
-
-
-class _EmailFile:
-    """Emails one a line on local disk, each read back by its offset (the unchanged rows' emails)."""
-
-    def __init__(self, directory: str | None) -> None:
-        self._directory = directory
-        self._file: BinaryIO | None = None  # made at the first email: most runs of a new segment need none
-        self._unwritten: list[bytes] = []
-        self._end = 0
-
-    def add(self, email: bytes) -> int:
-        offset = self._end
-        self._end += len(email) + 1
-        self._unwritten.append(email)
-        if len(self._unwritten) >= _WRITE_EVERY:
-            self._write()
-        return offset
-
-    def add_many(self, emails: list[bytes]) -> array[int]:
-        """The offsets of these emails, written in order (summed in C: a run of unchanged rows)."""
-        offsets = array("Q", itertools.accumulate(map(_PLUS_ONE, map(len, emails)), initial=self._end))
-        self._end = offsets.pop()
-        self._unwritten.extend(emails)
-        if len(self._unwritten) >= _WRITE_EVERY:
-            self._write()
-        return offsets
-
-    def _write(self) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 - closed in close()
-        if self._unwritten:
-            self._file.seek(0, io.SEEK_END)
-            self._file.write(b"\n".join(self._unwritten) + b"\n")
-            self._unwritten.clear()
-        self._file.flush()
-
-    def at(self, offset: int) -> bytes:
-        self._write()
-        assert self._file is not None
-        return _read_line(self._file, offset)[:-1]
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _read_line(file: BinaryIO, offset: int) -> bytes:
-    """The line at `offset` (with its newline), leaving the file's position (maybe mid-iteration) alone.
-    An email fits in the first read (254 characters); a longer contact line takes more."""
-    size = 512
-    while True:
-        if _pread is not None:
-            data = _pread(file.fileno(), size, offset)
-        else:  # no os.pread (Windows): seek, read, and go back
-            position = file.tell()
-            file.seek(offset)
-            data = file.read(size)
-            file.seek(position)
-        end = data.find(b"\n")
-        if end >= 0 or len(data) < size:
-            return bytes(data[:end + 1] if end >= 0 else data)
-        size *= 4
+        if self._pairs_file is not None:
+            self._pairs_file.close()
 
 
 def _repeated(keys: array[int]) -> set[int]:

@@ -1,0 +1,134 @@
+"""A refresh recognises the lines it exported before by their hash (shared.state.line_hashes).
+
+Against Azurite and the simulator: a line seen before costs one digest and is neither split nor parsed; what
+changed is still found and sent; the hashes never outlive what decided the contact (mapping, a full re-sync,
+the header), an unmapped column changing gives the entries their new lines, and a duplicate of a recognised
+line is merged with the real email from the snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared.pipeline.known_lines import LineMatcher
+from tests.test_known_lines import _counting, _people, _upload
+from tests.test_sync import NAME, PUT, Env, destination, env
+
+__all__ = ["env"]
+
+
+def _compared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Lines compared by their values (split, email digested) in each chunk: those not known by their hash."""
+    sizes: list[int] = []
+    match = LineMatcher._match
+
+    def counted(self: LineMatcher, lines: list[bytes], below: int) -> Any:
+        sizes.append(len(lines))
+        return match(self, lines, below)
+
+    monkeypatch.setattr(LineMatcher, "_match", counted)
+    return sizes
+
+
+def test_a_refresh_knows_its_exported_lines_and_splits_only_what_changed(env: Env,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = destination(mode="mirror")
+    first = env.export(_upload(env, _people(60)), mirror)
+    assert (first.status, first.exported) == ("succeeded", 60), first.error
+    compared = _compared(monkeypatch)
+    counts = _counting(monkeypatch)  # the first export digested its lines too: its snapshot has their hashes
+    known = env.export(_upload(env, _people(60)), mirror)
+    assert (known.unchanged_skipped, known.exported, known.rows_read) == (60, 0, 60) and known.balanced
+    assert compared == [] and counts == {"parsed": 0, "mapped": 0}
+    lines = _people(60)
+    lines[7] = b"p007@example.com,Changed,gold"
+    del lines[20]
+    lines.append(b"new@example.com,New,gold")
+    since = len(env.sim.upsert_batches)
+    changed = env.export(_upload(env, lines), mirror)
+    assert (changed.exported, changed.unchanged_skipped, changed.removed_from_list) == (2, 58, 1)
+    assert changed.balanced and sorted(env.sent(since)) == ["new@example.com", "p007@example.com"]
+    assert sum(compared) == 2 and counts["mapped"] == 2  # only the changed and the new line were split
+    assert env.members()["p007@example.com"] == "Changed" and "p020@example.com" not in env.members()
+    compared.clear()
+    again = env.export(_upload(env, lines), mirror)  # the sent lines' hashes were stored with their entries
+    assert (again.unchanged_skipped, again.exported) == (60, 0) and compared == []
+
+
+def test_an_unmapped_column_changing_gives_the_entries_their_new_lines(env: Env,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, _people(30)), mirror)
+    env.export(_upload(env, _people(30)), mirror)
+    text = env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties().etag
+    compared = _compared(monkeypatch)
+    puts = env.count(PUT)
+    silver = env.export(_upload(env, _people(30, tier="silver")), mirror)  # Tier is not mapped
+    assert (silver.unchanged_skipped, silver.exported) == (30, 0) and env.count(PUT) == puts
+    assert sum(compared) == 30
+    # the text (the contacts) stays as it was; its index was stored again, with the new lines' hashes
+    assert env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties().etag == text
+    compared.clear()
+    again = env.export(_upload(env, _people(30, tier="silver")), mirror)
+    assert (again.unchanged_skipped, again.exported) == (30, 0) and compared == []
+
+
+def test_line_hashes_never_outlive_the_mapping_a_full_resync_or_the_header(env: Env,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, _people(20)), mirror)
+    env.export(_upload(env, _people(20)), mirror)  # every entry has its line hash now
+    full = env.export(_upload(env, _people(20)), mirror, full=True)
+    assert (full.exported, full.unchanged_skipped) == (20, 0)
+    compared = _compared(monkeypatch)
+    after = env.export(_upload(env, _people(20)), mirror)
+    assert (after.exported, after.unchanged_skipped) == (0, 20) and compared == []
+    # another mapping (Tier now a field): every contact is different, however same its line
+    remapped = destination(mode="mirror", field_mapping={"email": "Email", "first_name": "First",
+                                                         "last_name": "Tier"})
+    moved = env.export(_upload(env, _people(20)), remapped)
+    assert (moved.exported, moved.unchanged_skipped) == (20, 0)
+    assert env.members()["p004@example.com"] == "P4" and env.sim.list_contacts(
+        destination().list_id_str)["p004@example.com"].get("last_name") == "gold"
+    # the same values under another column order: other lines, the same contacts (found by their values)
+    compared.clear()
+    swapped = [b"%s,%s,%s" % (tier, email, first) for email, first, tier in (line.split(b",") for line in _people(20))]
+    reordered = env.export(_upload(env, swapped, header=b"Tier,Email,First"), remapped)
+    assert (reordered.exported, reordered.unchanged_skipped) == (0, 20) and sum(compared) == 20
+
+
+@pytest.mark.parametrize("known_last", [False, True], ids=["changed-last", "known-last"])
+def test_a_duplicate_of_a_known_line_is_merged_by_its_real_email(env: Env, known_last: bool) -> None:
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, _people(10)), mirror)
+    env.export(_upload(env, _people(10)), mirror)
+    changed = b"p003@example.com,Changed,gold"
+    lines = [*_people(10), changed] if not known_last else [changed, *_people(10)]
+    report = env.export(_upload(env, lines), mirror)
+    assert report.duplicates_merged == 1 and report.balanced
+    assert report.exported == (0 if known_last else 1)  # the row read last wins
+    assert env.members()["p003@example.com"] == ("P3" if known_last else "Changed")
+
+
+def test_an_index_without_line_hashes_still_loads_and_learns_them(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.state.snapshot_index import INDEX_V1
+
+    mirror = destination(mode="mirror")
+    env.export(_upload(env, _people(25)), mirror)
+    env.export(_upload(env, _people(25)), mirror)
+    path = f"state/{NAME}/snapshot.idx"
+    data = env.runs.download_blob(path).readall()
+    end = data.index(b"\n")
+    head = json.loads(data[:end])
+    assert head["count"] == 25 and len(data) == end + 1 + 24 * 25  # keys, fingerprints, line hashes
+    head["format"] = INDEX_V1  # as an older version wrote it: keys and fingerprints only
+    env.runs.upload_blob(path, json.dumps(head).encode() + b"\n" + data[end + 1:end + 1 + 16 * 25], overwrite=True)
+    compared = _compared(monkeypatch)
+    old = env.export(_upload(env, _people(25)), mirror)
+    assert (old.unchanged_skipped, old.exported) == (25, 0) and sum(compared) == 25
+    compared.clear()
+    new = env.export(_upload(env, _people(25)), mirror)
+    assert (new.unchanged_skipped, new.exported) == (25, 0) and compared == []
