@@ -38,10 +38,9 @@ if TYPE_CHECKING:
 
 
 class LineMatcher:
-    """Recognises the plain lines of one file that a trusted snapshot holds as they are; without one (a first
-    export, a full re-sync) it only digests each line, for the snapshot it is about to write."""
+    """Recognises the plain lines of one file that a trusted snapshot holds as they are."""
 
-    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot | None) -> None:
+    def __init__(self, reader: SegmentReader, seed: int, columns: Sequence[str], snapshot: Snapshot) -> None:
         header = reader.columns or []
         assert reader.raw_lines and all(column in header for column in columns)
         self.seed = seed
@@ -58,13 +57,11 @@ class LineMatcher:
         side_by_side = self._several and positions == list(range(first, last + 1))
         self._span = (first, self._width - 1 - last) if side_by_side else None
         self._to_separator = bytes.maketrans(self._delimiter, SEPARATOR)
-        import numpy  # noqa: PLC0415 - see the module docstring: only runs with sync state pay for it
+        assert snapshot.trusted and len(snapshot), "only lines a trusted snapshot holds are worth recognising"
+        import numpy  # noqa: PLC0415 - see the module docstring: only runs with a snapshot pay for it
 
         self._np: Any = numpy
         self._flip = numpy.uint64(1 << 63)
-        self._keys: Any = None  # nothing to compare with
-        if snapshot is None or not snapshot.trusted or not len(snapshot):
-            return
         self._keys = numpy.frombuffer(snapshot.keys, dtype=numpy.int64)
         self._fps = numpy.frombuffer(snapshot.fingerprints, dtype=numpy.int64)
         self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
@@ -85,12 +82,6 @@ class LineMatcher:
                   ^ self._flip).view(np.int64)
         kind = np.zeros(count, dtype=np.uint8)  # _MISS, _SAME_VALUES or _SAME_LINE
         keys, entries = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
-        if self._keys is None:  # every line parsed, with its fingerprint (of a line of the header's width)
-            fps = np.zeros(count, dtype=np.int64)
-            whole = self._whole(lines)
-            fps[whole] = self._fingerprints(lines if whole.all() else list(itertools.compress(lines, whole.tolist())))
-            yield from self._spooled(chunk, kind, keys, entries, fps, hashes, np.arange(count), [], spool, report)
-            return
         if self._sorted is not None and below:
             at = np.searchsorted(self._sorted, hashes)
             np.minimum(at, self._last, out=at)

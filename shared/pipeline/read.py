@@ -95,9 +95,11 @@ def _read_file(
     recognised as bytes), mapped, or rejected."""
     report = result.report
     snapshot = known.snapshot if known is not None else None
-    # With sync state, a CSV file's plain lines are read as bytes (known_lines): recognised when the snapshot
-    # holds them, digested for the next snapshot in any case.
-    with open_segment(source, name, reading, raw_lines=known is not None) as reader:
+    # Against a trusted snapshot a CSV file's plain lines are read as bytes (known_lines). Without one (a first
+    # export, a full re-sync) the csv parser reads faster, and the rows have no line hash: the next refresh
+    # recognises them by their values, and learns their lines.
+    recognisable = snapshot is not None and snapshot.trusted and len(snapshot) > 0
+    with open_segment(source, name, reading, raw_lines=recognisable) as reader:
         _check_columns(destination, where, reader.columns)
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
@@ -107,7 +109,8 @@ def _read_file(
         one = _row_sink(mapper, spool, result, options, known, unseen)
         seed = fingerprint_seed(mapper.rules(), repr(reading)) if known is not None else None
         lines = None
-        if seed is not None and reader.raw_lines and all(c in (reader.columns or ()) for c in columns):
+        if recognisable and snapshot is not None and seed is not None and reader.raw_lines and all(
+                c in (reader.columns or ()) for c in columns):
             lines = LineMatcher(reader, seed, columns, snapshot)
         for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
             if type(item) is RawChunk:
