@@ -89,7 +89,7 @@ def export_segments(
     try:
         known = Known(sync.snapshot) if sync is not None and not options.dry_run else None
         if sync is not None:
-            spool.entry_emails = sync.snapshot_emails  # rows recognised by their line keep only their entry
+            spool.entry_emails = sync.snapshot_emails_by_key  # rows recognised by their line keep only their key
         read_segments(destination, source, files, ContactMapper(destination, custom), spool, result, options, known)
         superseded = spool.superseded()
         report.duplicates_merged = len(superseded)

@@ -21,7 +21,6 @@ snapshot to compare with, as its ~10 MB count against peak RSS.
 from __future__ import annotations
 
 import itertools
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -113,8 +112,7 @@ class LineMatcher:
         for start, end in itertools.pairwise(bounds):
             what = kind[start]
             if what == _SAME_LINE:
-                spool.add_known_lines(source, first + start, keys[start:end].tobytes(),
-                                      array("Q", entries[start:end].tobytes()))
+                spool.add_known_lines(source, first + start, keys[start:end].tobytes(), end - start)
                 report.rows_read += end - start
             elif what == _SAME_VALUES:
                 at = int(np.searchsorted(rest, start))

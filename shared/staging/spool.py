@@ -8,8 +8,8 @@ fraction of re-parsing the source file.
 A row known unchanged (its source fingerprint is the snapshot's, see shared.pipeline.read) is never mapped:
 it takes a position like any contact (its key, where it came from) but only its email is kept, in a
 second file, so the duplicates check can still compare real emails; a row recognised by its whole line keeps
-not even that, only its snapshot entry, whose email the snapshot has (`entry_emails`). `contacts()` yields the
-mapped ones only: an unchanged refresh re-reads nothing.
+not even that (nor an offset: 8 bytes a row at a million): its key finds its snapshot entry, whose email the
+snapshot has (`entry_emails`). `contacts()` yields the mapped ones only: an unchanged refresh re-reads nothing.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class Spool:
         # it (only emails() reads them, in order): an unchanged row's are the snapshot's already.
         self._pairs = array("q")
         self._pairs_file: BinaryIO | None = None
-        # The emails of snapshot entries (KNOWN_LINE rows), asked for only when their key repeats.
+        # key -> email of the snapshot's entries with these keys (KNOWN_LINE rows), asked only when a key repeats.
         self.entry_emails: Callable[[set[int]], dict[int, str]] | None = None
+        self._known_lines = 0  # KNOWN_LINE positions, which have no offset
         # Where each contact came from, as runs of consecutive rows of one source (a run breaks at a rejected
         # row or a new source): the position each run starts at, its source (an index into source_names: a
         # CDM folder may have many partitions) and its first row number. A clean file is one run.
@@ -56,7 +57,7 @@ class Spool:
         self._run_rows = array("I")
         self._next_row = -1  # the row that continues the current run
         self.unchanged = bytearray()  # per position: MAPPED, or UNCHANGED / KNOWN_LINE (not in `contacts()`)
-        # Where each contact's line starts in its file (the spool's or `_known`'s), or a KNOWN_LINE row's entry.
+        # Where each contact's line starts in its file (the spool's or `_known`'s), KNOWN_LINE rows left out.
         self._offsets = array("Q")
         # The position of each line of the spool file; None while every row was mapped (line == position),
         # so a first export keeps no such array.
@@ -122,8 +123,8 @@ class Spool:
         self.unchanged.extend(b"\x01" * len(emails))
         self._offsets.extend(self._known.add_many(emails))
 
-    def add_known_lines(self, source: str, row: int, keys: bytes, entries: array[int]) -> None:
-        """Consecutive rows from `row` on recognised by their lines: their keys (as bytes) and snapshot entries."""
+    def add_known_lines(self, source: str, row: int, keys: bytes, count: int) -> None:
+        """`count` consecutive rows from `row` on recognised by their lines: their keys (as bytes)."""
         if source is not self._last_source:
             self._switch_source(source)
         if self._mapped is None:
@@ -134,9 +135,9 @@ class Spool:
             self._run_starts.append(start)
             self._run_sources.append(self._last_index)
             self._run_rows.append(row)
-        self._next_row = row + len(entries)
-        self.unchanged.extend(b"\x02" * len(entries))
-        self._offsets.extend(entries)
+        self._next_row = row + count
+        self.unchanged.extend(b"\x02" * count)
+        self._known_lines += count
 
     def _switch_source(self, source: str) -> None:
         index = self._source_index.get(source)
@@ -187,20 +188,25 @@ class Spool:
 
     def emails_at(self, indices: list[int]) -> dict[int, str]:
         """The emails of these contacts; those recognised by their line from the snapshot, in one pass."""
-        entries = {index: self._offsets[index] for index in indices if self.unchanged[index] == KNOWN_LINE}
-        found = {index: self._email_here(index) for index in indices if index not in entries}
-        if entries:
+        known = {index: self.keys[index] for index in indices if self.unchanged[index] == KNOWN_LINE}
+        found = {index: self._email_here(index) for index in indices if index not in known}
+        if known:
             assert self.entry_emails is not None, "rows recognised by their line come with the snapshot's emails"
-            emails = self.entry_emails(set(entries.values()))
-            found.update((index, emails[entry]) for index, entry in entries.items())
+            emails = self.entry_emails(set(known.values()))
+            found.update((index, emails[key]) for index, key in known.items())
         return found
+
+    def _offset(self, index: int) -> int:
+        if self._known_lines:
+            index -= self.unchanged.count(KNOWN_LINE, 0, index)
+        return self._offsets[index]
 
     def _email_here(self, index: int) -> str:
         if self.unchanged[index]:
-            return self._known.at(self._offsets[index]).decode()
+            return self._known.at(self._offset(index)).decode()
         if self._unwritten:
             self._write()
-        return _email_of(read_line(self._file, self._offsets[index])).decode()
+        return _email_of(read_line(self._file, self._offset(index))).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
         """(index, contact JSON) of the mapped contacts, in file order (unchanged rows are not in it)."""

@@ -161,12 +161,18 @@ class SortedLines:
         self._files = [tempfile.TemporaryFile() for _ in range(self._BUCKETS)]  # noqa: SIM115 - closed in __exit__
         self._keys = [array("q") for _ in range(self._BUCKETS)]
         self._line_hashes = [array("q") for _ in range(self._BUCKETS)]
+        self._hashed = False  # some line has a hash: every bucket keeps one a line
         self._pending: list[list[bytes]] = [[] for _ in range(self._BUCKETS)]
 
     def add(self, key: int, line: bytes, line_hash: int = 0) -> None:
         bucket = (key + (1 << 63)) >> 58
         self._keys[bucket].append(key)
-        self._line_hashes[bucket].append(line_hash)
+        if line_hash or self._hashed:  # none kept while all are 0 (a first export's rows): 8 MB at a million
+            if not self._hashed:
+                self._hashed = True
+                for keys, hashes in zip(self._keys, self._line_hashes, strict=True):
+                    hashes.frombytes(bytes(8 * (len(keys) - (keys is self._keys[bucket]))))
+            self._line_hashes[bucket].append(line_hash)
         pending = self._pending[bucket]
         pending.append(line)
         if len(pending) >= self._FLUSH:
@@ -190,6 +196,8 @@ class SortedLines:
             self._keys[bucket], self._line_hashes[bucket] = array("q"), array("q")
             if not data:
                 continue
+            if not self._hashed:
+                hashes = array("q", bytes(8 * len(keys)))
             parse_block(data[:-1], array("q"), fps)
             lines = data[:-1].split(b"\n")
             del data

@@ -101,6 +101,13 @@ class SyncState:
         """Emails of the snapshot entries at these positions (contacts that left the segments)."""
         return self._snapshots.snapshot_emails(positions)
 
+    def snapshot_emails_by_key(self, keys: set[int]) -> dict[int, str]:
+        """key -> email of the snapshot's entries with these keys (those it holds)."""
+        snapshot = self.snapshot
+        positions = {snapshot.position(key): key for key in keys} if snapshot is not None else {}
+        positions.pop(-1, None)
+        return {positions[at]: email for at, email in self.snapshot_emails(set(positions)).items()}
+
     def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:
         """See SnapshotStore.write_snapshot; the snapshot this state loaded is the one merged."""
         self._snapshots.snapshot = self.snapshot
