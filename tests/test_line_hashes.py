@@ -138,3 +138,21 @@ def test_an_index_without_line_hashes_still_loads_and_learns_them(env: Env, monk
     compared.clear()
     new = env.export(_upload(env, _people(25)), mirror)
     assert (new.unchanged_skipped, new.exported) == (25, 0) and compared == []
+
+
+def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhile() -> None:
+    import random
+    from array import array
+
+    from shared.state import line_hashes
+    from shared.state.line_hashes import LineHashes
+
+    values = [random.getrandbits(64) - (1 << 63) for _ in range(3 * line_hashes._BLOCK + 5)]
+    hashes = LineHashes(array("q", values))
+    ordered, entry = hashes.sorted_lookup()
+    assert ordered.tolist() == sorted(values) and [values[e] for e in entry.tolist()] == sorted(values)
+    hashes.update([3, len(values) - 1], [11, 12])
+    expected = [*values[:3], 11, *values[4:-1], 12]
+    runs = [(0, 2), (2, 40), (42, line_hashes._BLOCK), (line_hashes._BLOCK + 42, 2 * line_hashes._BLOCK - 37)]
+    got = [value for start, count in runs for value in hashes.run(start, count)]
+    assert got == expected and hashes.changed

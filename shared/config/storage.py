@@ -9,6 +9,10 @@ from shared.config.settings import setting
 from shared.config.time_budgets import STORAGE_CLIENT_OPTIONS, storage_retry
 from shared.errors import ConfigurationError
 
+# Bytes a GET of a streamed blob (a segment file): one is in memory at a time, with the HTTP layer's copy, at
+# the read's peak; 2 MB costs ~0.05 s more CPU than 4 MB on a 70 MB file and ~4 MB less peak RSS.
+_GET_BYTES = 2 * 1024 * 1024
+
 
 def blob_service_from_settings() -> BlobServiceClient:
     """The app's own account (AzureWebJobsStorage): run state, reports, receipts, locks."""
@@ -27,8 +31,9 @@ def segments_blob_service_from_settings() -> BlobServiceClient:
 def _blob_service(connection_name: str) -> BlobServiceClient:
     connection = setting(connection_name)
     if connection and "=" in connection:
-        return BlobServiceClient.from_connection_string(connection, max_single_get_size=4 * 1024 * 1024,
-                                                        retry_policy=storage_retry(), **STORAGE_CLIENT_OPTIONS)
+        return BlobServiceClient.from_connection_string(connection, max_single_get_size=_GET_BYTES,
+                                                        max_chunk_get_size=_GET_BYTES, retry_policy=storage_retry(),
+                                                        **STORAGE_CLIENT_OPTIONS)
     endpoint = setting(f"{connection_name}__blobServiceUri") or setting(f"{connection_name}__serviceUri")
     account = setting("AzureWebJobsStorage__accountName") if connection_name == "AzureWebJobsStorage" else None
     if not endpoint and account:
@@ -40,5 +45,5 @@ def _blob_service(connection_name: str) -> BlobServiceClient:
     client_id = setting(f"{connection_name}__clientId") or setting("AZURE_CLIENT_ID")
     credential = (ManagedIdentityCredential(client_id=client_id) if client_id
                   else DefaultAzureCredential())
-    return BlobServiceClient(endpoint, credential=credential, max_single_get_size=4 * 1024 * 1024,
-                             retry_policy=storage_retry(), **STORAGE_CLIENT_OPTIONS)
+    return BlobServiceClient(endpoint, credential=credential, max_single_get_size=_GET_BYTES,
+                             max_chunk_get_size=_GET_BYTES, retry_policy=storage_retry(), **STORAGE_CLIENT_OPTIONS)

@@ -9,8 +9,9 @@ option or column order matches no line), and a line whose hash is an entry's is 
 
 Held by entry as loaded (an `array`, no numpy needed). For a refresh's look-up they are sorted in place once,
 with the permutation to their entries (4 bytes an entry, not a second copy); the next index wants them by
-entry again, and they are put back in place when it is written. Rows whose line changed but not their contact
-(an unmapped column) get their new hash, so the next refresh recognises them by their line as well.
+entry again, which the inverse permutation (taking the permutation's place) gives a block at a time. Rows
+whose line changed but not their contact (an unmapped column) get their new hash, so the next refresh
+recognises them by their line as well.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ class LineHashes:
 
     def __init__(self, by_entry: array[int]) -> None:
         self._values = by_entry
-        self._sorted = False  # sorted in place for look-ups (put back in entry order for the next index)
-        self._perm: Any = None  # sorted position -> entry, while sorted
+        self._sorted = False  # sorted in place for look-ups (then read by entry through the inverse)
+        self._perm: Any = None  # sorted position -> entry, while look-ups go on
+        self._inverse: Any = None  # entry -> sorted position, once the next index is written
+        self._values_np: Any = None
+        self._block = array("q")  # the hashes of entries _block_start.. in entry order, gathered
+        self._block_start = 0
         self._updates: list[tuple[Any, Any]] = []  # (entries, new hashes) found while sorted
         self.changed = False  # some entry has a new line hash: the index is worth storing again
 
@@ -40,6 +45,7 @@ class LineHashes:
         """(sorted hashes, entry of each) as numpy arrays: the hashes are sorted where they are, once."""
         import numpy  # noqa: PLC0415 - only a refresh that looks lines up pays for numpy
 
+        assert self._inverse is None, "look-ups are over once the next index is being written"
         values = numpy.frombuffer(self._values, dtype=numpy.int64)
         if not self._sorted:
             order = numpy.argsort(values, kind="stable")
@@ -57,26 +63,43 @@ class LineHashes:
         if not len(entries):
             return
         self.changed = True
-        if self._sorted:  # applied once the look-ups are over
+        if self._inverse is not None:
+            self._values_np[self._inverse[entries]] = hashes
+        elif self._sorted:  # applied once the look-ups are over
             self._updates.append((entries, hashes))
         else:
             numpy.frombuffer(self._values, dtype=numpy.int64)[entries] = hashes
 
     def run(self, position: int, count: int) -> array[int]:
-        """The hashes of entries position..position+count-1, in entry order."""
-        if self._sorted:
-            self._unsort()
-        return self._values[position:position + count]
+        """The hashes of entries position..position+count-1, in entry order (asked in ascending runs)."""
+        if not self._sorted:
+            return self._values[position:position + count]
+        if self._inverse is None:
+            self._invert()
+        end = position + count
+        if not self._block_start <= position <= end <= self._block_start + len(self._block):
+            self._block_start = position  # the next _BLOCK entries, gathered at once: runs are short
+            self._block = array("q")
+            gathered = self._values_np[self._inverse[position:max(end, position + _BLOCK)]]
+            self._block.frombytes(memoryview(gathered).cast("B"))
+        return self._block[position - self._block_start:end - self._block_start]
 
-    def _unsort(self) -> None:
-        """Back in entry order, in place (one transient copy), with the updates found while sorted."""
+    def _invert(self) -> None:
+        """entry -> sorted position, in the permutation's place (no second array of the hashes: 8 MB at a
+        million, at the run's peak), with the updates found while sorted applied."""
         import numpy  # noqa: PLC0415
 
-        values = numpy.frombuffer(self._values, dtype=numpy.int64)
-        ordered = values.copy()
-        values[self._perm] = ordered
-        del ordered
-        self._perm, self._sorted = None, False
+        perm, self._perm = self._perm, None
+        inverse = numpy.empty_like(perm)
+        for start in range(0, len(perm), _BLOCK):
+            part = perm[start:start + _BLOCK]
+            inverse[part] = numpy.arange(start, start + len(part), dtype=perm.dtype)
+        del perm
+        self._inverse = inverse
+        self._values_np = numpy.frombuffer(self._values, dtype=numpy.int64)
         for entries, hashes in self._updates:
-            values[entries] = hashes
+            self._values_np[inverse[entries]] = hashes
         self._updates.clear()
+
+
+_BLOCK = 1 << 16  # entries gathered or inverted at a time

@@ -185,16 +185,11 @@ class SnapshotStore:
                     self._store_index_alone(old)
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
-            old_keys, old_fps = (old.keys, old.fingerprints) if old is not None else (array("q"), array("q"))
+            old_keys = old.keys if old is not None else array("q")
 
             def copied_run(position: int, count: int) -> None:  # the index follows the lines copied
                 assert old is not None
-                if carried_fp is None:
-                    index.add_run(old_keys[position:position + count], old_fps[position:position + count],
-                                  old.lines.run(position, count))
-                else:  # sent again next time: neither its fingerprint nor its line may match
-                    index.add_run(old_keys[position:position + count], array("q", [carried_fp]) * count,
-                                  array("q", bytes(8 * count)))
+                _index_entries(index, old, position, count, carried_fp)
 
             try:
                 lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
@@ -221,7 +216,7 @@ class SnapshotStore:
         assert old.etag is not None
         index = IndexWriter()
         try:
-            index.add_run(old.keys, old.fingerprints, old.lines.run(0, len(old)))
+            _index_entries(index, old, 0, len(old), None)
             header = {key: value for key, value in old.header.items() if key != "format"}
             index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, old.etag)
         finally:
@@ -285,3 +280,19 @@ class SnapshotStore:
             chunk, following = following, lines.read(UPLOAD_BLOCK) if following else b""
         self.ensure_lock()
         return str(blob.commit_block_list(blocks, **pinned).get("etag") or "") or None
+
+
+def _index_entries(index: IndexWriter, old: Snapshot, position: int, count: int, carried_fp: int | None) -> None:
+    """Entries position.. of the old snapshot into the new index, a block at a time (no million-entry copies);
+    with `carried_fp` (an untrusted snapshot) neither their fingerprint nor their line may match next time."""
+    for start in range(position, position + count, _INDEX_BLOCK):
+        size = min(_INDEX_BLOCK, position + count - start)
+        if carried_fp is None:
+            index.add_run(old.keys[start:start + size], old.fingerprints[start:start + size],
+                          old.lines.run(start, size))
+        else:
+            index.add_run(old.keys[start:start + size], array("q", [carried_fp]) * size, array("q", bytes(8 * size)))
+
+
+_INDEX_BLOCK = 1 << 16
+
