@@ -242,18 +242,21 @@ class Spool:
         """Keys that occur more than once.
 
         Sorting is the cheap way to find them, but sorted() of a million keys is a transient list of a
-        million int objects (~40 MB). Splitting the keys by their top byte first keeps that list at 1/256.
+        million int objects (~40 MB), and a sorted copy 8 MB at the run's peak. So the keys are split by their
+        top 4 bits and each sixteenth sorted apart (numpy: ~0.05 s at a million, a Python loop ~0.25 s).
         """
         if len(self.keys) <= _SMALL_SPOOL:
             return _repeated(self.keys)
-        buckets = [array("q") for _ in range(256)]
-        appends = [bucket.append for bucket in buckets]
-        for key in self.keys:
-            appends[(key >> 56) & 0xFF](key)
+        import numpy  # noqa: PLC0415 - big spools only
+
+        keys = numpy.frombuffer(self.keys, dtype=numpy.int64)
+        top = numpy.empty(len(keys), dtype=numpy.uint8)
+        for start in range(0, len(keys), _SMALL_SPOOL):
+            top[start:start + _SMALL_SPOOL] = keys[start:start + _SMALL_SPOOL].view(numpy.uint64) >> numpy.uint64(60)
         repeated: set[int] = set()
-        for number, bucket in enumerate(buckets):
-            buckets[number] = array("q")  # release as we go
-            repeated.update(_repeated(bucket))
+        for bucket in range(16):
+            part = numpy.sort(keys[top == bucket])
+            repeated.update(part[1:][part[1:] == part[:-1]].tolist())
         return repeated
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ from shared.state.snapshot_lines import (
     SortedLines,
     copied,
     line_blocks,
+    line_starts,
     local_copy,
     parse_block,
 )
@@ -53,7 +54,7 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
 UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
-READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
+READ_BLOCK = 2 << 20  # bytes a ranged read of the stored snapshot (1 MB ones cost a third more CPU)
 
 
 class SnapshotStore:
@@ -139,12 +140,14 @@ class SnapshotStore:
         blocks = line_blocks(self._stored_chunks())
         next(blocks, None)
         for block in blocks:
-            lines = block.split(b"\n")
+            starts = line_starts(block)  # a slice of the wanted lines only: ~1% of them in a daily refresh
+            count = len(starts) - 1
             at = bisect.bisect_left(wanted, first)
-            while at < len(wanted) and wanted[at] < first + len(lines):
-                found[wanted[at]] = lines[wanted[at] - first].split(b" ", 2)[2].decode()
+            while at < len(wanted) and wanted[at] < first + count:
+                line = wanted[at] - first
+                found[wanted[at]] = block[starts[line]:starts[line + 1] - 1].split(b" ", 2)[2].decode()
                 at += 1
-            first += len(lines)
+            first += count
         return found
 
     def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:

@@ -31,6 +31,7 @@ INDEX_FORMAT = "segment-to-sendgrid snapshot index v2"  # v2: keys, fingerprints
 INDEX_V1 = "segment-to-sendgrid snapshot index v1"  # keys and fingerprints
 _BLOCK = 2 << 20  # bytes an upload block or a ranged read
 _LITTLE = sys.byteorder == "little"  # stored little-endian, whatever the machine
+_PENDING = 1 << 16  # entries gathered before a write (1.5 MB)
 
 
 class IndexWriter:
@@ -50,12 +51,17 @@ class IndexWriter:
         keys.append(key)
         fps.append(fp)
         lines.append(line_hash)
-        if len(keys) >= 4096:
+        if len(keys) >= _PENDING:
             self.flush()
 
     def add_run(self, keys: array[int], fps: array[int], lines: array[int]) -> None:
-        self.flush()
-        self._write((keys, fps, lines))
+        """A run of entries; a merge adds thousands of short ones (the lines between changes): gathered, then
+        written a block at a time."""
+        pending = self._pending
+        for part, values in zip(pending, (keys, fps, lines), strict=True):
+            part.extend(values)
+        if len(pending[0]) >= _PENDING:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending[0]:
