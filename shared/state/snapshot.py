@@ -54,7 +54,7 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
 UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
-READ_BLOCK = 2 << 20  # bytes a ranged read of the stored snapshot (1 MB ones cost a third more CPU)
+READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
 
 
 class SnapshotStore:

@@ -10,11 +10,12 @@ import hashlib
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Any
 
 from azure.core.exceptions import ResourceModifiedError
 
-_BLOCK_LINES = 2048  # lines written at a time
+_BLOCK_LINES = 2048  # lines a bucket of new lines gathers (SortedLines)
+_FLUSH_BYTES = 1 << 20  # bytes gathered before a write of the new snapshot's file
 BLOCK_BYTES = 1 << 20  # bytes of lines parsed or copied at a time
 
 
@@ -73,31 +74,33 @@ def parse_block(block: bytes, keys: array[int], fingerprints: array[int]) -> Non
 
 
 class DigestWriter:
-    """Lines to the new snapshot's file, with its digest and count; written a block at a time."""
+    """Lines and runs of lines to the new snapshot's file, with its digest and count: gathered, and written
+    (and digested) a megabyte at a time, as a merge hands over tens of thousands of short runs."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self.digest = hashlib.sha256()
         self.count = 0
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
+        self._size = 0
 
     def write(self, line: bytes) -> None:
-        self._pending.append(line)
-        if len(self._pending) >= _BLOCK_LINES:
-            self.flush()
+        self.write_block(line, 1)
 
     def write_block(self, data: bytes | memoryview, lines: int) -> None:
-        self.flush()
-        self._out.write(data)
-        self.digest.update(data)
+        self._pending.append(data)
+        self._size += len(data)
         self.count += lines
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
-            count = len(self._pending)
             self._pending.clear()
-            self.write_block(data, count)
+            self._size = 0
+            self._out.write(data)
+            self.digest.update(data)
 
 
 class OldLines:
@@ -112,7 +115,7 @@ class OldLines:
         self._blocks = blocks
         self._on_copy = on_copy  # (position, count) of each run copied
         self._block = memoryview(b"")  # the current block, each of its lines ended by b"\n"
-        self._starts: list[int] = [0]  # where each of its lines starts, and its end
+        self._starts: Any = [0]  # where each of its lines starts, and its end (numpy)
         self._at = 0
         self._cursor = 0  # the position of the next line
         self._drops = drops
@@ -156,13 +159,13 @@ class OldLines:
             count -= take
 
 
-def line_starts(block: bytes) -> list[int]:
+def line_starts(block: bytes) -> Any:
     """Where each line of a block (lines joined by b"\n", none after the last) starts, and, last, the end of
-    the block with a b"\n" after it."""
+    the block with a b"\n" after it: a numpy array of them."""
     import numpy  # noqa: PLC0415 - a merge or a leavers' look-up only
 
     ends = numpy.flatnonzero(numpy.frombuffer(block, dtype=numpy.uint8) == 10)
-    return [0, *(ends + 1).tolist(), len(block) + 1]
+    return numpy.concatenate(([0], ends + 1, [len(block) + 1]))
 
 
 class SortedLines:
