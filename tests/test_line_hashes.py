@@ -148,9 +148,15 @@ def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhil
     from shared.state.line_hashes import LineHashes
 
     values = [random.getrandbits(64) - (1 << 63) for _ in range(3 * line_hashes._BLOCK + 5)]
+    import numpy
+
     hashes = LineHashes(array("q", values))
-    ordered, entry = hashes.sorted_lookup()
-    assert ordered.tolist() == sorted(values) and [values[e] for e in entry.tolist()] == sorted(values)
+    wanted = numpy.array([values[9], 0, values[-1], 12345, values[0]], dtype=numpy.int64)
+    found, entries = hashes.find(wanted)  # sorts them in place, with a bucket table over them
+    assert found.tolist() == [True, False, True, values.count(12345) > 0, True]
+    assert entries.tolist() == [9, len(values) - 1, 0]
+    everyone, entries = hashes.find(numpy.array(values, dtype=numpy.int64))
+    assert everyone.all() and entries.tolist() == list(range(len(values)))
     hashes.update([3, len(values) - 1], [11, 12])
     expected = [*values[:3], 11, *values[4:-1], 12]
     runs = [(0, 2), (2, 40), (42, line_hashes._BLOCK), (line_hashes._BLOCK + 42, 2 * line_hashes._BLOCK - 37)]

@@ -66,9 +66,7 @@ class LineMatcher:
         self._seen = numpy.frombuffer(snapshot.seen, dtype=numpy.uint8)
         self._last = len(snapshot) - 1
         self._lines = snapshot.lines
-        lookup = snapshot.lines.sorted_lookup() if snapshot.lines.known() else (None, None)
-        self._sorted: Any = lookup[0]  # the entries' line hashes, sorted
-        self._entry: Any = lookup[1]  # the entry of each
+        self._by_line = snapshot.lines.known()  # entries have line hashes to look lines up by
 
     def rows(self, chunk: RawChunk, spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int, int]]:
         """(row, its fingerprint, its line hash) of each line not known unchanged, in order; the unchanged ones
@@ -81,12 +79,10 @@ class LineMatcher:
                   ^ self._flip).view(np.int64)
         kind = np.zeros(count, dtype=np.uint8)  # _MISS, _SAME_VALUES or _SAME_LINE
         keys, entries = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
-        if self._sorted is not None and below:
-            at = np.searchsorted(self._sorted, hashes)
-            np.minimum(at, self._last, out=at)
-            same_line = (self._sorted[at] == hashes) & (hashes != 0)
-            entries[same_line] = self._entry[at[same_line]]
-            self._seen[entries[same_line]] = 1
+        if self._by_line and below:
+            same_line, found = self._lines.find(hashes)
+            entries[same_line] = found
+            self._seen[found] = 1
             keys[same_line] = self._keys[entries[same_line]]
             kind[same_line] = _SAME_LINE
         rest = np.flatnonzero(kind == _MISS)
