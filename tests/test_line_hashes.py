@@ -144,10 +144,10 @@ def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhil
     import random
     from array import array
 
-    from shared.state import line_hashes
     from shared.state.line_hashes import LineHashes
 
-    values = [random.getrandbits(64) - (1 << 63) for _ in range(3 * line_hashes._BLOCK + 5)]
+    block = 1 << 16
+    values = [random.getrandbits(64) - (1 << 63) for _ in range(3 * block + 5)]
     import numpy
 
     hashes = LineHashes(array("q", values))
@@ -157,8 +157,11 @@ def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhil
     assert entries.tolist() == [9, len(values) - 1, 0]
     everyone, entries = hashes.find(numpy.array(values, dtype=numpy.int64))
     assert everyone.all() and entries.tolist() == list(range(len(values)))
-    hashes.update([3, len(values) - 1], [11, 12])
+    hashes.update([3], [11])  # found while sorted
+    hashes.release()  # the reads are over: the look-up's arrays go
+    hashes.update([len(values) - 1], [12])  # found after
     expected = [*values[:3], 11, *values[4:-1], 12]
-    runs = [(0, 2), (2, 40), (42, line_hashes._BLOCK), (line_hashes._BLOCK + 42, 2 * line_hashes._BLOCK - 37)]
+    runs = [(0, 2), (2, 40), (42, block), (block + 42, 2 * block - 37)]
     got = [value for start, count in runs for value in hashes.run(start, count)]
     assert got == expected and hashes.changed
+    hashes.close()

@@ -91,6 +91,8 @@ def export_segments(
         if sync is not None:
             spool.entry_emails = sync.snapshot_emails_by_key  # rows recognised by their line keep only their key
         read_segments(destination, source, files, ContactMapper(destination, custom), spool, result, options, known)
+        if known is not None and known.snapshot is not None:
+            known.snapshot.lines.release()  # the look-up by line is over: its arrays go before sending
         superseded = spool.superseded()
         report.duplicates_merged = len(superseded)
         outcome_of = array("b", spool.unchanged.translate(_UNCHANGED_CODE))  # the rows known unchanged, unmapped

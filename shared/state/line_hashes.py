@@ -7,17 +7,20 @@ fingerprint look-up needs) is seven. So the index beside the snapshot keeps each
 option or column order matches no line), and a line whose hash is an entry's is that entry, unchanged
 (shared.pipeline.known_lines). 0 means "no line known" (a row the csv parser read, or an older index).
 
-Held by entry as loaded (an `array`, no numpy needed). For a refresh's look-up they are sorted in place once,
-with the permutation to their entries (4 bytes an entry, not a second copy); the next index wants them by
-entry again, which the inverse permutation (taking the permutation's place) gives a block at a time. Rows
-whose line changed but not their contact (an unmapped column) get their new hash, so the next refresh
-recognises them by their line as well.
+Held by entry as loaded (an `array`, no numpy needed). For a refresh's look-up they are written by entry to a
+local file, then sorted in place with the permutation to their entries (4 bytes an entry) and a table of
+bucket starts. Once the files are read, the look-up's arrays go (`release`: ~13 MB at a million, before the
+sending and the merge, the run's peak), and the next index reads the hashes by entry from the file. Rows whose
+line changed but not their contact (an unmapped column) get their new hash, so the next refresh recognises
+them by their line as well.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from array import array
-from typing import Any
+from typing import IO, Any
 
 
 class LineHashes:
@@ -25,19 +28,14 @@ class LineHashes:
 
     def __init__(self, by_entry: array[int]) -> None:
         self._values = by_entry
-        self._sorted = False  # sorted in place for look-ups (then read by entry through the inverse)
-        self._perm: Any = None  # sorted position -> entry, while look-ups go on
+        self._sorted = False  # sorted in place for look-ups (the hashes by entry are in _saved)
+        self._saved: IO[bytes] | None = None  # the hashes by entry, written before sorting
+        self._released = False  # the look-up is over: the hashes by entry are read from _saved
+        self._perm: Any = None  # sorted position -> entry
         self._starts: Any = None  # where each bucket of equal top bits starts among the sorted hashes
         self._shift: Any = None
-        self._inverse: Any = None  # entry -> sorted position, once the next index is written
-        self._values_np: Any = None
-        self._block = array("q")  # the hashes of entries _block_start.. in entry order, gathered
-        self._block_start = 0
         self._updates: list[tuple[Any, Any]] = []  # (entries, new hashes) found while sorted
         self.changed = False  # some entry has a new line hash: the index is worth storing again
-
-    def __len__(self) -> int:
-        return len(self._values)
 
     def known(self) -> bool:
         """Whether any entry has a line hash (none: an index without them, or rows the parser read)."""
@@ -72,9 +70,12 @@ class LineHashes:
         """The hashes sorted in place with the entry of each, and the bucket table: made once."""
         import numpy  # noqa: PLC0415
 
-        assert self._inverse is None, "look-ups are over once the next index is being written"
+        assert not self._released, "the look-up is over once released"
         values = numpy.frombuffer(self._values, dtype=numpy.int64)
         if not self._sorted:
+            self._saved = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+            self._values.tofile(self._saved)
+            self._saved.flush()
             order = numpy.argsort(values, kind="stable")
             self._perm = order.astype(numpy.uint32 if len(values) < 1 << 32 else numpy.int64)
             values[:] = values[order]  # one gather, not a second sort
@@ -85,6 +86,22 @@ class LineHashes:
             self._sorted = True
         return values, self._perm, self._starts, self._shift
 
+    def release(self) -> None:
+        """The reads are over: the look-up's arrays go; the updates found meanwhile go to the saved file."""
+        if not self._sorted or self._released:
+            return
+        self._released = True
+        self._perm = self._starts = None
+        self._values = array("q")
+        for entries, hashes in self._updates:
+            self._write(entries, hashes)
+        self._updates.clear()
+
+    def close(self) -> None:
+        if self._saved is not None:
+            self._saved.close()
+            self._saved = None
+
     def update(self, entries: Any, hashes: Any) -> None:
         """New line hashes of these entries (sequences or numpy arrays), as the next index should hold them."""
         import numpy  # noqa: PLC0415
@@ -93,47 +110,49 @@ class LineHashes:
         if not len(entries):
             return
         self.changed = True
-        if self._inverse is not None:
-            self._values_np[self._inverse[entries]] = hashes
+        if self._released:
+            self._write(entries, hashes)
         elif self._sorted:  # applied once the look-ups are over
             self._updates.append((entries, hashes))
         else:
             numpy.frombuffer(self._values, dtype=numpy.int64)[entries] = hashes
 
-    def run(self, position: int, count: int) -> array[int]:
-        """The hashes of entries position..position+count-1, in entry order (asked in ascending runs)."""
-        if not self._sorted:
-            return self._values[position:position + count]
-        if self._inverse is None:
-            self._invert()
-        end = position + count
-        if not self._block_start <= position <= end <= self._block_start + len(self._block):
-            self._block_start = position  # the next _BLOCK entries, gathered at once: runs are short
-            self._block = array("q")
-            gathered = self._values_np[self._inverse[position:max(end, position + _BLOCK)]]
-            self._block.frombytes(memoryview(gathered).cast("B"))
-        return self._block[position - self._block_start:end - self._block_start]
-
-    def _invert(self) -> None:
-        """entry -> sorted position, in the permutation's place (no second array of the hashes: 8 MB at a
-        million, at the run's peak), with the updates found while sorted applied."""
+    def _write(self, entries: Any, hashes: Any) -> None:
+        """Into the saved file, through a mapping of it let go at once (only the pages written are touched)."""
         import numpy  # noqa: PLC0415
 
-        perm, self._perm = self._perm, None
-        inverse = numpy.empty_like(perm)
-        for start in range(0, len(perm), _BLOCK):
-            part = perm[start:start + _BLOCK]
-            inverse[part] = numpy.arange(start, start + len(part), dtype=perm.dtype)
-        del perm
-        self._inverse = inverse
-        self._values_np = numpy.frombuffer(self._values, dtype=numpy.int64)
-        for entries, hashes in self._updates:
-            self._values_np[inverse[entries]] = hashes
-        self._updates.clear()
+        assert self._saved is not None
+        mapped = numpy.memmap(self._saved, dtype=numpy.int64, mode="r+")
+        mapped[entries] = hashes
+        mapped.flush()
+        del mapped
+
+    def run(self, position: int, count: int) -> array[int]:
+        """The hashes of entries position..position+count-1, in entry order."""
+        if not self._sorted:
+            return self._values[position:position + count]
+        self.release()
+        assert self._saved is not None
+        data = _pread(self._saved, 8 * count, 8 * position)
+        values = array("q")
+        values.frombytes(data)
+        return values
 
 
-_BLOCK = 1 << 16  # entries gathered or inverted at a time
 _TABLE_BITS_MAX = 22  # the bucket table: 4 bytes a bucket (16 MB at most, from 16 million entries on)
+
+
+def _pread(file: IO[bytes], size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        data = b""
+        while len(data) < size:
+            more = os.pread(file.fileno(), size - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+    file.seek(offset)  # no os.pread (Windows)
+    return file.read(size)
 
 
 def _top(hashes: Any, shift: Any) -> Any:

@@ -79,6 +79,8 @@ class SnapshotStore:
         if self._local is not None:
             self._local.close()
             self._local = None
+        if self.snapshot is not None:
+            self.snapshot.lines.close()
 
     def load(self) -> Snapshot | None:
         self.snapshot = self._load_snapshot()
