@@ -26,11 +26,19 @@ from typing import IO, Any
 class LineHashes:
     """One hash per snapshot entry (signed 64-bit, as the index stores them); 0 for none."""
 
-    def __init__(self, by_entry: array[int]) -> None:
-        self._values = by_entry
+    def __init__(self, by_entry: array[int] | None, count: int = 0) -> None:
+        """`by_entry` as loaded; None for `count` entries without line hashes (kept as a sparse local file
+        of zeros, not 8 MB of memory a million entries, as is a loaded array holding nothing but 0)."""
+        self._values = by_entry if by_entry is not None else array("q")
         self._sorted = False  # sorted in place for look-ups (the hashes by entry are in _saved)
         self._saved: IO[bytes] | None = None  # the hashes by entry, written before sorting
-        self._released = False  # the look-up is over: the hashes by entry are read from _saved
+        self._released = False  # the hashes by entry are read from _saved (and updates written to it)
+        self._unwritten: list[tuple[Any, Any]] = []  # updates not yet in _saved
+        self._pending = 0
+        if by_entry is None or not self.known():
+            self._saved = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+            self._saved.truncate(8 * (count if by_entry is None else len(by_entry)))
+            self._values, self._sorted, self._released = array("q"), True, True
         self._perm: Any = None  # sorted position -> entry
         self._starts: Any = None  # where each bucket of equal top bits starts among the sorted hashes
         self._shift: Any = None
@@ -110,12 +118,21 @@ class LineHashes:
         if not len(entries):
             return
         self.changed = True
-        if self._released:
-            self._write(entries, hashes)
+        if self._released:  # written a batch at a time: each write maps the file and touches its pages
+            self._unwritten.append((entries, hashes))
+            self._pending += len(entries)
+            if self._pending >= _UNWRITTEN_MAX:
+                self._flush()
         elif self._sorted:  # applied once the look-ups are over
             self._updates.append((entries, hashes))
         else:
             numpy.frombuffer(self._values, dtype=numpy.int64)[entries] = hashes
+
+    def _flush(self) -> None:
+        for entries, hashes in self._unwritten:
+            self._write(entries, hashes)
+        self._unwritten.clear()
+        self._pending = 0
 
     def _write(self, entries: Any, hashes: Any) -> None:
         """Into the saved file, through a mapping of it let go at once (only the pages written are touched)."""
@@ -132,6 +149,7 @@ class LineHashes:
         if not self._sorted:
             return self._values[position:position + count]
         self.release()
+        self._flush()
         assert self._saved is not None
         data = _pread(self._saved, 8 * count, 8 * position)
         values = array("q")
@@ -139,6 +157,7 @@ class LineHashes:
         return values
 
 
+_UNWRITTEN_MAX = 1 << 16  # updates gathered before they are written to the file (1 MB)
 _TABLE_BITS_MAX = 22  # the bucket table: 4 bytes a bucket (16 MB at most, from 16 million entries on)
 
 

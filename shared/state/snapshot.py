@@ -91,7 +91,8 @@ class SnapshotStore:
         indexed = load_index(self._container, self._index_path, self._path)
         if indexed is not None:  # the arrays as written with this very text: the text is read only if needed
             header, keys, fingerprints, self._read_etag, lines = indexed
-            return self._snapshot_of(header, lambda: (keys, fingerprints), LineHashes(lines))
+            return self._snapshot_of(header, lambda: (keys, fingerprints),
+                                     LineHashes(lines if lines else None, len(keys)))
         try:
             chunks = self._chunks()
             first = next(chunks)

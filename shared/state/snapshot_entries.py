@@ -23,7 +23,7 @@ class Snapshot:
         self.keys = keys
         self.fingerprints = fingerprints
         # Each entry's line hash, from the index (shared.state.line_hashes): all 0 when it had none.
-        self.lines = lines if lines is not None else LineHashes(array("q", bytes(8 * len(keys))))
+        self.lines = lines if lines is not None else LineHashes(None, len(keys))
         # False: membership only (full re-sync, mapping changed, older format): no contact counts as unchanged.
         self.trusted = trusted
         self.etag = etag  # the stored version these arrays were read from (the merge reads its lines again)

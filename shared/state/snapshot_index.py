@@ -123,7 +123,7 @@ class IndexWriter:
 def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
         dict[str, Any], array[int], array[int], str, array[int]] | None:
     """(the text's header, keys, fingerprints, the text's ETag, line hashes) when a valid index of the stored
-    text exists (a v1 index has no line hashes: all 0)."""
+    text exists (a v1 index has no line hashes: an empty array)."""
     try:
         text_etag = str(container.get_blob_client(text_path).get_blob_properties().etag)
         stream = container.download_blob(path, offset=0, length=_BLOCK)
@@ -161,9 +161,7 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
     except (ResourceModifiedError, ResourceNotFoundError):
         return None  # rewritten meanwhile: the text is parsed instead
     keys, fps, lines = parts
-    if head["format"] == INDEX_V1 and not lines:
-        lines.frombytes(bytes(8 * count))
-    if not len(keys) == len(fps) == len(lines) == count:
+    if not len(keys) == len(fps) == count or len(lines) not in (count, 0 if head["format"] == INDEX_V1 else count):
         return None
     if not _LITTLE:
         for part in parts:
