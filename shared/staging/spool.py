@@ -27,6 +27,7 @@ from shared.state.keys import SIGNED, email_key, fingerprint, xxh3
 
 _SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _WRITE_EVERY = 1024  # contacts per write to the spool file
+_FOUR_GB = 1 << 32  # offsets below it take 4 bytes (4 MB less a million contacts)
 _SIGNED = SIGNED
 _xxh3 = xxh3  # email_key() and fingerprint() are inlined in Spool.add, which runs once per contact
 
@@ -58,7 +59,7 @@ class Spool:
         self._next_row = -1  # the row that continues the current run
         self.unchanged = bytearray()  # per position: MAPPED, or UNCHANGED / KNOWN_LINE (not in `contacts()`)
         # Where each contact's line starts in its file (the spool's or `_known`'s), KNOWN_LINE rows left out.
-        self._offsets = array("Q")
+        self._offsets = array("I")  # "Q" once an offset needs it (a spool file past 4 GB)
         # The position of each line of the spool file; None while every row was mapped (line == position),
         # so a first export keeps no such array.
         self._mapped: array[int] | None = None
@@ -87,6 +88,8 @@ class Spool:
             self._new_run(row)
         self._next_row = row + 1
         self.unchanged.append(0)
+        if self._end >= _FOUR_GB and self._offsets.typecode == "I":
+            self._offsets = array("Q", self._offsets)
         self._offsets.append(self._end)
         self._end += len(body) + 1
         unwritten = self._unwritten
@@ -105,7 +108,10 @@ class Spool:
             self._new_run(row)
         self._next_row = row + 1
         self.unchanged.append(1)
-        self._offsets.append(self._known.add(email))
+        offset = self._known.add(email)
+        if offset >= _FOUR_GB and self._offsets.typecode == "I":
+            self._offsets = array("Q", self._offsets)
+        self._offsets.append(offset)
 
     def add_unchanged_run(self, source: str, row: int, keys: bytes, emails: list[bytes]) -> None:
         """Consecutive unchanged rows from `row` on: their keys (native 64-bit signed, as bytes) and emails."""
@@ -121,7 +127,10 @@ class Spool:
             self._run_rows.append(row)
         self._next_row = row + len(emails)
         self.unchanged.extend(b"\x01" * len(emails))
-        self._offsets.extend(self._known.add_many(emails))
+        offsets = self._known.add_many(emails)
+        if offsets and offsets[-1] >= _FOUR_GB and self._offsets.typecode == "I":
+            self._offsets = array("Q", self._offsets)
+        self._offsets.extend(array(self._offsets.typecode, offsets))
 
     def add_known_lines(self, source: str, row: int, keys: bytes, count: int) -> None:
         """`count` consecutive rows from `row` on recognised by their lines: their keys (as bytes)."""

@@ -141,8 +141,7 @@ class LineHashes:
         assert self._saved is not None
         mapped = numpy.memmap(self._saved, dtype=numpy.int64, mode="r+")
         mapped[entries] = hashes
-        mapped.flush()
-        del mapped
+        del mapped  # unmapped: the pages stay in the page cache (pread sees them), not in this process
 
     def run(self, position: int, count: int) -> array[int]:
         """The hashes of entries position..position+count-1, in entry order."""
