@@ -53,8 +53,8 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
-UPLOAD_BLOCK = 4 << 20  # bytes a block of the snapshot's upload (a request each: 2 ms of CPU)
-READ_BLOCK = 4 << 20  # bytes a ranged read of the stored snapshot (1 MB ones cost twice the CPU)
+UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
+READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
 
 
 class SnapshotStore:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "segment-to-sendgrid snapshot index v2"  # v2: keys, fingerprints, line hashes
 INDEX_V1 = "segment-to-sendgrid snapshot index v1"  # keys and fingerprints
-_BLOCK = 4 << 20  # bytes an upload block or a ranged read
+_BLOCK = 2 << 20  # bytes an upload block or a ranged read
 _LITTLE = sys.byteorder == "little"  # stored little-endian, whatever the machine
 _PENDING = 1 << 16  # entries gathered before a write (1.5 MB)
 
