@@ -88,8 +88,8 @@ class Spool:
             self._new_run(row)
         self._next_row = row + 1
         self.unchanged.append(0)
-        if self._end >= _FOUR_GB and self._offsets.typecode == "I":
-            self._offsets = array("Q", self._offsets)
+        if self._end >= _FOUR_GB:  # compared here: this runs once per contact
+            self._room_for(self._end)
         self._offsets.append(self._end)
         self._end += len(body) + 1
         unwritten = self._unwritten
@@ -109,31 +109,24 @@ class Spool:
         self._next_row = row + 1
         self.unchanged.append(1)
         offset = self._known.add(email)
-        if offset >= _FOUR_GB and self._offsets.typecode == "I":
-            self._offsets = array("Q", self._offsets)
+        self._room_for(offset)
         self._offsets.append(offset)
 
     def add_unchanged_run(self, source: str, row: int, keys: bytes, emails: list[bytes]) -> None:
         """Consecutive unchanged rows from `row` on: their keys (native 64-bit signed, as bytes) and emails."""
-        if source is not self._last_source:
-            self._switch_source(source)
-        if self._mapped is None:
-            self._mapped = array("I", range(len(self.keys)))
-        start = len(self.keys)
-        self.keys.frombytes(keys)
-        if row != self._next_row:
-            self._run_starts.append(start)
-            self._run_sources.append(self._last_index)
-            self._run_rows.append(row)
-        self._next_row = row + len(emails)
-        self.unchanged.extend(b"\x01" * len(emails))
+        self._add_run(source, row, keys, len(emails), UNCHANGED)
         offsets = self._known.add_many(emails)
-        if offsets and offsets[-1] >= _FOUR_GB and self._offsets.typecode == "I":
-            self._offsets = array("Q", self._offsets)
+        if offsets:
+            self._room_for(offsets[-1])
         self._offsets.extend(array(self._offsets.typecode, offsets))
 
     def add_known_lines(self, source: str, row: int, keys: bytes, count: int) -> None:
         """`count` consecutive rows from `row` on recognised by their lines: their keys (as bytes)."""
+        self._add_run(source, row, keys, count, KNOWN_LINE)
+        self._known_lines += count
+
+    def _add_run(self, source: str, row: int, keys: bytes, count: int, kind: int) -> None:
+        """Consecutive rows from `row` on that are not mapped: their keys, their kind, where they came from."""
         if source is not self._last_source:
             self._switch_source(source)
         if self._mapped is None:
@@ -145,8 +138,12 @@ class Spool:
             self._run_sources.append(self._last_index)
             self._run_rows.append(row)
         self._next_row = row + count
-        self.unchanged.extend(b"\x02" * count)
-        self._known_lines += count
+        self.unchanged.extend(bytes([kind]) * count)
+
+    def _room_for(self, offset: int) -> None:
+        """Offsets take 4 bytes each until one needs 8 (a file past 4 GB)."""
+        if offset >= _FOUR_GB and self._offsets.typecode == "I":
+            self._offsets = array("Q", self._offsets)
 
     def _switch_source(self, source: str) -> None:
         index = self._source_index.get(source)
