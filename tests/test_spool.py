@@ -72,3 +72,32 @@ def test_contacts_read_back_whole_while_writes_are_buffered(pread: bool, monkeyp
         assert spool.superseded() == set()
     finally:
         spool.close()
+
+
+def test_rows_known_by_their_line_are_merged_by_the_snapshots_email() -> None:
+    from array import array
+
+    from shared.staging.spool import email_key
+
+    emails = [f"p{i}@example.com" for i in range(10)]
+    keys = array("q", map(email_key, emails))
+    spool = Spool()
+    try:
+        spool.add_known_lines("a.csv", 1, keys[:6].tobytes(), 6)  # rows 1-6: lines the snapshot holds
+        spool.add("a.csv", 7, emails[7], f'{{"email":"{emails[7]}"}}'.encode())
+        spool.add_unchanged_run("a.csv", 8, keys[1:3].tobytes(), [emails[1].encode(), emails[2].encode()])
+        spool.add_known_lines("a.csv", 10, keys[4:5].tobytes(), 1)  # p4 again, by its line
+        spool.add("a.csv", 11, emails[5], f'{{"email":"{emails[5]}"}}'.encode())
+        asked: list[set[int]] = []
+
+        def snapshot_emails(wanted: set[int]) -> dict[int, str]:
+            asked.append(wanted)
+            return {key: emails[keys.index(key)] for key in wanted}
+
+        spool.entry_emails = snapshot_emails
+        # the row read last wins: p1, p2 (unchanged again), p4 (its line again), p5 (mapped)
+        assert spool.superseded() == {1, 2, 4, 5}
+        assert len(asked) == 1 and asked[0] == {keys[1], keys[2], keys[4], keys[5]}
+        assert spool.email_at(6) == emails[7] and spool.email_at(8) == emails[2] and spool.where(9) == ("a.csv", 10)
+    finally:
+        spool.close()

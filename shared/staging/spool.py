@@ -195,24 +195,26 @@ class Spool:
     def emails_at(self, indices: list[int]) -> dict[int, str]:
         """The emails of these contacts; those recognised by their line from the snapshot, in one pass."""
         known = {index: self.keys[index] for index in indices if self.unchanged[index] == KNOWN_LINE}
-        found = {index: self._email_here(index) for index in indices if index not in known}
+        found: dict[int, str] = {}
+        # The others' offsets skip the KNOWN_LINE rows before them: counted once, in ascending order
+        before, counted = 0, 0
+        for index in sorted(index for index in indices if index not in known):
+            if self._known_lines:
+                before += self.unchanged.count(KNOWN_LINE, counted, index)
+                counted = index
+            found[index] = self._email_here(index, self._offsets[index - before])
         if known:
             assert self.entry_emails is not None, "rows recognised by their line come with the snapshot's emails"
             emails = self.entry_emails(set(known.values()))
             found.update((index, emails[key]) for index, key in known.items())
         return found
 
-    def _offset(self, index: int) -> int:
-        if self._known_lines:
-            index -= self.unchanged.count(KNOWN_LINE, 0, index)
-        return self._offsets[index]
-
-    def _email_here(self, index: int) -> str:
+    def _email_here(self, index: int, offset: int) -> str:
         if self.unchanged[index]:
-            return self._known.at(self._offset(index)).decode()
+            return self._known.at(offset).decode()
         if self._unwritten:
             self._write()
-        return _email_of(read_line(self._file, self._offset(index))).decode()
+        return _email_of(read_line(self._file, offset)).decode()
 
     def contacts(self) -> Iterator[tuple[int, bytes]]:
         """(index, contact JSON) of the mapped contacts, in file order (unchanged rows are not in it)."""
