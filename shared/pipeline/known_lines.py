@@ -92,7 +92,8 @@ class LineMatcher:
             subset = lines if len(rest) == count else [lines[i] for i in rest.tolist()]
             hit, keys[rest], emails, fps[rest], found = self._match(subset, below)
             kind[rest[hit]] = _SAME_VALUES
-            self._lines.update(found[hit], hashes[rest[hit]])  # their lines changed: next time, these lines
+            learnt = hit & (found >= 0)
+            self._lines.update(found[learnt], hashes[rest[learnt]])  # their lines changed: next time, these
         yield from self._spooled(chunk, kind, keys, entries, fps, hashes, rest, emails, spool, report)
 
     def _spooled(self, chunk: RawChunk, kind: Any, keys: Any, entries: Any, fps: Any, hashes: Any, rest: Any,
@@ -123,7 +124,7 @@ class LineMatcher:
 
     def _match(self, lines: list[bytes], below: int) -> tuple[Any, Any, list[bytes], Any, Any]:
         """Which lines are unchanged (marked in the snapshot), with every line's key, email, fingerprint and the
-        entry it was compared with (meaningful where unchanged).
+        entry whose line hash it should become (where unchanged and no line before it held the entry; else -1).
 
         Only a line of the header's width, shorter than `below` (the reader's guard: no NUL or undecodable
         byte read, no value past max_field_chars) can be unchanged: the parser would reject any other, for a
@@ -149,8 +150,11 @@ class LineMatcher:
         at = np.searchsorted(self._keys, keys)
         np.minimum(at, self._last, out=at)
         hit = (self._keys[at] == keys) & (self._fps[at] == fps) & eligible
+        # An entry another line of this run already holds (the person in two files, or twice in one, by other
+        # bytes) keeps its line hash: taking this line's would make the two lines take turns, each run.
+        fresh = hit & (self._seen[at] == 0)
         self._seen[at[hit]] = 1
-        return hit, keys, emails, fps, at
+        return hit, keys, emails, fps, np.where(fresh, at, -1)
 
     def _whole(self, lines: list[bytes]) -> Any:
         """Which lines have the header's width (any other is rejected by the parser)."""

@@ -91,8 +91,7 @@ class SnapshotStore:
         indexed = load_index(self._container, self._index_path, self._path)
         if indexed is not None:  # the arrays as written with this very text: the text is read only if needed
             header, keys, fingerprints, self._read_etag, lines = indexed
-            return self._snapshot_of(header, lambda: (keys, fingerprints),
-                                     LineHashes(lines if lines else None, len(keys)))
+            return self._snapshot_of(header, lambda: (keys, fingerprints), lines)
         try:
             chunks = self._chunks()
             first = next(chunks)
@@ -115,7 +114,7 @@ class SnapshotStore:
         return self._snapshot_of(header, parsed)
 
     def _snapshot_of(self, header: dict[str, Any], arrays: Callable[[], tuple[array[int], array[int]]],
-                     lines: LineHashes | None = None) -> Snapshot | None:
+                     lines: array[int] | None = None) -> Snapshot | None:
         """The snapshot with this header, trusted or as membership only, or None (another list or format)."""
         if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
             self.close()
@@ -131,7 +130,9 @@ class SnapshotStore:
             log.info("destination %s: snapshot of an older version; every contact is sent once more",
                      self.destination)
         keys, fingerprints = arrays()
-        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag, lines=lines)
+        # made only for a snapshot kept: without line hashes they are a local file (shared.state.line_hashes)
+        hashes = LineHashes(lines if lines else None, len(keys))
+        return Snapshot(header, keys, fingerprints, trusted=trusted, etag=self._read_etag, lines=hashes)
 
     def snapshot_emails(self, positions: set[int]) -> dict[int, str]:
         """Emails of the snapshot entries at these positions (contacts that left the segment)."""
