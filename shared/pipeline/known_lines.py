@@ -78,12 +78,11 @@ class LineMatcher:
         hashes = (np.fromiter(map(xxh3, lines, repeat(self._line_seed)), dtype=np.uint64, count=count)
                   ^ self._flip).view(np.int64)
         kind = np.zeros(count, dtype=np.uint8)  # _MISS, _SAME_VALUES or _SAME_LINE
-        keys, entries = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        keys = np.zeros(count, dtype=np.int64)
         if self._by_line and below:
             same_line, found = self._lines.find(hashes)
-            entries[same_line] = found
             self._seen[found] = 1
-            keys[same_line] = self._keys[entries[same_line]]
+            keys[same_line] = self._keys[found]
             kind[same_line] = _SAME_LINE
         rest = np.flatnonzero(kind == _MISS)
         emails: list[bytes] = []
@@ -94,9 +93,9 @@ class LineMatcher:
             kind[rest[hit]] = _SAME_VALUES
             learnt = hit & (found >= 0)
             self._lines.update(found[learnt], hashes[rest[learnt]])  # their lines changed: next time, these
-        yield from self._spooled(chunk, kind, keys, entries, fps, hashes, rest, emails, spool, report)
+        yield from self._spooled(chunk, kind, keys, fps, hashes, rest, emails, spool, report)
 
-    def _spooled(self, chunk: RawChunk, kind: Any, keys: Any, entries: Any, fps: Any, hashes: Any, rest: Any,
+    def _spooled(self, chunk: RawChunk, kind: Any, keys: Any, fps: Any, hashes: Any, rest: Any,
                  emails: list[bytes], spool: Spool, report: RunReport) -> Iterator[tuple[ProjectedRow, int, int]]:
         """The chunk's lines into the spool in file order, a run of one kind at a time; the misses parsed."""
         np, count = self._np, len(kind)

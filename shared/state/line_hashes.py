@@ -42,7 +42,6 @@ class LineHashes:
         self._perm: Any = None  # sorted position -> entry
         self._starts: Any = None  # where each bucket of equal top bits starts among the sorted hashes
         self._shift: Any = None
-        self._updates: list[tuple[Any, Any]] = []  # (entries, new hashes) found while sorted
         self.changed = False  # some entry has a new line hash: the index is worth storing again
 
     def known(self) -> bool:
@@ -101,9 +100,7 @@ class LineHashes:
         self._released = True
         self._perm = self._starts = None
         self._values = array("q")
-        for entries, hashes in self._updates:
-            self._write(entries, hashes)
-        self._updates.clear()
+        self._flush()
 
     def close(self) -> None:
         if self._saved is not None:
@@ -118,13 +115,11 @@ class LineHashes:
         if not len(entries):
             return
         self.changed = True
-        if self._released:  # written a batch at a time: each write maps the file and touches its pages
+        if self._sorted:  # into the file by entry, a batch at a time: each write maps it and touches its pages
             self._unwritten.append((entries, hashes))
             self._pending += len(entries)
             if self._pending >= _UNWRITTEN_MAX:
                 self._flush()
-        elif self._sorted:  # applied once the look-ups are over
-            self._updates.append((entries, hashes))
         else:
             numpy.frombuffer(self._values, dtype=numpy.int64)[entries] = hashes
 
