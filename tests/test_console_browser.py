@@ -116,6 +116,8 @@ def page(browser: Any, served: Served) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     tab = context.new_page()
     tab.set_default_timeout(TIMEOUT_MS)
+    # expect() waits 5 s by default: a run started on a busy 2-core CI machine can take longer to show
+    playwright_api.expect.set_options(timeout=TIMEOUT_MS)
     problems: list[str] = []
     tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
