@@ -35,14 +35,13 @@ from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter, load_index
 from shared.state.snapshot_lines import (
     DigestWriter,
-    OldLines,
-    SortedLines,
     copied,
     line_blocks,
     line_starts,
     local_copy,
     parse_block,
 )
+from shared.state.snapshot_merge import SortedLines, merge
 from shared.state.snapshot_v1 import upgrade_v1
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class SnapshotStore:
                             relined[1].append(line_hash)
                             continue  # the same source values: its stored line stays
                         drops.add(at)  # replaced by its new line, in the same place
-                new.add(key, b"%d %d %s\n" % (key, fp, email), line_hash)
+                new.add(key, fp, b"%d %d %s\n" % (key, fp, email), line_hash)
                 changed = True
             if old is not None and relined[0]:
                 old.lines.update(relined[0], relined[1])
@@ -192,21 +191,8 @@ class SnapshotStore:
                     self._store_index_alone(old)
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
-            old_keys = old.keys if old is not None else array("q")
-
-            def copied_run(position: int, count: int) -> None:  # the index follows the lines copied
-                assert old is not None
-                _index_entries(index, old, position, count, carried_fp)
-
             try:
-                lines = OldLines(self._old_blocks(), carried_fp, sorted(drops), copied_run)
-                if not old_keys:  # nothing stored to merge with
-                    new.write_sorted(writer, index.add_run)
-                for key, fp, line_hash, line in new.in_order() if old_keys else ():
-                    lines.copy_to(bisect.bisect_left(old_keys, key), writer)
-                    writer.write(line)
-                    index.add(key, fp, line_hash)
-                lines.copy_to(len(old_keys), writer)
+                merge(new, old, self._old_blocks(), sorted(drops), carried_fp, writer, index)
                 writer.flush()
                 header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
                           "digest": writer.digest.hexdigest()}

@@ -63,6 +63,14 @@ class IndexWriter:
         if len(pending[0]) >= _PENDING:
             self.flush()
 
+    def add_arrays(self, keys: Any, fps: Any, lines: Any) -> None:
+        """A merged bucket's entries, as numpy arrays: written as they are, after what was gathered before."""
+        self.flush()
+        assert len(keys) == len(fps) == len(lines)
+        for part, file in zip((keys, fps, lines), self._files, strict=True):
+            file.write(part.astype("<i8", copy=False).tobytes())
+        self._written += len(keys)
+
     def flush(self) -> None:
         if self._pending[0]:
             self._write(self._pending)
