@@ -164,6 +164,11 @@ def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhil
     runs = [(0, 2), (2, 40), (42, block), (block + 42, 2 * block - 37)]
     got = [value for start, count in runs for value in hashes.run(start, count)]
     assert got == expected and hashes.changed
+    many = random.sample(range(len(values)), 5000)  # across every window of the file, in no order
+    hashes.update(many, [i * 7 + 1 for i in many])
+    for i in many:
+        expected[i] = i * 7 + 1
+    assert list(hashes.run(0, len(values))) == expected
     hashes.close()
 
 

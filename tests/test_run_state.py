@@ -4,11 +4,13 @@ from array import array
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy
 import pytest
 from azure.storage.blob import ContainerClient
 
 from shared.staging.spool import email_key, fingerprint
 from shared.state.run_store import RunStore
+from shared.state.snapshot_merge import EntryBlock
 from shared.state.sync_state import DestinationBusy, SyncState
 
 
@@ -63,8 +65,13 @@ def _arrays(emails: list[str], bodies: list[bytes]) -> tuple["array[int]", "arra
 
 
 def _entries(keys: "array[int]", fps: "array[int]", emails: list[str],
-             confirmed: Iterable[int]) -> list[tuple[int, int, bytes, int]]:
-    return [(keys[i], fps[i], emails[i].encode(), 0) for i in confirmed]
+             confirmed: Iterable[int]) -> list[EntryBlock]:
+    """The confirmed contacts as the settle stage hands them over: blocks of arrays (two, to cross one)."""
+    chosen = list(confirmed)
+    halves = [chosen[: len(chosen) // 2], chosen[len(chosen) // 2:]]
+    return [(numpy.array([keys[i] for i in half], dtype=numpy.int64), numpy.array([fps[i] for i in half],
+             dtype=numpy.int64), numpy.zeros(len(half), dtype=numpy.int64), [emails[i].encode() for i in half])
+            for half in halves if half]
 
 
 def test_snapshot_keeps_unconfirmed_previous_entries_and_sorts_by_key(container: ContainerClient) -> None:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import random
 import tempfile
 from array import array
-from typing import Any
 
+import numpy
 import pytest
 
-from shared.state import snapshot_lines
 from shared.state.line_hashes import LineHashes
 from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter
-from shared.state.snapshot_lines import DigestWriter, line_blocks
+from shared.state.snapshot_lines import DigestWriter
 from shared.state.snapshot_merge import SortedLines, merge
 
 
@@ -47,15 +46,18 @@ def _run(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list[t
     text = b"".join(b"%d %d %s\n" % (key, fp, email) for key, fp, _, email in old)
     snapshot = Snapshot({}, array("q", [e[0] for e in old]), array("q", [e[1] for e in old]),
                         lines=LineHashes(array("q", [e[2] for e in old]), len(old))) if old else None
-    chunks = [text[i:i + 777] for i in range(0, len(text), 777)]  # cut anywhere, mid-line too
-    blocks = line_blocks(iter([b"{}\n", *chunks]))
-    next(blocks)
+    stored = b'{"format": "a header longer than a chunk, ' + b"x" * 900 + b'"}\n' + text
+    chunks = iter([stored[i:i + 777] for i in range(0, len(stored), 777)])  # cut anywhere, mid-line too
     with SortedLines() as new, tempfile.TemporaryFile() as out:
-        for key, fp, line_hash, email in reversed(fresh):  # any order
-            new.add(key, fp, b"%d %d %s\n" % (key, fp, email), line_hash)
+        backwards = fresh[::-1]  # any order, in blocks of any size
+        for start in range(0, len(backwards), 1000):
+            part = backwards[start:start + 1000]
+            new.add_block(numpy.array([e[0] for e in part], dtype=numpy.int64),
+                          numpy.array([e[1] for e in part], dtype=numpy.int64),
+                          numpy.array([e[2] for e in part], dtype=numpy.int64), [e[3] for e in part])
         writer, index = DigestWriter(out), IndexWriter()
         try:
-            merge(new, snapshot, blocks, drops, carried, writer, index)
+            merge(new, snapshot, chunks, drops, carried, writer, index)
             writer.flush()
             index.flush()
             out.seek(0)
@@ -88,9 +90,8 @@ def _model(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list
     (0, 0.0, 0), (0, 0.0, 1), (0, 0.0, 3000), (1, 0.0, 0), (1, 1.0, 0), (1, 1.0, 1), (2000, 0.0, 0),
     (2000, 0.01, 60), (2000, 0.5, 700), (2000, 1.0, 0), (2000, 0.0, 2000), (300, 0.3, 5000),
 ])
-def test_merge_gives_the_models_text_and_index(spread: str, old_count: int, drop_share: float, new_count: int,
-                                               monkeypatch: Any) -> None:
-    monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", 1000)  # many blocks, each bucket across several
+def test_merge_gives_the_models_text_and_index(spread: str, old_count: int, drop_share: float,
+                                               new_count: int) -> None:
     rng = random.Random(f"{spread}{old_count}{drop_share}{new_count}")
     old, drops, fresh = _case(rng, old_count, drop_share, new_count, spread, hashed=True)
     for carried in (None, 0):
@@ -106,7 +107,7 @@ def test_a_snapshot_shorter_than_its_keys_fails_the_merge() -> None:
 
     old = [(key, 1, 0, b"a%d@example.com" % key) for key in range(-5, 5)]
     snapshot = Snapshot({}, array("q", [e[0] for e in old]), array("q", [1] * len(old)))
-    blocks = iter([b"-5 1 a-5@example.com"])  # nine lines missing: changed since it was loaded
+    blocks = iter([b"{}\n-5 1 a-5@example.com"])  # nine lines missing: changed since it was loaded
     with SortedLines() as new, tempfile.TemporaryFile() as out, pytest.raises(ResourceModifiedError):
         index = IndexWriter()
         try:

@@ -101,3 +101,29 @@ def test_rows_known_by_their_line_are_merged_by_the_snapshots_email() -> None:
         assert spool.email_at(6) == emails[7] and spool.email_at(8) == emails[2] and spool.where(9) == ("a.csv", 10)
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize("size", [1, 77, 1 << 21])
+def test_email_blocks_give_what_emails_gives_whatever_the_block_size(size: int) -> None:
+    # mapped contacts between unchanged runs and rows known by their line, one with a non-ASCII address
+    spool = Spool()
+    try:
+        mapped = []
+        for row in range(1, 3_000):
+            email = f"p{row}@exämple.com" if row == 5 else f"p{row}@example.com"
+            if row % 10 == 3:
+                spool.add_unchanged("a.csv", row, email.encode(), spool_module.email_key(email))
+            elif row % 10 == 4:
+                spool.add_known_lines("a.csv", row, spool_module.array("q", [row]).tobytes(), 1)
+            else:
+                spool.add("a.csv", row, email, json.dumps({"email": email, "first_name": "X"}, ensure_ascii=False,
+                                                          separators=(",", ":")).encode(), row * 3, line_hash=row * 7)
+                mapped.append((len(spool) - 1, row * 3, row * 7, email.encode()))
+        assert list(spool.emails()) == mapped
+        blocks = list(spool.email_blocks(size))
+        assert len(blocks) > 1 or size > 1000
+        got = [(int(i), int(fp), int(lh), email) for indices, fps, hashes, emails in blocks
+               for i, fp, lh, email in zip(indices, fps, hashes, emails, strict=True)]
+        assert got == mapped
+    finally:
+        spool.close()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
 
@@ -49,6 +50,7 @@ from shared.service.export_service import ExportService
 from shared.staging.spool import email_key, fingerprint
 from shared.state.lock import DestinationLock
 from shared.state.snapshot import SNAPSHOT_FORMAT
+from shared.state.snapshot_merge import EntryBlock
 from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 from tests.azurite import Azurite
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
@@ -687,8 +689,11 @@ def test_a_run_that_lost_its_lock_records_no_more_state(container: ContainerClie
         other.release()
 
 
-def _one_contact() -> tuple[list[tuple[int, int, bytes, int]]]:
-    return ([(email_key("a@example.com"), fingerprint(b"{}"), b"a@example.com", 0)],)
+def _one_contact() -> tuple[list[EntryBlock]]:
+    def one(value: int) -> numpy.ndarray[Any, Any]:
+        return numpy.array([value], dtype=numpy.int64)
+
+    return ([(one(email_key("a@example.com")), one(fingerprint(b"{}")), one(0), [b"a@example.com"])],)
 
 
 # -- (h) what invalidates the snapshot -------------------------------------------------------------------------

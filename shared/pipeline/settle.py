@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from azure.core.exceptions import AzureError
 
@@ -22,6 +22,7 @@ from shared.sendgrid.client import ImportJob, SendGridClient
 from shared.sendgrid.errors import SendGridError
 from shared.staging.spool import Spool
 from shared.state.lock import LeaseTooShort, LockLost
+from shared.state.snapshot_merge import EntryBlock
 from shared.state.sync_state import SyncState
 
 
@@ -62,12 +63,9 @@ def settle(run: Run, drained: Drained, removals: set[int]) -> None:
 def _save_snapshot(run: Run, sync: SyncState, removed_ok: set[int]) -> bool:
     """Advance the snapshot by what SendGrid confirmed (the contacts of completed import jobs; the unchanged
     ones keep their entries, as do those of jobs not completed); False when the lock was lost meanwhile."""
-    spool, outcome_of = run.spool, run.outcome_of
-    keys, exported = spool.keys, Outcome.EXPORTED
     mirror = run.destination.mode == "mirror"
     try:
-        sync.write_snapshot(((keys[index], fp, email, line_hash) for index, fp, line_hash, email in spool.emails()
-                             if outcome_of[index] == exported), dropped=removed_ok if mirror else set())
+        sync.write_snapshot(_exported(run), dropped=removed_ok if mirror else set())
         sync.clear_checkpoint()
     except LockLost:  # not a storage outage: the checkpoint and snapshot belong to another run now
         return False
@@ -75,6 +73,19 @@ def _save_snapshot(run: Run, sync: SyncState, removed_ok: set[int]) -> bool:
         run.report.notes.append(f"run state storage unavailable ({type(exc).__name__}): the sync snapshot was not "
                                 "saved, so the next refresh may send this run's contacts again")
     return True
+
+
+def _exported(run: Run) -> Iterator[EntryBlock]:
+    """The contacts SendGrid confirmed this run, a spool block at a time: keys, fingerprints, line hashes, emails."""
+    import numpy  # noqa: PLC0415 - the snapshot's merge uses it anyway
+
+    keys = numpy.frombuffer(run.spool.keys, dtype=numpy.int64)
+    outcome_of = numpy.frombuffer(run.outcome_of, dtype=numpy.int8)
+    for indices, fps, line_hashes, emails in run.spool.email_blocks():
+        confirmed = outcome_of[indices] == Outcome.EXPORTED
+        if confirmed.any():
+            yield (keys[indices[confirmed]], fps[confirmed], line_hashes[confirmed],
+                   list(itertools.compress(emails, confirmed.tolist())))
 
 
 def _taken_over(destination: Destination, leavers: int, removed: int) -> str:

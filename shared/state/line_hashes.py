@@ -130,13 +130,26 @@ class LineHashes:
         self._pending = 0
 
     def _write(self, entries: Any, hashes: Any) -> None:
-        """Into the saved file, through a mapping of it let go at once (only the pages written are touched)."""
+        """Into the saved file, a window of it at a time (read, patched, written back): a mapping of the whole
+        file would bring all of its pages into this process at once (8 MB a million, at the run's peak)."""
         import numpy  # noqa: PLC0415
 
         assert self._saved is not None
-        mapped = numpy.memmap(self._saved, dtype=numpy.int64, mode="r+")
-        mapped[entries] = hashes
-        del mapped  # unmapped: the pages stay in the page cache (pread sees them), not in this process
+        order = numpy.argsort(entries, kind="stable")
+        entries, hashes = entries[order], hashes[order]
+        fd, start = self._saved.fileno(), 0
+        while start < len(entries):
+            window = int(entries[start]) // _WINDOW * _WINDOW
+            end = int(numpy.searchsorted(entries, window + _WINDOW))
+            data = bytearray(_pread(self._saved, 8 * _WINDOW, 8 * window))
+            numpy.frombuffer(data, dtype=numpy.int64)[entries[start:end] - window] = hashes[start:end]
+            if hasattr(os, "pwrite"):
+                os.pwrite(fd, data, 8 * window)
+            else:  # (Windows)
+                self._saved.seek(8 * window)
+                self._saved.write(data)
+                self._saved.flush()
+            start = end
 
     def run(self, position: int, count: int) -> array[int]:
         """The hashes of entries position..position+count-1, in entry order."""
@@ -151,6 +164,7 @@ class LineHashes:
         return values
 
 
+_WINDOW = 1 << 17  # entries of the saved file patched at a time (1 MB)
 _UNWRITTEN_MAX = 1 << 16  # updates gathered before they are written to the file (1 MB)
 _TABLE_BITS_MAX = 22  # the bucket table: 4 bytes a bucket (16 MB at most, from 16 million entries on)
 

@@ -41,7 +41,7 @@ from shared.state.snapshot_lines import (
     local_copy,
     parse_block,
 )
-from shared.state.snapshot_merge import SortedLines, merge
+from shared.state.snapshot_merge import EntryBlock, SortedLines, merge
 from shared.state.snapshot_v1 import upgrade_v1
 
 log = logging.getLogger(__name__)
@@ -153,18 +153,19 @@ class SnapshotStore:
             first += count
         return found
 
-    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[EntryBlock], dropped: set[int]) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
-        Why long: one streaming merge of two sorted sequences (the stored lines and this run's new lines),
-        whose cases share the output file and its digest; split up, each piece would need all of that state.
+        Why long: the new lines sorted out of this run's blocks, then the merge (shared.state.snapshot_merge)
+        and the store, which share the output file, its digest and the index; split up, each piece would need
+        all of that state.
 
-        `exported`: (key, fingerprint, UTF-8 email, line hash) of each contact SendGrid confirmed this run, in any
-        order: each takes its entry with its new fingerprint. Every other entry stays as it was (an unchanged
-        contact, or one whose import did not complete, so the next refresh sends it again), except the
-        `dropped` positions of the previous snapshot (mirror: contacts taken off the list). New lines are sorted
-        in buckets on local disk, stored lines copied in runs; an unchanged snapshot is not uploaded again (its
-        index is, alone, when only line hashes changed).
+        `exported`: blocks (EntryBlock: keys, fingerprints, line hashes, UTF-8 emails) of the contacts SendGrid
+        confirmed this run, in any order: each takes its entry with its new fingerprint. Every other entry stays
+        as it was (an unchanged contact, or one whose import did not complete, so the next refresh sends it
+        again), except the `dropped` positions of the previous snapshot (mirror: contacts taken off the list).
+        New lines are sorted in buckets on local disk, stored lines copied in runs; an unchanged snapshot is not
+        uploaded again (its index is, alone, when only line hashes changed).
         """
         self.ensure_lock()
         old = self.snapshot
@@ -172,18 +173,28 @@ class SnapshotStore:
         changed = old is None or not old.trusted or bool(dropped)
         drops = set(dropped)
         relined: tuple[list[int], list[int]] = ([], [])  # entries kept whose line hash is new
+        import numpy  # noqa: PLC0415 - the merge is done in arrays
+
+        old_keys = numpy.frombuffer(old.keys if old is not None else b"", dtype=numpy.int64)
+        old_fps = numpy.frombuffer(old.fingerprints if old is not None else b"", dtype=numpy.int64)
         with SortedLines() as new, tempfile.TemporaryFile() as out:
-            for key, fp, email, line_hash in exported:
-                if old is not None:
-                    at = old.position(key)
-                    if at >= 0:
-                        if carried_fp is None and old.fingerprints[at] == fp:
-                            relined[0].append(at)
-                            relined[1].append(line_hash)
-                            continue  # the same source values: its stored line stays
-                        drops.add(at)  # replaced by its new line, in the same place
-                new.add(key, fp, b"%d %d %s\n" % (key, fp, email), line_hash)
-                changed = True
+            for keys, fps, hashes, emails in exported:
+                fresh = numpy.ones(len(keys), dtype=bool)
+                if len(old_keys):
+                    at = numpy.minimum(numpy.searchsorted(old_keys, keys), len(old_keys) - 1)
+                    held = old_keys[at] == keys
+                    if carried_fp is None:  # the same source values: its stored line stays
+                        same = held & (old_fps[at] == fps)
+                        relined[0].extend(at[same].tolist())
+                        relined[1].extend(hashes[same].tolist())
+                        fresh = ~same
+                    drops.update(at[held & fresh].tolist())  # replaced by its new line, in the same place
+                if fresh.all():
+                    new.add_block(keys, fps, hashes, emails)
+                elif fresh.any():
+                    new.add_block(keys[fresh], fps[fresh], hashes[fresh],
+                                  list(itertools.compress(emails, fresh.tolist())))
+                changed = changed or bool(fresh.any())
             if old is not None and relined[0]:
                 old.lines.update(relined[0], relined[1])
             if not changed:
@@ -192,7 +203,7 @@ class SnapshotStore:
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
             try:
-                merge(new, old, self._old_blocks(), sorted(drops), carried_fp, writer, index)
+                merge(new, old, self._stored_chunks(), sorted(drops), carried_fp, writer, index)
                 writer.flush()
                 header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
                           "digest": writer.digest.hexdigest()}
@@ -214,14 +225,6 @@ class SnapshotStore:
             index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, old.etag)
         finally:
             index.close()
-
-    def _old_blocks(self) -> Iterator[bytes]:
-        """The previous snapshot's lines, as read at load (a changed blob fails the download: not merged)."""
-        if self.snapshot is None:
-            return iter(())
-        blocks = line_blocks(self._stored_chunks())
-        next(blocks, None)
-        return blocks
 
     def _stored_chunks(self) -> Iterator[bytes]:
         """The text as loaded, from the local copy (downloaded, pinned to its ETag, when first needed)."""

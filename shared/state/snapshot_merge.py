@@ -9,6 +9,7 @@ Python work only for the lines that changed (a Python loop over every run cost ~
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ from shared.state.snapshot_lines import DigestWriter
 if TYPE_CHECKING:
     from shared.state.snapshot_entries import Snapshot
     from shared.state.snapshot_index import IndexWriter
+
+# (keys, fingerprints, line hashes) as numpy int64 arrays, and the UTF-8 emails: a block of confirmed contacts
+EntryBlock = tuple[Any, Any, Any, list[bytes]]
 
 _BUCKETS = 128  # key buckets: a 128th of a million lines (~0.5 MB) in memory at a time
 _SHIFT = 57
@@ -37,20 +41,25 @@ class SortedLines:
         self._entries: list[IO[bytes] | None] = [None] * _BUCKETS
         self._pending: list[list[bytes]] = [[] for _ in range(_BUCKETS)]
         self._pending_entries = [array("q") for _ in range(_BUCKETS)]
-        self.count = 0
 
-    def add(self, key: int, fp: int, line: bytes, line_hash: int = 0) -> None:
-        """`line` is the whole text line, its b"\\n" included."""
-        bucket = (key + (1 << 63)) >> _SHIFT
-        entries = self._pending_entries[bucket]
-        entries.append(key)
-        entries.append(fp)
-        entries.append(line_hash)
-        pending = self._pending[bucket]
-        pending.append(line)
-        self.count += 1
-        if len(pending) >= _FLUSH:
-            self._flush(bucket)
+    def add_block(self, keys: Any, fps: Any, hashes: Any, emails: list[bytes]) -> None:
+        """Many entries at once (numpy arrays and their emails), their lines made and bucketed in C-level maps."""
+        import numpy  # noqa: PLC0415
+
+        lines = list(map(b"%d %d %s\n".__mod__, zip(keys.tolist(), fps.tolist(), emails, strict=True)))
+        buckets = ((keys.view(numpy.uint64) ^ numpy.uint64(1 << 63)) >> numpy.uint64(_SHIFT)).astype(numpy.int64)
+        order = numpy.argsort(buckets, kind="stable")
+        triples = numpy.stack((keys, fps, hashes), axis=1)[order].astype("<i8")
+        ordered = buckets[order]
+        cuts = [0, *(numpy.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(ordered)]
+        positions = order.tolist()
+        for start, end in itertools.pairwise(cuts):
+            bucket = int(ordered[start])
+            self._pending_entries[bucket].frombytes(triples[start:end].tobytes())
+            pending = self._pending[bucket]
+            pending.extend(map(lines.__getitem__, positions[start:end]))
+            if len(pending) >= _FLUSH:
+                self._flush(bucket)
 
     def _flush(self, bucket: int) -> None:
         text, entries = self._texts[bucket], self._entries[bucket]
@@ -105,11 +114,12 @@ class SortedLines:
                 file.close()
 
 
-def merge(new: SortedLines, old: Snapshot | None, old_blocks: Iterator[bytes], drops: list[int],
+def merge(new: SortedLines, old: Snapshot | None, old_chunks: Iterator[bytes], drops: list[int],
           carried_fp: int | None, writer: DigestWriter, index: IndexWriter) -> None:
-    """The new snapshot into `writer` and `index`: `old`'s entries (their lines from `old_blocks`), less the
-    sorted `drops`, with `new`'s; with `carried_fp` (an untrusted snapshot) the old lines are rewritten under
-    that fingerprint and lose their line hashes, so neither can match next time."""
+    """The new snapshot into `writer` and `index`: `old`'s entries (their lines from `old_chunks`: the stored
+    text, header line first, cut anywhere), less the sorted `drops`, with `new`'s; with `carried_fp` (an
+    untrusted snapshot) the old lines are rewritten under that fingerprint and lose their line hashes, so
+    neither can match next time."""
     import numpy  # noqa: PLC0415
 
     count = len(old) if old is not None else 0
@@ -118,7 +128,7 @@ def merge(new: SortedLines, old: Snapshot | None, old_blocks: Iterator[bytes], d
     lows = numpy.array([(bucket << _SHIFT) - (1 << 63) for bucket in range(_BUCKETS)], dtype=numpy.int64)
     bounds = [*numpy.searchsorted(old_keys, lows).tolist(), count]
     dropped = numpy.array(drops, dtype=numpy.int64)
-    text = _OldText(old_blocks, carried_fp)
+    text = _OldText(old_chunks, carried_fp)
     for bucket, (keys, fps, hashes, new_text, new_starts) in enumerate(new.buckets()):
         first, end = bounds[bucket], bounds[bucket + 1]
         low, high = numpy.searchsorted(dropped, [first, end]).tolist()
@@ -162,30 +172,24 @@ def _joined(source: Any, old_text: bytes | memoryview, old_starts: Any, new_text
 
 
 class _OldText:
-    """The old snapshot's lines in order, taken a bucket's count at a time with where each starts."""
+    """The old snapshot's lines in order, from the stored text's chunks as read (its header line skipped), taken
+    a bucket's count at a time with where each starts: a chunk is joined to the rest of the last one, once."""
 
-    def __init__(self, blocks: Iterator[bytes], carried_fp: int | None) -> None:
-        import numpy  # noqa: PLC0415
-
-        self._blocks = blocks
-        self._data = b""  # whole lines, each ended by b"\n"
-        self._starts: Any = numpy.zeros(1, dtype=numpy.int64)  # where each of them starts, and their end
+    def __init__(self, chunks: Iterator[bytes], carried_fp: int | None) -> None:
+        self._chunks = chunks
+        self._data = b""  # lines, each ended by b"\n", and the start of the next one (cut by a chunk)
+        self._starts: Any = _zero()  # where each whole line starts, then the rest
         self._at = 0  # the first line not taken yet
+        self._header = True  # the text's first line, not an entry's
         self._carried = None if carried_fp is None else b" %d " % carried_fp
 
     def take(self, count: int) -> tuple[bytes | memoryview, Any]:
         """The next `count` lines (each with its b"\n") and their `count` + 1 starts (the last: their end)."""
-        import numpy  # noqa: PLC0415
 
         if not count:
-            return b"", numpy.zeros(1, dtype=numpy.int64)
+            return b"", _zero()
         while len(self._starts) - 1 - self._at < count:
-            block = next(self._blocks, None)
-            if block is None:
-                raise ResourceModifiedError("the stored snapshot has fewer lines than it had when loaded")
-            self._data = b"".join([memoryview(self._data)[self._starts[self._at]:], block, b"\n"])
-            del block
-            self._starts, self._at = _line_starts(self._data), 0
+            self._more()
         first, end = int(self._starts[self._at]), int(self._starts[self._at + count])
         starts = self._starts[self._at:self._at + count + 1] - first
         self._at += count
@@ -196,9 +200,32 @@ class _OldText:
             starts = _line_starts(data)
         return data, starts
 
+    def _more(self) -> None:
+        rest = memoryview(self._data)[self._starts[self._at]:]
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            if not rest.nbytes:
+                raise ResourceModifiedError("the stored snapshot has fewer lines than it had when loaded")
+            chunk = b"\n"  # the last line, without its newline
+        self._data = b"".join([rest, chunk])
+        del rest, chunk
+        if self._header:
+            end = self._data.find(b"\n")
+            if end < 0:
+                self._starts, self._at = _zero(), 0
+                return
+            self._data, self._header = self._data[end + 1:], False
+        self._starts, self._at = _line_starts(self._data), 0
+
+
+def _zero() -> Any:
+    import numpy  # noqa: PLC0415
+
+    return numpy.zeros(1, dtype=numpy.int64)
+
 
 def _line_starts(text: bytes) -> Any:
-    """Where each line of `text` (every line ended by b"\\n") starts, and, last, its end."""
+    """Where each whole line of `text` (ended by b"\\n") starts, and, last, where the rest after them starts."""
     import numpy  # noqa: PLC0415
 
     ends = numpy.flatnonzero(numpy.frombuffer(text, dtype=numpy.uint8) == 10)

@@ -24,6 +24,7 @@ from azure.storage.blob import ContainerClient
 from shared.state.lock import LEASE_SECONDS, DestinationBusy, DestinationLock, LeaseTooShort, LockLost
 from shared.state.snapshot import SnapshotStore
 from shared.state.snapshot_entries import Snapshot
+from shared.state.snapshot_merge import EntryBlock
 
 __all__ = ["LEASE_SECONDS", "DestinationBusy", "LeaseTooShort", "LockLost", "SetAside", "Snapshot", "SyncState"]
 
@@ -108,7 +109,7 @@ class SyncState:
         positions.pop(-1, None)
         return {positions[at]: email for at, email in self.snapshot_emails(set(positions)).items()}
 
-    def write_snapshot(self, exported: Iterable[tuple[int, int, bytes, int]], dropped: set[int]) -> int:
+    def write_snapshot(self, exported: Iterable[EntryBlock], dropped: set[int]) -> int:
         """See SnapshotStore.write_snapshot; the snapshot this state loaded is the one merged."""
         self._snapshots.snapshot = self.snapshot
         return self._snapshots.write_snapshot(exported, dropped)
