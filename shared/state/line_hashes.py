@@ -85,8 +85,10 @@ class LineHashes:
             self._saved.flush()
             order = numpy.argsort(values, kind="stable")
             self._perm = order.astype(numpy.uint32 if len(values) < 1 << 32 else numpy.int64)
-            values[:] = values[order]  # one gather, not a second sort
             del order
+            # Sorted again in place, not gathered through `order`: a gather's 8 MB copy a million entries, on
+            # top of the order's 8 MB, was the refresh's peak RSS (~0.04 s more CPU a million).
+            values.sort(kind="stable")
             bits = min(_TABLE_BITS_MAX, max(1, len(values).bit_length() - 2))  # ~4 entries a bucket
             self._shift = numpy.uint64(64 - bits)
             self._starts = numpy.searchsorted(_top(values, self._shift), numpy.arange((1 << bits) + 1))
