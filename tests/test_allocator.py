@@ -20,7 +20,7 @@ def test_a_big_buffer_freed_no_longer_sends_the_next_ones_to_the_heap() -> None:
     # one and see where it lives: on the heap (whose freed chunks stay in RSS) or in a mapping of its own.
     script = """
 import sys
-sys.path.insert(0, %r)
+sys.path.insert(0, sys.argv[2])
 from shared.config.allocator import fix_mmap_threshold
 if sys.argv[1] == "fixed":
     assert fix_mmap_threshold()
@@ -29,8 +29,8 @@ del first
 buffer = b"\\x02" * (1 << 20)
 heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
 print(any(int(low, 16) <= id(buffer) < int(high, 16) for low, high in heap))
-""" % str(ROOT)
-    on_heap = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+"""
+    on_heap = {mode: subprocess.run([sys.executable, "-c", script, mode, str(ROOT)], capture_output=True, text=True,
                                     check=True).stdout.strip() for mode in ("fixed", "dynamic")}
     assert on_heap == {"fixed": "False", "dynamic": "True"}
 
