@@ -10,7 +10,6 @@ from ExportSegment.console_page import bp as console_bp
 from ExportSegment.erasures import bp as erasures_bp
 from ExportSegment.operate import bp as operate_bp
 from OnSchedule import bp as on_schedule_bp
-from shared.config.allocator import fix_mmap_threshold
 from shared.service.telemetry import configure_azure_monitor_export
 
 # The worker forwards Python logging to Application Insights; host.json's logLevel categories do not reach
@@ -18,9 +17,6 @@ from shared.service.telemetry import configure_azure_monitor_export
 # but noise and cost); httpx logs every SendGrid request. Our own modules log one summary line per run.
 for _chatty in ("azure.core.pipeline.policies.http_logging_policy", "azure.identity", "httpx"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
-
-# Big buffers mapped on their own, so freed ones leave the process (shared.config.allocator): steadier peak RSS.
-fix_mmap_threshold()
 
 # One structured record per run (shared.service.telemetry), for the alerts in infra/app/alerts.bicep.
 configure_azure_monitor_export()

@@ -88,13 +88,11 @@ def floor(path: Path) -> tuple[float, int]:
 def engine_child(path: str, base_url: str) -> None:
     """The stateless engine (as `cli export`) in this process; prints a JSON line of figures."""
     sys.path.insert(0, str(ROOT))
-    from shared.config.allocator import fix_mmap_threshold
     from shared.config.destinations import Destination
     from shared.pipeline.engine import ExportOptions, export_segment
     from shared.sendgrid.client import SendGridClient
     from shared.source.sources import LocalDirSource
 
-    fix_mmap_threshold()  # as `cli export` does
     dest = Destination.model_validate(destination("upsert"))
     file = Path(path)
     SendGridClient(KEY, base_url=base_url).close()  # warm, as a worker that has run before

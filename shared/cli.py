@@ -27,7 +27,6 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from shared.config.allocator import fix_mmap_threshold
 from shared.config.destinations import DestinationsDocument, load_destinations
 from shared.config.secrets import ApiKeyProvider
 from shared.config.settings import AppSettings, setting
@@ -126,7 +125,6 @@ def _privacy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    fix_mmap_threshold()  # as the function app does at start (shared.config.allocator)
     if args.command in ("erase", "lift-suppression", "forget-destination"):
         return _privacy(args)
     if args.command == "sync":
