@@ -38,10 +38,7 @@ def test_a_refresh_knows_its_exported_lines_and_splits_only_what_changed(env: En
     mirror = destination(mode="mirror")
     first = env.export(_upload(env, _people(60)), mirror)
     assert (first.status, first.exported) == ("succeeded", 60), first.error
-    compared = _compared(monkeypatch)
-    learnt = env.export(_upload(env, _people(60)), mirror)  # the first export's rows came from the csv parser
-    assert (learnt.unchanged_skipped, learnt.exported) == (60, 0) and sum(compared) == 60
-    compared.clear()
+    compared = _compared(monkeypatch)  # the first export mapped its lines a chunk at a time, with their hashes
     counts = _counting(monkeypatch)
     known = env.export(_upload(env, _people(60)), mirror)
     assert (known.unchanged_skipped, known.exported, known.rows_read) == (60, 0, 60) and known.balanced

@@ -32,7 +32,9 @@ def test_only_the_last_row_of_each_email_survives(count: int) -> None:
 
 
 def test_the_bucketed_path_is_the_one_used_above_the_small_spool_size() -> None:
-    assert spool_module._SMALL_SPOOL < 150_000
+    from shared.staging import repeated_keys
+
+    assert repeated_keys._SMALL < 150_000
 
 
 def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,3 +129,35 @@ def test_email_blocks_give_what_emails_gives_whatever_the_block_size(size: int) 
         assert got == mapped
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize("unchanged_first", [False, True])
+def test_a_block_of_mapped_contacts_reads_back_as_the_same_contacts_added_one_by_one(unchanged_first: bool) -> None:
+    import numpy
+
+    def body(email: str) -> bytes:
+        return json.dumps({"email": email}, ensure_ascii=False, separators=(",", ":")).encode()
+
+    one, block = Spool(), Spool()
+    try:
+        for spool in (one, block):
+            if unchanged_first:
+                spool.add_unchanged("a.csv", 1, b"u@example.com", spool_module.email_key("u@example.com"))
+            spool.add("a.csv", 2, "p2@example.com", body("p2@example.com"), 5, line_hash=6)
+        emails = [f"p{row}@ex\u00e4mple.com" if row == 4 else f"p{row}@example.com" for row in range(3, 40)]
+        for row, email in enumerate(emails, start=3):
+            one.add("b.csv", row, email, body(email), row, line_hash=-row)
+        bodies = [body(email) for email in emails]
+        starts = numpy.cumsum([0] + [len(b) + 1 for b in bodies[:-1]]).astype(numpy.int64)
+        pairs = numpy.array([(row, -row) for row in range(3, 40)], dtype=numpy.int64).tobytes()
+        keys = spool_module.array("q", map(spool_module.email_key, emails)).tobytes()
+        block.add_block("b.csv", 3, keys, pairs, b"\n".join(bodies), starts)
+        for spool in (one, block):
+            spool.add("b.csv", 41, "p41@example.com", body("p41@example.com"), 1, line_hash=2)  # after a gap
+        assert list(block.contacts()) == list(one.contacts()) and list(block.emails()) == list(one.emails())
+        assert block.keys == one.keys and block.unchanged == one.unchanged
+        assert [block.where(i) for i in range(len(one))] == [one.where(i) for i in range(len(one))]
+        assert block.emails_at(list(range(len(one)))) == one.emails_at(list(range(len(one))))
+    finally:
+        one.close()
+        block.close()

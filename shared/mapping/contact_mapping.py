@@ -125,6 +125,15 @@ class ContactMapper:
         return repr((RULES_VERSION, _validator_version, self.columns, self._plain, self._alternate, custom,
                      self._truncate, self._clear_empty))
 
+    def plain_fields(self) -> list[tuple[str, int, int | None, str]] | None:
+        """(field, position, length limit, ',"field":') of each mapped field when all are plain strings (no
+        custom field, no alternate emails): what shared.mapping.line_mapping can map a chunk at a time."""
+        return None if self._custom or self._alternate is not None else list(self._plain)
+
+    @property
+    def clears_empty(self) -> bool:
+        return self._clear_empty
+
     def value_of(self, values: Sequence[str | None], column: str) -> str:
         """The raw value of a mapped column in a projected row ("" if the row lacks it)."""
         position = self._position[column]

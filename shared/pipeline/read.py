@@ -14,17 +14,21 @@ from shared.config.destinations import Destination
 from shared.errors import ConfigurationError, SegmentFileError
 from shared.mapping.contact_mapping import ContactMapper, MappedContact, Rejection, missing_columns
 from shared.mapping.email_rules import normalise_email
+from shared.mapping.line_mapping import LineMapper
 from shared.pipeline.known_lines import LineMatcher
-from shared.pipeline.report import RejectedRow, TruncatedField
+from shared.pipeline.report import RejectedRow, RunReport, TruncatedField
 from shared.pipeline.result import ExportOptions, ExportResult, SegmentRead, Suppression
 from shared.source.readers import ReaderOptions, open_segment
-from shared.source.readers.base import KEYS_SEEN_KEPT
+from shared.source.readers.base import KEYS_SEEN_KEPT, SegmentReader
 from shared.source.readers.raw_lines import RawChunk
 from shared.source.segment_files import SegmentFile
 from shared.source.sources import ByteSource
 from shared.staging.spool import Spool
 from shared.state.keys import SIGNED, email_key, fingerprint_seed, source_fingerprint, xxh3
 from shared.state.snapshot_entries import Snapshot
+
+# One row into the run: (source, row, its values, its reader's error, its fingerprint, its line hash)
+RowSink = Callable[[str, int, Sequence[str | None], str | None, int, int], None]
 
 
 @dataclass
@@ -99,7 +103,10 @@ def _read_file(
     # export, a full re-sync) the csv parser reads faster, and the rows have no line hash: the next refresh
     # recognises them by their values, and learns their lines.
     recognisable = snapshot is not None and snapshot.trusted and len(snapshot) > 0
-    with open_segment(source, name, reading, raw_lines=recognisable) as reader:
+    # With no snapshot at all every row is mapped: plain lines a chunk at a time where they allow (line_mapping).
+    whole = snapshot is None and LineMapper.possible(mapper, bool(options.suppression),
+                                                     options.dry_run and options.preview_limit > 0)
+    with open_segment(source, name, reading, raw_lines=recognisable or whole) as reader:
         _check_columns(destination, where, reader.columns)
         columns = mapper.columns
         # A format without a header (JSON Lines) names its columns row by row: a mapped column that no row
@@ -112,11 +119,16 @@ def _read_file(
         if recognisable and snapshot is not None and seed is not None and reader.raw_lines and all(
                 c in (reader.columns or ()) for c in columns):
             lines = LineMatcher(reader, seed, columns, snapshot)
-        for item in reader.project_lines(columns) if lines is not None else reader.project(columns):
+        mapped = LineMapper.for_reader(mapper, reader, seed) if whole else None
+        raw = lines is not None or mapped is not None
+        for item in reader.project_lines(columns) if raw else reader.project(columns):
             if type(item) is RawChunk:
-                assert lines is not None
-                for (origin, row, values, error), fp, line_hash in lines.rows(item, spool, report):
-                    one(origin, row, values, error, fp, line_hash)
+                if lines is not None:
+                    for (origin, row, values, error), fp, line_hash in lines.rows(item, spool, report):
+                        one(origin, row, values, error, fp, line_hash)
+                else:
+                    assert mapped is not None
+                    _mapped_lines(mapped, item, reader, spool, report, one, seed)
                 continue
             origin, row, values, error = item  # type: ignore[misc]
             fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
@@ -125,9 +137,23 @@ def _read_file(
             raise _never_seen(destination, where, {columns[i] for i in unseen}, reader.keys_seen)
 
 
+def _mapped_lines(mapper: LineMapper, chunk: RawChunk, reader: SegmentReader, spool: Spool, report: RunReport,
+                  one: RowSink, seed: int | None) -> None:
+    """A chunk of plain lines mapped at once, or (any line the shortcut does not take) parsed row by row."""
+    block = mapper.map(chunk)
+    if block is not None:
+        spool.add_block(chunk.source, chunk.first_row, block.keys, block.pairs, block.bodies, block.starts)
+        report.rows_read += len(block.starts)
+        return
+    for item in reader.parse_lines(chunk, range(len(chunk.lines))):
+        if item is not None:
+            origin, row, values, error = item
+            fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
+            one(origin, row, values, error, fp, 0)
+
+
 def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,
-              known: Known | None, unseen: set[int]) -> Callable[
-                  [str, int, Sequence[str | None], str | None, int, int], None]:
+              known: Known | None, unseen: set[int]) -> RowSink:
     """The row-by-row path: one row, with its fingerprint, into the spool (unchanged or mapped) or the rejects.
 
     Why long: this runs once per row that is not recognised as a whole line; its look-ups are bound once here.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import io
-import itertools
 import re
 import tempfile
 from array import array
@@ -24,9 +23,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from shared.staging.email_file import EmailFile, read_line
+from shared.staging.repeated_keys import repeated_keys
 from shared.state.keys import SIGNED, email_key, fingerprint, xxh3
 
-_SMALL_SPOOL = 100_000  # up to here one sorted() of the keys costs less than bucketing them
 _WRITE_EVERY = 1024  # contacts per write to the spool file
 _FOUR_GB = 1 << 32  # offsets below it take 4 bytes (4 MB less a million contacts)
 _SIGNED = SIGNED
@@ -126,11 +125,26 @@ class Spool:
         self._add_run(source, row, keys, count, KNOWN_LINE)
         self._known_lines += count
 
+    def add_block(self, source: str, row: int, keys: bytes, pairs: bytes, bodies: bytes, starts: Any) -> None:
+        """Consecutive mapped contacts from `row` on (shared.mapping.line_mapping): their keys, (fingerprint,
+        line hash) pairs, JSON bodies joined by b"\\n" and where each starts in them (numpy int64)."""
+        count = len(starts)
+        if self._mapped is not None:
+            self._mapped.extend(range(len(self.keys), len(self.keys) + count))
+        self._add_run(source, row, keys, count, MAPPED)
+        self._pairs.frombytes(pairs)
+        offsets = starts + self._end
+        self._room_for(int(offsets[-1]))
+        self._offsets.frombytes(offsets.astype("u8" if self._offsets.typecode == "Q" else "u4").tobytes())
+        self._end += len(bodies) + 1
+        self._unwritten.append(bodies)
+        self._write()
+
     def _add_run(self, source: str, row: int, keys: bytes, count: int, kind: int) -> None:
         """Consecutive rows from `row` on that are not mapped: their keys, their kind, where they came from."""
         if source is not self._last_source:
             self._switch_source(source)
-        if self._mapped is None:
+        if self._mapped is None and kind != MAPPED:
             self._mapped = array("I", range(len(self.keys)))
         start = len(self.keys)
         self.keys.frombytes(keys)
@@ -265,7 +279,7 @@ class Spool:
         Keys are compared first (cheap, in arrays); only rows whose key repeats are read back to compare
         the real emails, so a 64-bit collision can never merge two different people.
         """
-        repeated = self._repeated_keys()
+        repeated = repeated_keys(self.keys)
         if not repeated:
             return set()
         last: dict[str, int] = {}
@@ -275,40 +289,11 @@ class Spool:
             last[emails[index]] = index
         return {index for index in candidates if last[emails[index]] != index}
 
-    def _repeated_keys(self) -> set[int]:
-        """Keys that occur more than once.
-
-        Sorting is the cheap way to find them, but sorted() of a million keys is a transient list of a
-        million int objects (~40 MB), and a sorted copy 8 MB at the run's peak. So the keys are split by their
-        top 4 bits and each sixteenth sorted apart (numpy: ~0.05 s at a million, a Python loop ~0.25 s).
-        """
-        if len(self.keys) <= _SMALL_SPOOL:
-            return _repeated(self.keys)
-        import numpy  # noqa: PLC0415 - big spools only
-
-        keys = numpy.frombuffer(self.keys, dtype=numpy.int64)
-        top = numpy.empty(len(keys), dtype=numpy.uint8)
-        for start in range(0, len(keys), _SMALL_SPOOL):
-            top[start:start + _SMALL_SPOOL] = keys[start:start + _SMALL_SPOOL].view(numpy.uint64) >> numpy.uint64(60)
-        repeated: set[int] = set()
-        for bucket in range(16):
-            part = numpy.sort(keys[top == bucket])
-            repeated.update(part[1:][part[1:] == part[:-1]].tolist())
-        return repeated
-
     def close(self) -> None:
         self._file.close()
         self._known.close()
         if self._pairs_file is not None:
             self._pairs_file.close()
-
-
-def _repeated(keys: array[int]) -> set[int]:
-    """Keys that occur more than once; a set answers "none" (the usual case) in a quarter of a sort's time."""
-    if len(set(keys)) == len(keys):
-        return set()
-    ordered = sorted(keys)
-    return {a for a, b in itertools.pairwise(ordered) if a == b}
 
 
 _EMAILS = re.compile(rb'\{"email":"([^"]*)"')  # a literal start: found by a fast search, not tried at each byte
