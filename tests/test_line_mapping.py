@@ -68,6 +68,34 @@ def _compare(tmp_path: Path, data: bytes, dest: Destination, options: ReaderOpti
     return mapped_rows, declined
 
 
+def _pieces(tmp_path: Path, data: bytes, dest: Destination, options: ReaderOptions | None = None) -> tuple[
+        int, list[int]]:
+    """(rows mapped, rows of the declined pieces) over `LineMapper.pieces`, asserting the pieces are the
+    chunk's non-blank lines in order, each mapped one as the row path maps it."""
+    (tmp_path / "s.csv").write_bytes(data)
+    mapper = ContactMapper(dest, {})
+    mapped, declined = 0, []
+    with open_segment(LocalDirSource(str(tmp_path)), "s.csv", options or ReaderOptions(), raw_lines=True) as reader:
+        lines = LineMapper.for_reader(mapper, reader, SEED)
+        assert lines is not None
+        for item in reader.project_lines(mapper.columns):
+            if not isinstance(item, RawChunk):
+                continue
+            covered = []
+            for piece, block in lines.pieces(item):
+                covered += [(piece.first_row + i, line) for i, line in enumerate(piece.lines)]
+                rows = [row for row in reader.parse_lines(piece, range(len(piece.lines))) if row is not None]
+                if block is None:
+                    declined += [row[1] for row in rows]
+                    continue
+                bodies = [mapper.map_values(row[2]) for row in rows]
+                assert block.bodies == b"\n".join(c.body for c in bodies if isinstance(c, MappedContact))
+                mapped += len(rows)
+            assert covered == [(item.first_row + i, line) for i, line in enumerate(item.lines)
+                               if line.removesuffix(b"\r")]
+    return mapped, declined
+
+
 def _line(values: list[str], delimiter: str = ",") -> str:
     return delimiter.join(values)
 
@@ -103,6 +131,7 @@ DECLINED = [
     ["C1", "a@localhost", "A", "g", "B", "C"],
     ["C1", "a@example.test", "A", "g", "B", "C"],  # a special-use TLD
     ["C1", "a@xn--bcher-kva.example", "A", "g", "B", "C"],  # IDNA: the library decides
+    ["C1", "a@b--c.example", "A", "g", "B", "C"],
     ["C1", " a@example.com", "A", "g", "B", "C"],  # trimmed by the row path
     ["C1", "a" * 65 + "@example.com", "A", "g", "B", "C"],  # local part too long
     ["C1", "a@" + ".".join(["b" * 60] * 5) + ".com", "A", "g", "B", "C"],  # past 254 characters
@@ -143,10 +172,36 @@ def test_random_files_map_as_the_row_path_does_in_small_chunks(tmp_path: Path, m
         if rng.random() < 0.04:
             row[rng.choice([0, 2, 3, 4, 5])] = rng.choice(ODD)
         if rng.random() < 0.01:
-            row = rng.choice(DECLINED)
-        if rng.random() < 0.02:
-            row[1] = row[1].upper() if row else ""
+            row = list(rng.choice(DECLINED))
+        if row and rng.random() < 0.02:
+            row[1] = row[1].upper()
         rows.append(row)
     data = ("\n".join(_line(r) for r in rows) + "\n").encode()
-    mapped, declined = _compare(tmp_path, data, _destination(empty_values=rng.choice(["skip", "clear"])))
+    dest = _destination(empty_values=rng.choice(["skip", "clear"]))
+    mapped, declined = _compare(tmp_path, data, dest)
     assert mapped > 500 and declined > 10  # both paths taken
+    in_pieces, row_by_row = _pieces(tmp_path, data, dest)
+    assert in_pieces >= mapped and in_pieces + len(row_by_row) == sum(1 for row in rows[1:] if row)
+
+
+def test_a_declined_chunk_is_mapped_in_pieces_around_its_odd_row_and_blank_lines_are_no_rows(tmp_path: Path) -> None:
+    rows = [HEADER, *(_clean(i) for i in range(200)), [], ["C1", "no-at-sign", "A", "g", "B", "C"],
+            *(_clean(i) for i in range(200, 400)), []]
+    data = ("\n".join(_line(r) for r in rows) + "\n").encode()
+    mapped, declined = _pieces(tmp_path, data, _destination())
+    assert mapped + len(declined) == 401 and 203 in declined and len(declined) <= 400 // 16 + 1
+
+
+def test_a_double_quote_in_a_file_quoted_otherwise_is_escaped_row_by_row(tmp_path: Path) -> None:
+    # quotechar ' makes a line with " plain; JSON must escape it, so the shortcut leaves such a chunk alone
+    data = b"Id;Email;First;Tier;Last;City\nC1;ann@example.com;x\",\"email\":\"eve@example.com;g;L;C\n"
+    options = ReaderOptions(delimiter=";", quotechar="'")
+    assert _compare(tmp_path, data, _destination(), options) == (0, 1)
+    assert _pieces(tmp_path, data, _destination(), options) == (0, [1])
+
+
+def test_a_field_limit_other_than_the_default_still_maps(tmp_path: Path) -> None:
+    rows = [HEADER, *(_clean(i) for i in range(100))]
+    data = ("\n".join(_line(r) for r in rows) + "\n").encode()
+    assert _compare(tmp_path, data, _destination(), ReaderOptions(max_field_chars=300)) == (100, 0)
+    assert _compare(tmp_path, data, _destination(), ReaderOptions(max_field_chars=1 << 20)) == (100, 0)

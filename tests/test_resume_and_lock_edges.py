@@ -30,6 +30,7 @@ from shared.source.sources import LocalDirSource
 from shared.state.sync_state import SyncState
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY, SENDGRID_TEST_LIST_ID, running_simulator
 from tests.test_engine_e2e import destination, write_csv
+from tests.test_sync import stored_snapshot
 
 NAME = "edges"
 PUT = "PUT /v3/marketing/contacts"
@@ -72,8 +73,7 @@ class Edges:
         return client.download_blob().readall() if client.exists() else None
 
     def snapshot_emails(self) -> set[str]:
-        text = (self.blob("snapshot.txt") or b"").decode()
-        return {line.split(" ", 2)[2] for line in text.splitlines()[1:]}
+        return set(stored_snapshot(self.container, NAME))
 
     def count(self, endpoint: str) -> int:
         return self.sim.request_counts.get(endpoint, 0)

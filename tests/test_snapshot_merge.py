@@ -42,8 +42,9 @@ def _case(rng: random.Random, old_count: int, drop_share: float, new_count: int,
 
 
 def _run(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list[tuple[int, int, int, bytes]],
-         carried: int | None) -> tuple[bytes, list[tuple[int, int, int]], int]:
-    text = b"".join(b"%d %d %s\n" % (key, fp, email) for key, fp, _, email in old)
+         carried: int | None, fields: bool = False) -> tuple[bytes, list[tuple[int, int, int]], int]:
+    # the stored text: v4 (emails) or v3 (`<key> <fingerprint> <email>`, rewritten as emails by the merge)
+    text = b"".join(b"%d %d %s\n" % (key, fp, email) if fields else email + b"\n" for key, fp, _, email in old)
     snapshot = Snapshot({}, array("q", [e[0] for e in old]), array("q", [e[1] for e in old]),
                         lines=LineHashes(array("q", [e[2] for e in old]), len(old))) if old else None
     stored = b'{"format": "a header longer than a chunk, ' + b"x" * 900 + b'"}\n' + text
@@ -57,7 +58,7 @@ def _run(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list[t
                           numpy.array([e[2] for e in part], dtype=numpy.int64), [e[3] for e in part])
         writer, index = DigestWriter(out), IndexWriter()
         try:
-            merge(new, snapshot, chunks, drops, carried, writer, index)
+            merge(new, snapshot, chunks, drops, carried, writer, index, fields)
             writer.flush()
             index.flush()
             out.seek(0)
@@ -81,7 +82,7 @@ def _model(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list
     kept = [(key, carried if carried is not None else fp, 0 if carried is not None else line_hash, email)
             for at, (key, fp, line_hash, email) in enumerate(old) if at not in dropped]
     merged = sorted(kept + fresh)
-    text = b"".join(b"%d %d %s\n" % (key, fp, email) for key, fp, _, email in merged)
+    text = b"".join(email + b"\n" for _, _, _, email in merged)
     return text, [(key, fp, line_hash) for key, fp, line_hash, _ in merged]
 
 
@@ -94,8 +95,8 @@ def test_merge_gives_the_models_text_and_index(spread: str, old_count: int, drop
                                                new_count: int) -> None:
     rng = random.Random(f"{spread}{old_count}{drop_share}{new_count}")
     old, drops, fresh = _case(rng, old_count, drop_share, new_count, spread, hashed=True)
-    for carried in (None, 0):
-        text, entries, count = _run(old, drops, fresh, carried)
+    for carried, fields in ((None, False), (0, False), (None, True), (0, True)):
+        text, entries, count = _run(old, drops, fresh, carried, fields)
         want_text, want_entries = _model(old, drops, fresh, carried)
         assert text == want_text
         assert entries == want_entries
@@ -107,7 +108,7 @@ def test_a_snapshot_shorter_than_its_keys_fails_the_merge() -> None:
 
     old = [(key, 1, 0, b"a%d@example.com" % key) for key in range(-5, 5)]
     snapshot = Snapshot({}, array("q", [e[0] for e in old]), array("q", [1] * len(old)))
-    blocks = iter([b"{}\n-5 1 a-5@example.com"])  # nine lines missing: changed since it was loaded
+    blocks = iter([b"{}\na-5@example.com"])  # nine lines missing: changed since it was loaded
     with SortedLines() as new, tempfile.TemporaryFile() as out, pytest.raises(ResourceModifiedError):
         index = IndexWriter()
         try:

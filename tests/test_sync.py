@@ -50,6 +50,7 @@ from shared.service.export_service import ExportService
 from shared.staging.spool import email_key, fingerprint
 from shared.state.lock import DestinationLock
 from shared.state.snapshot import SNAPSHOT_FORMAT
+from shared.state.snapshot_index import load_index
 from shared.state.snapshot_merge import EntryBlock
 from shared.state.sync_state import DestinationBusy, LockLost, SyncState
 from tests.azurite import Azurite
@@ -91,6 +92,20 @@ def csv_bytes(rows: list[Profile], *, extra: dict[str, list[str]] | None = None)
     for number, (email, first) in enumerate(rows):
         writer.writerow([email, first, *((extra or {})[c][number] for c in columns)])
     return out.getvalue().encode()
+
+
+def stored_snapshot(container: ContainerClient, name: str) -> dict[str, int]:
+    """email -> fingerprint of a stored snapshot: its text's emails (v4 lines; a v3 line ends with its email)
+    with the fingerprints of its index when that is valid for the text (else 0: membership only)."""
+    text = container.get_blob_client(f"state/{name}/snapshot.txt")
+    if not text.exists():
+        return {}
+    header, *lines = text.download_blob().readall().decode().splitlines()
+    v3 = json.loads(header).get("format", "").endswith("v3")
+    emails = [line.split(" ", 2)[2] if v3 else line for line in lines]
+    indexed = load_index(container, f"state/{name}/snapshot.idx", f"state/{name}/snapshot.txt")
+    fps = list(indexed[2]) if indexed is not None else [int(line.split(" ", 2)[1]) if v3 else 0 for line in lines]
+    return dict(zip(emails, fps, strict=True))
 
 
 @dataclass
@@ -135,8 +150,7 @@ class Env:
 
     def snapshot(self) -> dict[str, int]:
         """email -> fingerprint, as stored in Azurite (the header line is skipped)."""
-        text = (self.state("snapshot.txt") or b"").decode()
-        return {line.split(" ", 2)[2]: int(line.split(" ", 2)[1]) for line in text.splitlines()[1:]}
+        return stored_snapshot(self.runs, NAME)
 
     def checkpoint(self) -> dict[str, Any] | None:
         data = self.state("checkpoint.json")
@@ -812,8 +826,8 @@ def test_a_snapshot_of_the_first_format_is_upgraded_and_mirror_still_removes_who
     def blake(email: str) -> int:
         return int.from_bytes(hashlib.blake2b(email.encode(), digest_size=8).digest(), "little", signed=True)
 
-    emails = [line.split(" ", 2)[2] for line in lines]
-    v1 = [f"{blake(e)} {int(line.split(' ')[1])} {e}" for e, line in zip(emails, lines, strict=True)]
+    emails = list(lines)  # v4: a line is its entry's email
+    v1 = [f"{blake(e)} 7 {e}" for e in emails]
     v1.sort(key=lambda line: int(line.split(" ")[0]))
     old["format"] = "segment-to-sendgrid snapshot v1"
     env.runs.upload_blob(f"state/{NAME}/snapshot.txt", "\n".join([json.dumps(old), *v1, ""]).encode(),
@@ -826,7 +840,7 @@ def test_a_snapshot_of_the_first_format_is_upgraded_and_mirror_still_removes_who
     assert report.removed_from_list == 3 and env.members() == dict(rows[:22])
     header, *lines = (env.state("snapshot.txt") or b"").decode().splitlines()
     assert json.loads(header)["format"] == SNAPSHOT_FORMAT
-    keys = [int(line.split(" ")[0]) for line in lines]
+    keys = [email_key(line) for line in lines]
     assert keys == sorted(keys) == sorted(email_key(e) for e, _ in rows[:22])
     again = env.export(env.upload(rows[:22]), dest)
     assert (again.exported, again.unchanged_skipped) == (0, 22)

@@ -17,7 +17,7 @@ from shared.pipeline.read import reader_options
 from shared.sendgrid.models import CustomField
 from shared.state import snapshot as snapshot_module
 from shared.state import snapshot_lines
-from shared.state.keys import fingerprint_seed, source_fingerprint
+from shared.state.keys import email_key, fingerprint_seed, source_fingerprint
 from shared.state.snapshot import V2_FORMAT
 from tests.test_sync import NAME, PUT, Env, destination, env, profiles
 
@@ -127,8 +127,9 @@ def test_a_snapshot_of_the_previous_format_sends_once_more_and_mirror_stays_exac
     path = f"state/{NAME}/snapshot.txt"
     header, *lines = env.runs.download_blob(path).readall().decode().splitlines()
     old = json.loads(header)
-    old["format"] = V2_FORMAT
-    env.runs.upload_blob(path, "\n".join([json.dumps(old), *lines, ""]).encode(), overwrite=True)
+    old["format"] = V2_FORMAT  # v2 lines: `<key> <fingerprint> <email>`
+    v2 = [f"{email_key(email)} 7 {email}" for email in lines]
+    env.runs.upload_blob(path, "\n".join([json.dumps(old), *v2, ""]).encode(), overwrite=True)
     report = env.export(env.upload(rows[:17]), destination(mode="mirror"))
     assert (report.status, report.exported, report.unchanged_skipped) == ("succeeded", 17, 0), report.error
     assert report.removed_from_list == 3 and env.members() == dict(rows[:17]) and report.balanced
@@ -191,3 +192,59 @@ def test_line_blocks_give_every_line_whatever_the_chunks_and_block_size(monkeypa
         monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", chooser.randint(1, 40))
         blocks = list(snapshot_lines.line_blocks(iter(chunks)))
         assert [blocks[0], *(line for block in blocks[1:] for line in block.split(b"\n"))] == lines
+
+
+def _as_v3(env: Env) -> None:
+    """The stored v4 snapshot written back as v3 (`<key> <fingerprint> <email>` lines) with its index, as the
+    version before stored it."""
+    import numpy
+
+    from shared.state.snapshot_index import IndexWriter, load_index
+
+    path, index_path = f"state/{NAME}/snapshot.txt", f"state/{NAME}/snapshot.idx"
+    indexed = load_index(env.runs, index_path, path)
+    assert indexed is not None
+    header_line, *emails = env.runs.download_blob(path).readall().decode().splitlines()
+    header = dict(json.loads(header_line), format="segment-to-sendgrid snapshot v3")
+    lines = [f"{key} {fp} {email}" for key, fp, email in zip(indexed[1], indexed[2], emails, strict=True)]
+    etag = env.runs.get_blob_client(path).upload_blob("\n".join([json.dumps(header), *lines, ""]).encode(),
+                                                       overwrite=True)["etag"]
+    index = IndexWriter()
+    try:
+        index.add_arrays(*(numpy.frombuffer(part, dtype=numpy.int64) for part in indexed[1:3]),
+                         numpy.frombuffer(indexed[4], dtype=numpy.int64))
+        index.store(env.runs, index_path, header, str(etag))
+    finally:
+        index.close()
+
+
+def test_a_v3_snapshot_stays_trusted_and_is_rewritten_as_emails_by_its_next_merge(env: Env) -> None:
+    rows = profiles(30)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    _as_v3(env)
+    unchanged = env.export(env.upload(rows), destination(mode="mirror"))  # its index: trusted, nothing sent
+    assert (unchanged.exported, unchanged.unchanged_skipped) == (0, 30)
+    changed = [(email, "Changed") if i == 4 else (email, name) for i, (email, name) in enumerate(rows[:28])]
+    report = env.export(env.upload(changed), destination(mode="mirror"))
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (1, 27, 2) and report.balanced
+    header, *lines = env.runs.download_blob(f"state/{NAME}/snapshot.txt").readall().decode().splitlines()
+    assert json.loads(header)["format"] == snapshot_module.SNAPSHOT_FORMAT
+    assert sorted(lines) == sorted(email for email, _ in changed)  # v4: the emails alone
+    again = env.export(env.upload(changed), destination(mode="mirror"))
+    assert (again.exported, again.unchanged_skipped, again.removed_from_list) == (0, 28, 0)
+
+
+def test_an_erasure_scrubs_a_v3_or_v4_snapshot_and_keeps_its_index(env: Env) -> None:
+    from shared.privacy.scrub import scrub_snapshot
+
+    rows = profiles(12)
+    for v3 in (False, True):
+        env.export(env.upload(rows), destination(mode="mirror"))
+        if v3:
+            _as_v3(env)
+        erased = rows.pop(3)[0]
+        assert scrub_snapshot(env.runs, NAME, {erased}, lambda: None) == 1
+        text = env.runs.download_blob(f"state/{NAME}/snapshot.txt").readall().decode()
+        assert erased not in text and json.loads(text.splitlines()[0])["count"] == len(rows)
+        after = env.export(env.upload(rows), destination(mode="mirror"))  # its index was written again
+        assert (after.exported, after.unchanged_skipped, after.removed_from_list) == (0, len(rows), 0)

@@ -17,6 +17,7 @@ refresh after a first export already knows its unchanged rows by their lines.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -29,8 +30,11 @@ from shared.state.keys import line_seed, xxh3
 
 # Every email of a chunk (lower-cased, one a line) in normalise_email's fast form: one C call for them all.
 _EMAILS = re.compile(rf"(?:{FAST_PATTERN}\n)*{FAST_PATTERN}")
+_DASHES_IN_DOMAIN = re.compile(r"@[^@\n]*--")
 _SPECIAL_ENDINGS = tuple(f".{tld}" for tld in sorted(SPECIAL_TLDS))
 _NEWLINE, _SPACE, _NON_ASCII = 10, 32, 128
+_PARTS = 16  # a declined chunk is tried again in this many pieces
+_TRIES_BEFORE_JUDGING = 64  # pieces tried before a file where most are declined stops being tried
 _SEP = "\x1f"  # shared.state.keys.source_fingerprint's separator; plain lines hold none
 
 Layout = list[str | list[str]]  # per row: constants and columns, in the order they are written
@@ -68,9 +72,11 @@ class LineMapper:
         self._clear = mapper.clears_empty
         self._seed = seed
         self._line_seed = line_seed(seed, header, delimiter) if seed is not None else 0
-        # JSON escapes these (encode_basestring), and a value cannot hold the delimiter: a line with any of them
-        # is not written here.
-        self._controls = bytes(b for b in range(32) if b not in (_NEWLINE, self._byte)) + b"\\"
+        # JSON escapes these (encode_basestring: controls, backslash, and the double quote, which a plain line
+        # may hold when the file's quotechar is another), and a value cannot hold the delimiter: a line with any
+        # of them is not written here.
+        self._tries = self._declined = 0  # pieces tried, and declined, in this file
+        self._controls = bytes(b for b in range(32) if b not in (_NEWLINE, self._byte)) + b'\\"'
 
     @staticmethod
     def possible(mapper: ContactMapper, erasures: bool, preview: bool) -> bool:
@@ -88,14 +94,47 @@ class LineMapper:
             return None
         return cls(mapper, reader, seed)
 
+    def pieces(self, chunk: RawChunk) -> Iterator[tuple[RawChunk, MappedLines | None]]:
+        """The chunk's lines in order, as pieces mapped here or (None) to parse row by row; blank lines, which
+        are no row, left out. A piece declined is tried again as sixteenths, so one odd row costs a sixteenth
+        of a chunk, not all of it; a file where most pieces are declined stops being tried (each try costs
+        about half of what parsing the lines does)."""
+        lines, start = chunk.lines, 0
+        blank = b"\r" if chunk.crlf else b""
+        for end in [*(i for i, line in enumerate(lines) if not line or line == blank), len(lines)]:
+            if end > start:
+                yield from self._pieces(RawChunk(chunk.source, chunk.first_row + start, lines[start:end], chunk.crlf))
+            start = end + 1
+
+    def _pieces(self, chunk: RawChunk) -> Iterator[tuple[RawChunk, MappedLines | None]]:
+        if self._tries >= _TRIES_BEFORE_JUDGING and self._declined * 2 > self._tries:
+            yield chunk, None
+            return
+        block = self._tried(chunk)
+        if block is not None or len(chunk.lines) < 2 * _PARTS:
+            yield chunk, block
+            return
+        size = -(-len(chunk.lines) // _PARTS)
+        for start in range(0, len(chunk.lines), size):
+            part = RawChunk(chunk.source, chunk.first_row + start, chunk.lines[start:start + size], chunk.crlf)
+            yield part, self._tried(part)
+
+    def _tried(self, chunk: RawChunk) -> MappedLines | None:
+        block = self.map(chunk)
+        self._tries += 1
+        self._declined += block is None
+        return block
+
     def map(self, chunk: RawChunk) -> MappedLines | None:
         """The chunk's contacts, in line order; None when any line must go row by row."""
         np, lines, count = self._np, chunk.lines, len(chunk.lines)
         if chunk.crlf:
             lines = list(map(bytes.removesuffix, lines, repeat(b"\r")))
-        below = self._reader.raw_trusted_below
-        if not count or not below or max(map(len, lines)) >= below:
-            return None  # a value past max_field_chars, or the reader's guard has seen a NUL or a bad byte
+        # A line no longer than max_field_chars holds no longer value; a NUL or an undecodable byte is refused
+        # below (the reader's guard, which sends every later row through its checks once it saw one, is not
+        # needed for lines checked here).
+        if not count or max(map(len, lines)) > self._reader.max_value_chars:
+            return None
         raw = b"\n".join(lines)
         if len(raw.translate(None, self._controls)) != len(raw):
             return None
@@ -184,7 +223,7 @@ class LineMapper:
 def _emails(raw: list[str]) -> list[str] | None:
     """The emails as normalise_email gives them, when every one passes its fast rules as it stands."""
     joined = "\n".join(raw).lower()
-    if "--" in joined or not _EMAILS.fullmatch(joined):
+    if not _EMAILS.fullmatch(joined) or ("--" in joined and _DASHES_IN_DOMAIN.search(joined)):
         return None  # '--' in a domain needs the library's IDNA checks
     if joined.endswith(_SPECIAL_ENDINGS) or any(f"{ending}\n" in joined for ending in _SPECIAL_ENDINGS):
         return None

@@ -139,17 +139,17 @@ def _read_file(
 
 def _mapped_lines(mapper: LineMapper, chunk: RawChunk, reader: SegmentReader, spool: Spool, report: RunReport,
                   one: RowSink, seed: int | None) -> None:
-    """A chunk of plain lines mapped at once, or (any line the shortcut does not take) parsed row by row."""
-    block = mapper.map(chunk)
-    if block is not None:
-        spool.add_block(chunk.source, chunk.first_row, block.keys, block.pairs, block.bodies, block.starts)
-        report.rows_read += len(block.starts)
-        return
-    for item in reader.parse_lines(chunk, range(len(chunk.lines))):
-        if item is not None:
-            origin, row, values, error = item
-            fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
-            one(origin, row, values, error, fp, 0)
+    """A chunk of plain lines mapped a piece at a time, and (a piece the shortcut declines) parsed row by row."""
+    for piece, block in mapper.pieces(chunk):
+        if block is not None:
+            spool.add_block(piece.source, piece.first_row, block.keys, block.pairs, block.bodies, block.starts)
+            report.rows_read += len(block.starts)
+            continue
+        for item in reader.parse_lines(piece, range(len(piece.lines))):
+            if item is not None:
+                origin, row, values, error = item
+                fp = 0 if seed is None or error is not None else source_fingerprint(values, seed)
+                one(origin, row, values, error, fp, 0)
 
 
 def _row_sink(mapper: ContactMapper, spool: Spool, result: ExportResult, options: ExportOptions,

@@ -21,6 +21,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from shared.config.destinations import Destination
 from shared.sendgrid.client import SendGridClient
 from shared.state.run_store import RunStore
+from shared.state.snapshot import SNAPSHOT_FORMAT
 from shared.state.sync_state import SyncState
 
 
@@ -65,7 +66,9 @@ def _snapshot_emails(container: Any, name: str) -> list[str]:
         text = container.download_blob(f"state/{name}/snapshot.txt").readall().decode()
     except ResourceNotFoundError:
         return []
-    return [line.rsplit(" ", 1)[-1] for line in text.splitlines()[1:] if line]
+    lines = text.splitlines()
+    fields = bool(lines) and json.loads(lines[0]).get("format") != SNAPSHOT_FORMAT  # v3: `<key> <fp> <email>`
+    return [line.split(" ", 2)[-1] if fields else line for line in lines[1:] if line]
 
 
 def _run_ids(name: str) -> re.Pattern[str]:

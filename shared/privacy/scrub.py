@@ -15,14 +15,17 @@ import json
 import re
 import shutil
 import tempfile
+from array import array
 from collections.abc import Callable, Set
-from typing import IO
+from typing import IO, Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.state.rejects import RejectsFile
 from shared.state.run_store import RunStore
+from shared.state.snapshot import SNAPSHOT_FORMAT
+from shared.state.snapshot_index import IndexWriter, load_index
 
 REJECTS_PREFIX = "rejects/"
 _ADDRESS_LIKE = re.compile(r"[^\s,;<>\"()\[\]]+@[^\s,;<>\"()\[\]]+")
@@ -32,23 +35,30 @@ _LEADING = "'=+-@\t\r"  # a formula-safe quote, or what a spreadsheet would have
 def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str],
                    ensure_lock: Callable[[], None]) -> int:
     """Remove the entries of these normalised addresses from `state/<destination>/snapshot.txt`; returns how
-    many. Each line ends with the entry's email (`<key> <fingerprint> ... <email>`); the header's count and
-    digest are made again as the snapshot store makes them."""
-    path = f"state/{destination}/snapshot.txt"
+    many. A v4 line is the entry's email (a v3 one ends with it: `<key> <fingerprint> <email>`); the header's
+    count and digest are made again as the snapshot store makes them. The index (keys, fingerprints and line
+    hashes, shared.state.snapshot_index) is written again without those entries, bound to the new text: without
+    it the next export would have to send every contact again."""
+    path, index_path = f"state/{destination}/snapshot.txt", f"state/{destination}/snapshot.idx"
+    indexed = load_index(container, index_path, path)
     with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
-        if not _download(container, path, old):
+        etag = _download(container, path, old)
+        if etag is None:
             return 0
         header = json.loads(old.readline())
+        fields = header.get("format") != SNAPSHOT_FORMAT
         digest = hashlib.sha256()
-        removed = kept = 0
-        for line in old:
-            if line.rstrip(b"\n").rsplit(b" ", 1)[-1].decode() in erased:
-                removed += 1
+        gone: list[int] = []
+        kept = 0
+        for position, line in enumerate(old):
+            entry = line.rstrip(b"\n")
+            if (entry.split(b" ", 2)[-1] if fields else entry).decode() in erased:
+                gone.append(position)
                 continue
             out.write(line)
             digest.update(line)
             kept += 1
-        if not removed:
+        if not gone:
             return 0
         header.update(count=kept, digest=digest.hexdigest())
         out.seek(0)
@@ -57,11 +67,30 @@ def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str
             shutil.copyfileobj(out, body)
             body.seek(0)
             ensure_lock()
-            container.get_blob_client(path).upload_blob(body, overwrite=True)
-    # The binary index (shared.state.snapshot_index) holds the erased people's keys too; stale now, it goes.
-    with contextlib.suppress(ResourceNotFoundError):
-        container.delete_blob(f"state/{destination}/snapshot.idx")
-    return removed
+            written = container.get_blob_client(path).upload_blob(body, overwrite=True).get("etag")
+    if indexed is not None and indexed[3] == etag and written:
+        _store_index(container, index_path, indexed, gone, header, str(written))
+    else:  # stale or missing: it would describe the erased people's entries too
+        with contextlib.suppress(ResourceNotFoundError):
+            container.delete_blob(index_path)
+    return len(gone)
+
+
+def _store_index(container: ContainerClient, path: str, indexed: tuple[dict[str, Any], array[int], array[int],
+                 str, array[int]], gone: list[int], header: dict[str, Any], text_etag: str) -> None:
+    """The loaded index less the erased entries, for the text just written."""
+    import numpy  # noqa: PLC0415 - an erasure that found entries only
+
+    _, keys, fps, _, hashes = indexed
+    count = len(keys)
+    kept = [numpy.delete(numpy.frombuffer(part, dtype=numpy.int64), gone) if len(part) == count
+            else numpy.zeros(count - len(gone), dtype=numpy.int64) for part in (keys, fps, hashes)]
+    index = IndexWriter()
+    try:
+        index.add_arrays(*kept)
+        index.store(container, path, header, text_etag)
+    finally:
+        index.close()
 
 
 def mentions(value: str, erased: Set[str]) -> bool:
@@ -111,12 +140,13 @@ def _scrub_one(runs: RunStore, name: str, erased: Set[str]) -> int:
         return removed
 
 
-def _download(container: ContainerClient, path: str, into: IO[bytes]) -> bool:
+def _download(container: ContainerClient, path: str, into: IO[bytes]) -> str | None:
+    """The blob into the file; its ETag (None: there is none)."""
     try:
         stream = container.download_blob(path)
     except ResourceNotFoundError:
-        return False
+        return None
     for chunk in stream.chunks():
         into.write(chunk)
     into.seek(0)
-    return True
+    return str(stream.properties.etag)

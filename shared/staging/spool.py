@@ -129,6 +129,8 @@ class Spool:
         """Consecutive mapped contacts from `row` on (shared.mapping.line_mapping): their keys, (fingerprint,
         line hash) pairs, JSON bodies joined by b"\\n" and where each starts in them (numpy int64)."""
         count = len(starts)
+        if not count:
+            return
         if self._mapped is not None:
             self._mapped.extend(range(len(self.keys), len(self.keys) + count))
         self._add_run(source, row, keys, count, MAPPED)

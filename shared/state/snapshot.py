@@ -1,12 +1,21 @@
 """The snapshot of what a destination's list holds (`state/<destination>/snapshot.txt`).
 
-One line per exported contact, sorted by email key: `<key> <fingerprint> <email>`. The fingerprint is of the
-row's mapped source values under the destination's mapping rules (shared.state.keys.source_fingerprint), so
-a row that did not change is known before it is mapped. Keys and fingerprints load into two arrays (16 bytes
-a contact; from the binary index beside the text when it is valid, shared.state.snapshot_index), with a
-bucket index over the keys so a look-up is a few comparisons. The text is read for the emails of contacts
-that left (mirror) and for the merge, once, into a local copy; a new snapshot copies the stored lines of
-unchanged contacts in runs: a refresh costs what changed, not the list's size.
+One line per exported contact, its email, sorted by email key (v4). Each entry's key, fingerprint and line
+hash are in the binary index beside the text (shared.state.snapshot_index), bound to the text's ETag. The
+fingerprint is of the row's mapped source values under the destination's mapping rules (shared.state.keys.
+source_fingerprint), so a row that did not change is known before it is mapped. Keys and fingerprints load
+into two arrays (16 bytes a contact), with a bucket index over the keys so a look-up is a few comparisons.
+
+Why emails alone: the text is downloaded, merged and uploaded again by every refresh that changes anything,
+and the keys and fingerprints as decimal text were most of its bytes (65 MB at a million contacts, 30 MB
+now) and of a first export's snapshot CPU (two int-to-text conversions an entry). Without a valid index
+(deleted, or stale) the keys are the emails' keys again, but the fingerprints are lost: the snapshot is
+membership only (every contact is sent once more, the leavers are still removed). A v3 text (`<key>
+<fingerprint> <email>` lines) loads as it did, and is rewritten as v4 by its next merge.
+
+The text is read for the emails of contacts that left (mirror) and for the merge, once, into a local copy;
+a new snapshot copies the stored lines of unchanged contacts in runs: a refresh costs what changed, not the
+list's size.
 
 A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
 fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
@@ -30,6 +39,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobBlock, ContainerClient
 
+from shared.state.keys import email_key
 from shared.state.line_hashes import LineHashes
 from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter, load_index
@@ -46,7 +56,8 @@ from shared.state.snapshot_v1 import upgrade_v1
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v3"  # v3: fingerprints of the rows' source values
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v4"  # v4: the emails; keys and fingerprints in the index
+V3_FORMAT = "segment-to-sendgrid snapshot v3"  # v3: `<key> <fingerprint> <email>` lines, rewritten when merged
 V2_FORMAT = "segment-to-sendgrid snapshot v2"  # xxh3 keys, fingerprints of the contact JSON: membership only
 V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys again) when first loaded
 # Fingerprint written for entries carried over from an untrusted snapshot: never equal to a real one (but
@@ -73,6 +84,7 @@ class SnapshotStore:
         # The stored snapshot as load read it, on local disk: the leavers' emails and the merge read it
         # again, which from storage would cost a download of the whole blob each (a request a MB).
         self._local: IO[bytes] | None = None
+        self._fields = False  # the loaded text is v3: `<key> <fingerprint> <email>` lines
 
     def close(self) -> None:
         if self._local is not None:
@@ -107,24 +119,33 @@ class SnapshotStore:
         def parsed() -> tuple[array[int], array[int]]:
             keys, fingerprints = array("q"), array("q")
             for block in blocks:
-                parse_block(block, keys, fingerprints)
+                if header.get("format") != SNAPSHOT_FORMAT:  # v3 and v2: `<key> <fingerprint> <email>`
+                    parse_block(block, keys, fingerprints)
+                else:  # emails alone: their keys again, their fingerprints lost (membership only)
+                    keys.extend(map(email_key, block.decode("utf-8").split("\n")))
+            fingerprints.extend(array("q", bytes(8 * (len(keys) - len(fingerprints)))))
             return keys, fingerprints
 
-        return self._snapshot_of(header, parsed)
+        return self._snapshot_of(header, parsed, indexed=False)
 
     def _snapshot_of(self, header: dict[str, Any], arrays: Callable[[], tuple[array[int], array[int]]],
-                     lines: array[int] | None = None) -> Snapshot | None:
+                     lines: array[int] | None = None, indexed: bool = True) -> Snapshot | None:
         """The snapshot with this header, trusted or as membership only, or None (another list or format)."""
-        if header.get("format") not in (SNAPSHOT_FORMAT, V2_FORMAT):
+        if header.get("format") not in (SNAPSHOT_FORMAT, V3_FORMAT, V2_FORMAT):
             self.close()
             return None
-        trusted = header.get("config") == self.config_digest and header.get("format") == SNAPSHOT_FORMAT
+        self._fields = header.get("format") != SNAPSHOT_FORMAT  # lines of `<key> <fingerprint> <email>`
+        known = indexed or header.get("format") == V3_FORMAT  # v4's fingerprints are in its index only
+        trusted = header.get("config") == self.config_digest and header.get("format") != V2_FORMAT and known
         if header.get("config") != self.config_digest:
             if self.list_id is None or header.get("list") != self.list_id:
                 log.info("destination %s: list changed since the last export; full sync", self.destination)
                 self.close()
                 return None
             log.info("destination %s: mapping changed since the last export; full sync", self.destination)
+        elif not known:
+            log.info("destination %s: the snapshot's index is missing or stale; every contact is sent once more",
+                     self.destination)
         elif not trusted:
             log.info("destination %s: snapshot of an older version; every contact is sent once more",
                      self.destination)
@@ -148,7 +169,8 @@ class SnapshotStore:
             at = bisect.bisect_left(wanted, first)
             while at < len(wanted) and wanted[at] < first + count:
                 line = wanted[at] - first
-                found[wanted[at]] = block[starts[line]:starts[line + 1] - 1].split(b" ", 2)[2].decode()
+                entry = block[starts[line]:starts[line + 1] - 1]
+                found[wanted[at]] = (entry.split(b" ", 2)[2] if self._fields else entry).decode()
                 at += 1
             first += count
         return found
@@ -203,7 +225,7 @@ class SnapshotStore:
                 return len(old) if old is not None else 0
             writer, index = DigestWriter(out), IndexWriter()
             try:
-                merge(new, old, self._stored_chunks(), sorted(drops), carried_fp, writer, index)
+                merge(new, old, self._stored_chunks(), sorted(drops), carried_fp, writer, index, self._fields)
                 writer.flush()
                 header = {"config": self.config_digest, "list": self.list_id, "count": writer.count,
                           "digest": writer.digest.hexdigest()}
@@ -221,8 +243,7 @@ class SnapshotStore:
         index = IndexWriter()
         try:
             _index_entries(index, old, 0, len(old), None)
-            header = {key: value for key, value in old.header.items() if key != "format"}
-            index.store(self._container, self._index_path, {"format": SNAPSHOT_FORMAT, **header}, old.etag)
+            index.store(self._container, self._index_path, dict(old.header), old.etag)  # the text's format kept
         finally:
             index.close()
 

@@ -32,21 +32,21 @@ _FLUSH = 256  # lines a bucket gathers before they are written (all buckets' ~2 
 
 
 class SortedLines:
-    """New snapshot lines, given in any order, read back a key bucket at a time, sorted by key: each bucket's
-    lines in one local file, its (key, fingerprint, line hash) triples in another, so nothing is parsed back."""
+    """New snapshot lines (emails), given in any order, read back a key bucket at a time, sorted by key: each
+    bucket's lines in one local file, its (key, fingerprint, line hash) triples in another, so nothing is
+    parsed back."""
 
     def __init__(self) -> None:
         # made when a bucket first outgrows _FLUSH lines (a daily refresh's few thousand need none)
         self._texts: list[IO[bytes] | None] = [None] * _BUCKETS
         self._entries: list[IO[bytes] | None] = [None] * _BUCKETS
-        self._pending: list[list[bytes]] = [[] for _ in range(_BUCKETS)]
+        self._pending: list[list[bytes]] = [[] for _ in range(_BUCKETS)]  # emails, without their newline
         self._pending_entries = [array("q") for _ in range(_BUCKETS)]
 
     def add_block(self, keys: Any, fps: Any, hashes: Any, emails: list[bytes]) -> None:
-        """Many entries at once (numpy arrays and their emails), their lines made and bucketed in C-level maps."""
+        """Many entries at once (numpy arrays and their emails), bucketed in C-level maps."""
         import numpy  # noqa: PLC0415
 
-        lines = list(map(b"%d %d %s\n".__mod__, zip(keys.tolist(), fps.tolist(), emails, strict=True)))
         buckets = ((keys.view(numpy.uint64) ^ numpy.uint64(1 << 63)) >> numpy.uint64(_SHIFT)).astype(numpy.int64)
         order = numpy.argsort(buckets, kind="stable")
         triples = numpy.stack((keys, fps, hashes), axis=1)[order].astype("<i8")
@@ -57,7 +57,7 @@ class SortedLines:
             bucket = int(ordered[start])
             self._pending_entries[bucket].frombytes(triples[start:end].tobytes())
             pending = self._pending[bucket]
-            pending.extend(map(lines.__getitem__, positions[start:end]))
+            pending.extend(map(emails.__getitem__, positions[start:end]))
             if len(pending) >= _FLUSH:
                 self._flush(bucket)
 
@@ -66,7 +66,7 @@ class SortedLines:
         if text is None or entries is None:
             text = self._texts[bucket] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
             entries = self._entries[bucket] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
-        text.write(b"".join(self._pending[bucket]))
+        text.write(b"\n".join(self._pending[bucket]) + b"\n")
         self._pending[bucket].clear()
         entries.write(_little(self._pending_entries[bucket]))
         self._pending_entries[bucket] = array("q")
@@ -74,7 +74,8 @@ class SortedLines:
     def _bucket(self, bucket: int) -> tuple[bytes, bytes]:
         """A bucket's text and packed entries, as added; its files go."""
         text, entries = self._texts[bucket], self._entries[bucket]
-        pending, pending_entries = b"".join(self._pending[bucket]), _little(self._pending_entries[bucket])
+        lines = self._pending[bucket]
+        pending, pending_entries = b"\n".join(lines) + b"\n" if lines else b"", _little(self._pending_entries[bucket])
         self._pending[bucket], self._pending_entries[bucket] = [], array("q")
         if text is None or entries is None:
             return pending, pending_entries
@@ -115,11 +116,11 @@ class SortedLines:
 
 
 def merge(new: SortedLines, old: Snapshot | None, old_chunks: Iterator[bytes], drops: list[int],
-          carried_fp: int | None, writer: DigestWriter, index: IndexWriter) -> None:
+          carried_fp: int | None, writer: DigestWriter, index: IndexWriter, old_fields: bool = False) -> None:
     """The new snapshot into `writer` and `index`: `old`'s entries (their lines from `old_chunks`: the stored
     text, header line first, cut anywhere), less the sorted `drops`, with `new`'s; with `carried_fp` (an
-    untrusted snapshot) the old lines are rewritten under that fingerprint and lose their line hashes, so
-    neither can match next time."""
+    untrusted snapshot) the old entries take that fingerprint and lose their line hashes, so neither can match
+    next time. `old_fields`: the stored text is v3 (`<key> <fingerprint> <email>` lines), rewritten as emails."""
     import numpy  # noqa: PLC0415
 
     count = len(old) if old is not None else 0
@@ -128,7 +129,7 @@ def merge(new: SortedLines, old: Snapshot | None, old_chunks: Iterator[bytes], d
     lows = numpy.array([(bucket << _SHIFT) - (1 << 63) for bucket in range(_BUCKETS)], dtype=numpy.int64)
     bounds = [*numpy.searchsorted(old_keys, lows).tolist(), count]
     dropped = numpy.array(drops, dtype=numpy.int64)
-    text = _OldText(old_chunks, carried_fp)
+    text = _OldText(old_chunks, old_fields)
     for bucket, (keys, fps, hashes, new_text, new_starts) in enumerate(new.buckets()):
         first, end = bounds[bucket], bounds[bucket + 1]
         low, high = numpy.searchsorted(dropped, [first, end]).tolist()
@@ -175,13 +176,13 @@ class _OldText:
     """The old snapshot's lines in order, from the stored text's chunks as read (its header line skipped), taken
     a bucket's count at a time with where each starts: a chunk is joined to the rest of the last one, once."""
 
-    def __init__(self, chunks: Iterator[bytes], carried_fp: int | None) -> None:
+    def __init__(self, chunks: Iterator[bytes], fields: bool) -> None:
         self._chunks = chunks
         self._data = b""  # lines, each ended by b"\n", and the start of the next one (cut by a chunk)
         self._starts: Any = _zero()  # where each whole line starts, then the rest
         self._at = 0  # the first line not taken yet
         self._header = True  # the text's first line, not an entry's
-        self._carried = None if carried_fp is None else b" %d " % carried_fp
+        self._fields = fields  # v3 lines: `<key> <fingerprint> <email>`, given as the email alone
 
     def take(self, count: int) -> tuple[bytes | memoryview, Any]:
         """The next `count` lines (each with its b"\n") and their `count` + 1 starts (the last: their end)."""
@@ -194,9 +195,8 @@ class _OldText:
         starts = self._starts[self._at:self._at + count + 1] - first
         self._at += count
         data: bytes | memoryview = memoryview(self._data)[first:end]
-        if self._carried is not None:  # each line rewritten under the carried fingerprint
-            data = b"".join(b"%s%s%s\n" % (parts[0], self._carried, parts[2])
-                            for parts in (line.split(b" ", 2) for line in bytes(data[:-1]).split(b"\n")))
+        if self._fields:  # a v3 text, once: its lines as v4 writes them
+            data = b"\n".join([line.split(b" ", 2)[2] for line in bytes(data[:-1]).split(b"\n")]) + b"\n"
             starts = _line_starts(data)
         return data, starts
 

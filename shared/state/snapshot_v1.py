@@ -16,17 +16,16 @@ from shared.state.keys import email_key
 from shared.state.snapshot_lines import sorted_by_key
 
 log = logging.getLogger("shared.state.snapshot")
-UNTRUSTED = 0  # as shared.state.snapshot.UNTRUSTED: never a real fingerprint
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v3"
+SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v4"  # as shared.state.snapshot.SNAPSHOT_FORMAT
 
 
 def upgrade_v1(container: ContainerClient, path: str, destination: str,
                store: Callable[[IO[bytes], dict[str, Any]], str | None]) -> None:
-    """Rewrite a v1 snapshot (blake2b keys) as v3: keys computed again from its emails, and sorted again.
+    """Rewrite a v1 snapshot (blake2b keys) as v4: its emails sorted by their keys, computed again.
 
-    Its fingerprints cannot be recomputed (the rows are not stored), so they become UNTRUSTED: each
-    contact is sent once more, while mirror mode keeps the membership and still removes those who
-    left. Memory: two arrays (16 bytes an entry); the lines wait in a local file.
+    Its fingerprints cannot be recomputed (the rows are not stored), and a v4 text without an index is
+    membership only: each contact is sent once more, while mirror mode keeps the membership and still
+    removes those who left. Memory: two arrays (16 bytes an entry); the lines wait in a local file.
     """
     stream = container.download_blob(path)
     with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
@@ -44,7 +43,7 @@ def upgrade_v1(container: ContainerClient, path: str, destination: str,
         for index in sorted_by_key(keys, iter(range(len(keys)))):
             old.seek(offsets[index])
             email = old.readline().rstrip(b"\n").split(b" ", 2)[2].decode()
-            line = f"{keys[index]} {UNTRUSTED} {email}\n".encode()
+            line = f"{email}\n".encode()
             out.write(line)
             digest.update(line)
         store(out, {"config": header.get("config"), "list": header.get("list"),

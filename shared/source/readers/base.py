@@ -89,6 +89,11 @@ class SegmentReader(ABC):
         return 0
 
     @property
+    def max_value_chars(self) -> int:
+        """The longest value this reader accepts (max_field_chars; 0: not known)."""
+        return 0
+
+    @property
     def line_delimiter(self) -> bytes:
         return b","
 

@@ -87,9 +87,11 @@ class CsvSegmentReader(SegmentReader):
     def raw_trusted_below(self) -> int:
         """Plain lines shorter than this hold no value the parser would reject (0: none, as a NUL or an
         undecodable byte has been read, or the csv module's limit is looser than this reader's)."""
-        if self._stream.guard.suspect or not self._limit_exact:
-            return 0
-        return self._limit + 1
+        return 0 if self._stream.guard.suspect or not self._limit_exact else self._limit + 1
+
+    @property
+    def max_value_chars(self) -> int:
+        return self._limit
 
     @property
     def line_delimiter(self) -> bytes:
