@@ -59,8 +59,9 @@ class LineHashes:
 
         values, perm, starts, shift = self._lookup()
         last = len(values) - 1
-        low = starts[_top(hashes, shift)].astype(numpy.int64)
-        high = starts[_top(hashes, shift) + 1].astype(numpy.int64)
+        top = _top(hashes, shift)
+        low = starts[top].astype(numpy.int64)
+        high = starts[top + 1].astype(numpy.int64)
         while True:  # a binary search in each needle's bucket, all needles at once
             going = low < high
             if not going.any():
