@@ -248,3 +248,25 @@ def test_an_erasure_scrubs_a_v3_or_v4_snapshot_and_keeps_its_index(env: Env) -> 
         assert erased not in text and json.loads(text.splitlines()[0])["count"] == len(rows)
         after = env.export(env.upload(rows), destination(mode="mirror"))  # its index was written again
         assert (after.exported, after.unchanged_skipped, after.removed_from_list) == (0, len(rows), 0)
+
+
+def test_an_erasure_never_overwrites_a_snapshot_written_while_it_scrubbed(env: Env, monkeypatch: Any) -> None:
+    from shared.privacy import scrub
+
+    rows = profiles(8)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    path = f"state/{NAME}/snapshot.txt"
+    download, raced = scrub._download, []
+
+    def racing(container: Any, name: str, into: Any) -> str | None:
+        etag = download(container, name, into)
+        if name == path and not raced:  # an export stores its snapshot between the scrub's read and write
+            raced.append(name)
+            text = env.runs.download_blob(path).readall()
+            env.runs.upload_blob(path, text + b"late@example.com\n", overwrite=True)
+        return etag
+
+    monkeypatch.setattr(scrub, "_download", racing)
+    assert scrub.scrub_snapshot(env.runs, NAME, {rows[2][0]}, lambda: None) == 1
+    text = env.runs.download_blob(path).readall().decode()
+    assert raced and "late@example.com" in text and rows[2][0] not in text  # scrubbed again, not lost

@@ -19,7 +19,8 @@ from array import array
 from collections.abc import Callable, Set
 from typing import IO, Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from shared.state.rejects import RejectsFile
@@ -39,6 +40,17 @@ def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str
     count and digest are made again as the snapshot store makes them. The index (keys, fingerprints and line
     hashes, shared.state.snapshot_index) is written again without those entries, bound to the new text: without
     it the next export would have to send every contact again."""
+    for attempt in (1, 2, 3):
+        try:
+            return _scrub_snapshot(container, destination, erased, ensure_lock)
+        except ResourceModifiedError:  # an export stored its snapshot meanwhile: scrub that one
+            if attempt == 3:
+                raise
+    return 0  # (never: the loop returns or raises)
+
+
+def _scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str],
+                    ensure_lock: Callable[[], None]) -> int:
     path, index_path = f"state/{destination}/snapshot.txt", f"state/{destination}/snapshot.idx"
     indexed = load_index(container, index_path, path)
     with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as out:
@@ -67,8 +79,10 @@ def scrub_snapshot(container: ContainerClient, destination: str, erased: Set[str
             shutil.copyfileobj(out, body)
             body.seek(0)
             ensure_lock()
-            written = container.get_blob_client(path).upload_blob(body, overwrite=True).get("etag")
-    if indexed is not None and indexed[3] == etag and written:
+            # only over the version read: an export that wrote meanwhile is scrubbed again, not overwritten
+            written = container.get_blob_client(path).upload_blob(
+                body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified).get("etag")
+    if indexed is not None and indexed[3] == etag and written and len(indexed[1]) - len(gone) == kept:
         _store_index(container, index_path, indexed, gone, header, str(written))
     else:  # stale or missing: it would describe the erased people's entries too
         with contextlib.suppress(ResourceNotFoundError):

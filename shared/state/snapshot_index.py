@@ -4,9 +4,10 @@ What a run loads of a snapshot is its keys and fingerprints; taking them from th
 line (~60 MB at a million contacts) and parsing two integers out of each (~0.5 s). The index holds the same two
 arrays as 8-byte integers, and each entry's line hash (shared.state.line_hashes), which the text has no place
 for (24 bytes an entry; a v1 index, without line hashes, still loads). It is tied to the one version of the
-text it was written with by that blob's ETag. A text written without one (an older version of this app, an
-erasure's rewrite, a v1 upgrade) or changed since has no valid index, and is parsed as before: the index can
-only be missing, never wrong. The text itself is then downloaded only when its emails are needed (mirror's
+text it was written with by that blob's ETag. A v4 text (emails alone) written without one (a v1 upgrade, an
+index upload that failed) or changed since has no valid index: its keys are its emails' again, but its
+fingerprints are gone, so the snapshot is membership only (every contact is sent once more). The index can
+only be missing, never wrong. The text itself is downloaded only when its emails are needed (mirror's
 leavers) or it is merged into the next one.
 
 Written and read a block at a time, through local files: the arrays of a million entries are never held twice.
@@ -89,15 +90,19 @@ class IndexWriter:
     def store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str) -> None:
         """Upload as `path`: a JSON line (the text's header and ETag), then the keys, then the fingerprints.
 
-        Best effort, after the text is stored: an index that fails to upload is only missing (the old one no
-        longer matches the text's ETag), so the next run parses the text. No lease check is needed either: a
-        run that took the lock over has written, or will write, its own text, which this index does not match.
+        Best effort, after the text is stored, tried twice: an index that fails to upload is only missing (the
+        old one no longer matches the text's ETag), so the next run takes the text as membership only and sends
+        every contact once more. No lease check is needed: a run that took the lock over has written, or will
+        write, its own text, which this index does not match.
         """
-        try:
-            self._store(container, path, header, text_etag)
-        except AzureError as exc:
-            log.warning("snapshot index %s not stored (%s): the next run reads the snapshot's text", path,
-                        type(exc).__name__)
+        for attempt in (1, 2):
+            try:
+                self._store(container, path, header, text_etag)
+                return
+            except AzureError as exc:
+                if attempt == 2:
+                    log.warning("snapshot index %s not stored (%s): the next run sends every contact once more",
+                                path, type(exc).__name__)
 
     def _store(self, container: ContainerClient, path: str, header: dict[str, Any], text_etag: str) -> None:
         self.flush()
