@@ -99,11 +99,11 @@ def _read_file(
     recognised as bytes), mapped, or rejected."""
     report = result.report
     snapshot = known.snapshot if known is not None else None
-    # Against a trusted snapshot a CSV file's plain lines are read as bytes (known_lines). Without one (a first
-    # export, a full re-sync) the csv parser reads faster, and the rows have no line hash: the next refresh
-    # recognises them by their values, and learns their lines.
+    # Against a trusted snapshot a CSV file's plain lines are read as bytes (known_lines). With no snapshot at
+    # all (a first export, a run without state) every row is mapped: plain lines a chunk at a time where they
+    # allow (line_mapping), each with its line hash. An untrusted snapshot (a full re-sync) is read by the csv
+    # parser row by row, each row marked in it; the next refresh recognises those rows by their values.
     recognisable = snapshot is not None and snapshot.trusted and len(snapshot) > 0
-    # With no snapshot at all every row is mapped: plain lines a chunk at a time where they allow (line_mapping).
     whole = snapshot is None and LineMapper.possible(mapper, bool(options.suppression),
                                                      options.dry_run and options.preview_limit > 0)
     with open_segment(source, name, reading, raw_lines=recognisable or whole) as reader:
