@@ -72,10 +72,10 @@ class LineMapper:
         self._clear = mapper.clears_empty
         self._seed = seed
         self._line_seed = line_seed(seed, header, delimiter) if seed is not None else 0
+        self._tries = self._declined = 0  # pieces tried, and declined, in this file
         # JSON escapes these (encode_basestring: controls, backslash, and the double quote, which a plain line
         # may hold when the file's quotechar is another), and a value cannot hold the delimiter: a line with any
         # of them is not written here.
-        self._tries = self._declined = 0  # pieces tried, and declined, in this file
         self._controls = bytes(b for b in range(32) if b not in (_NEWLINE, self._byte)) + b'\\"'
 
     @staticmethod

@@ -21,7 +21,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from shared.config.destinations import Destination
 from shared.sendgrid.client import SendGridClient
 from shared.state.run_store import RunStore
-from shared.state.snapshot import SNAPSHOT_FORMAT
+from shared.state.snapshot_lines import entry_email, has_fields
 from shared.state.sync_state import SyncState
 
 
@@ -63,12 +63,12 @@ def forget_destination(runs: RunStore, name: str, destination: Destination | Non
 
 def _snapshot_emails(container: Any, name: str) -> list[str]:
     try:
-        text = container.download_blob(f"state/{name}/snapshot.txt").readall().decode()
+        data = container.download_blob(f"state/{name}/snapshot.txt").readall()
     except ResourceNotFoundError:
         return []
-    lines = text.splitlines()
-    fields = bool(lines) and json.loads(lines[0]).get("format") != SNAPSHOT_FORMAT  # v3: `<key> <fp> <email>`
-    return [line.split(" ", 2)[-1] if fields else line for line in lines[1:] if line]
+    header, *lines = data.splitlines() or [b"{}"]
+    fields = has_fields(json.loads(header))
+    return [entry_email(line, fields).decode() for line in lines if line]
 
 
 def _run_ids(name: str) -> re.Pattern[str]:

@@ -25,8 +25,8 @@ from azure.storage.blob import ContainerClient
 
 from shared.state.rejects import RejectsFile
 from shared.state.run_store import RunStore
-from shared.state.snapshot import SNAPSHOT_FORMAT
 from shared.state.snapshot_index import IndexWriter, load_index
+from shared.state.snapshot_lines import entry_email, has_fields
 
 REJECTS_PREFIX = "rejects/"
 _ADDRESS_LIKE = re.compile(r"[^\s,;<>\"()\[\]]+@[^\s,;<>\"()\[\]]+")
@@ -58,13 +58,13 @@ def _scrub_snapshot(container: ContainerClient, destination: str, erased: Set[st
         if etag is None:
             return 0
         header = json.loads(old.readline())
-        fields = header.get("format") != SNAPSHOT_FORMAT
+        fields = has_fields(header)
         digest = hashlib.sha256()
         gone: list[int] = []
         kept = 0
         for position, line in enumerate(old):
             entry = line.rstrip(b"\n")
-            if (entry.split(b" ", 2)[-1] if fields else entry).decode() in erased:
+            if entry_email(entry, fields).decode() in erased:
                 gone.append(position)
                 continue
             out.write(line)

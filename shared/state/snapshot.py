@@ -44,8 +44,11 @@ from shared.state.line_hashes import LineHashes
 from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter, load_index
 from shared.state.snapshot_lines import (
+    V4_FORMAT,
     DigestWriter,
     copied,
+    entry_email,
+    has_fields,
     line_blocks,
     line_starts,
     local_copy,
@@ -56,7 +59,7 @@ from shared.state.snapshot_v1 import upgrade_v1
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v4"  # v4: the emails; keys and fingerprints in the index
+SNAPSHOT_FORMAT = V4_FORMAT  # v4: the emails; keys and fingerprints in the index
 V3_FORMAT = "segment-to-sendgrid snapshot v3"  # v3: `<key> <fingerprint> <email>` lines, rewritten when merged
 V2_FORMAT = "segment-to-sendgrid snapshot v2"  # xxh3 keys, fingerprints of the contact JSON: membership only
 V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys again) when first loaded
@@ -119,7 +122,7 @@ class SnapshotStore:
         def parsed() -> tuple[array[int], array[int]]:
             keys, fingerprints = array("q"), array("q")
             for block in blocks:
-                if header.get("format") != SNAPSHOT_FORMAT:  # v3 and v2: `<key> <fingerprint> <email>`
+                if has_fields(header):  # v3 and v2
                     parse_block(block, keys, fingerprints)
                 else:  # emails alone: their keys again, their fingerprints lost (membership only)
                     keys.extend(map(email_key, block.decode("utf-8").split("\n")))
@@ -134,7 +137,7 @@ class SnapshotStore:
         if header.get("format") not in (SNAPSHOT_FORMAT, V3_FORMAT, V2_FORMAT):
             self.close()
             return None
-        self._fields = header.get("format") != SNAPSHOT_FORMAT  # lines of `<key> <fingerprint> <email>`
+        self._fields = has_fields(header)
         known = indexed or header.get("format") == V3_FORMAT  # v4's fingerprints are in its index only
         trusted = header.get("config") == self.config_digest and header.get("format") != V2_FORMAT and known
         if header.get("config") != self.config_digest:
@@ -170,7 +173,7 @@ class SnapshotStore:
             while at < len(wanted) and wanted[at] < first + count:
                 line = wanted[at] - first
                 entry = block[starts[line]:starts[line + 1] - 1]
-                found[wanted[at]] = (entry.split(b" ", 2)[2] if self._fields else entry).decode()
+                found[wanted[at]] = entry_email(entry, self._fields).decode()
                 at += 1
             first += count
         return found

@@ -56,6 +56,19 @@ def line_blocks(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield rest
 
 
+V4_FORMAT = "segment-to-sendgrid snapshot v4"  # shared.state.snapshot.SNAPSHOT_FORMAT
+
+
+def has_fields(header: dict[str, Any]) -> bool:
+    """Whether a stored text's lines are `<key> <fingerprint> <email>` (v1-v3), not the email alone (v4)."""
+    return header.get("format") != V4_FORMAT
+
+
+def entry_email(line: bytes, fields: bool) -> bytes:
+    """A stored line's email: the line itself (v4), or its last field (v1-v3: `<key> <fingerprint> <email>`)."""
+    return line.split(b" ", 2)[-1] if fields else line
+
+
 def parse_block(block: bytes, keys: array[int], fingerprints: array[int]) -> None:
     """Keys and fingerprints of a block of lines: one split and two C-level conversions when every line has
     three fields (emails hold no whitespace), line by line otherwise."""

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from azure.core.exceptions import ResourceModifiedError
 
-from shared.state.snapshot_lines import DigestWriter
+from shared.state.snapshot_lines import DigestWriter, entry_email
 
 if TYPE_CHECKING:
     from shared.state.snapshot_entries import Snapshot
@@ -196,7 +196,7 @@ class _OldText:
         self._at += count
         data: bytes | memoryview = memoryview(self._data)[first:end]
         if self._fields:  # a v3 text, once: its lines as v4 writes them
-            data = b"\n".join([line.split(b" ", 2)[2] for line in bytes(data[:-1]).split(b"\n")]) + b"\n"
+            data = b"\n".join([entry_email(line, True) for line in bytes(data[:-1]).split(b"\n")]) + b"\n"
             starts = _line_starts(data)
         return data, starts
 

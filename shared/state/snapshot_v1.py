@@ -13,10 +13,10 @@ from typing import IO, Any
 from azure.storage.blob import ContainerClient
 
 from shared.state.keys import email_key
-from shared.state.snapshot_lines import sorted_by_key
+from shared.state.snapshot_lines import V4_FORMAT as SNAPSHOT_FORMAT
+from shared.state.snapshot_lines import entry_email, sorted_by_key
 
 log = logging.getLogger("shared.state.snapshot")
-SNAPSHOT_FORMAT = "segment-to-sendgrid snapshot v4"  # as shared.state.snapshot.SNAPSHOT_FORMAT
 
 
 def upgrade_v1(container: ContainerClient, path: str, destination: str,
@@ -36,13 +36,13 @@ def upgrade_v1(container: ContainerClient, path: str, destination: str,
         keys, offsets = array("q"), array("Q")
         offset = old.tell()
         for line in old:
-            keys.append(email_key(line.rstrip(b"\n").split(b" ", 2)[2].decode()))
+            keys.append(email_key(entry_email(line.rstrip(b"\n"), True).decode()))
             offsets.append(offset)
             offset += len(line)
         digest = hashlib.sha256()
         for index in sorted_by_key(keys, iter(range(len(keys)))):
             old.seek(offsets[index])
-            email = old.readline().rstrip(b"\n").split(b" ", 2)[2].decode()
+            email = entry_email(old.readline().rstrip(b"\n"), True).decode()
             line = f"{email}\n".encode()
             out.write(line)
             digest.update(line)
