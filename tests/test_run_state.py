@@ -1,12 +1,14 @@
 """Run state in real Blob Storage (Azurite): receipts, reports, destination lock, snapshot, checkpoint."""
 
+import json
+import uuid
 from array import array
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 import pytest
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.staging.spool import email_key, fingerprint
 from shared.state.run_store import RunStore
@@ -33,6 +35,40 @@ def test_a_failed_claim_can_be_retried_by_the_next_trigger(container: ContainerC
     store.complete(first, "failed", {"status": "failed"})
     second = store.claim("vip/b.csv", "etag", "run-2")
     assert second is not None and second.run_id == "run-2"
+
+
+def test_the_first_claim_and_report_create_a_missing_container(blob_service: BlobServiceClient) -> None:
+    for write in ("claim", "report"):
+        container = blob_service.get_container_client(f"t{uuid.uuid4().hex[:20]}")
+        assert not container.exists()
+        store = RunStore(container)
+        try:
+            if write == "claim":
+                claim = store.claim("vip/a.csv", '"0x8D1"', "run-1")
+                assert claim is not None and store.claim("vip/a.csv", '"0x8D1"', "run-2") is None
+            else:
+                store.save_report("run-x", {"status": "succeeded"})
+                assert store.load_report("run-x") == {"status": "succeeded"}
+            assert container.exists()
+        finally:
+            container.delete_container()
+
+
+def test_a_completed_receipt_is_the_claim_with_its_outcome_and_never_overwrites_a_newer_one(
+        container: ContainerClient) -> None:
+    store = RunStore(container)
+    claim = store.claim("vip/c.csv", "etag", "run-1")
+    assert claim is not None
+    store.complete(claim, "done", {"status": "succeeded"})
+    receipt = json.loads(container.download_blob(claim.path).readall())
+    assert {k: receipt[k] for k in ("blob", "etag", "run_id", "state", "summary")} == {
+        "blob": "vip/c.csv", "etag": "etag", "run_id": "run-1", "state": "done", "summary": {"status": "succeeded"}}
+    assert receipt["at"] == claim.body["at"] and "finished" in receipt
+    again = store.claim("vip/d.csv", "etag", "run-2")
+    assert again is not None
+    container.upload_blob(again.path, b'{"state": "failed", "run_id": "someone else"}', overwrite=True)
+    store.complete(again, "done", {"status": "succeeded"})  # its claim is no longer the receipt: left alone
+    assert json.loads(container.download_blob(again.path).readall()) == {"state": "failed", "run_id": "someone else"}
 
 
 def test_reports_and_rejects_round_trip(container: ContainerClient) -> None:

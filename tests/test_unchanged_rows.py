@@ -16,7 +16,7 @@ from shared.mapping.contact_mapping import ContactMapper
 from shared.pipeline.read import reader_options
 from shared.sendgrid.models import CustomField
 from shared.state import snapshot as snapshot_module
-from shared.state import snapshot_lines
+from shared.state import snapshot_index, snapshot_lines
 from shared.state.keys import email_key, fingerprint_seed, source_fingerprint
 from shared.state.snapshot import V2_FORMAT
 from tests.test_sync import NAME, PUT, Env, destination, env, profiles
@@ -160,6 +160,10 @@ def test_a_row_rejected_for_another_field_keeps_its_person_on_a_mirror_list(env:
 def test_a_snapshot_bigger_than_its_blocks_is_stored_read_and_merged_block_by_block(env: Env,
                                                                                   monkeypatch: Any) -> None:
     monkeypatch.setattr(snapshot_module, "UPLOAD_BLOCK", 512)  # a few contacts a block
+    monkeypatch.setattr(snapshot_module, "SINGLE_PUT", 512)  # (not one PUT)
+    monkeypatch.setattr(snapshot_index, "_BLOCK", 256)  # the index too
+    monkeypatch.setattr(snapshot_index, "_SINGLE_PUT", 256)
+    monkeypatch.setattr(snapshot_index, "_READ", 1024)  # and read back in ranges (the first holds its header)
     monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", 100)  # and lines parsed and copied two or three at a time
     rows = profiles(60)
     env.export(env.upload(rows), destination(mode="mirror"))

@@ -13,9 +13,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -25,6 +25,7 @@ from shared.state.rejects import RejectsFile
 from shared.state.run_index import RunIndex
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RECEIPT_STALE_AFTER = timedelta(minutes=45)  # longer than functionTimeout (30 min): a claim older is a dead run
 # A claim older than this whose run shows no sign of life (see `claim`) is a run that was killed.
@@ -41,6 +42,7 @@ class Claim:
     path: str
     etag: str
     run_id: str
+    body: dict[str, Any] = field(default_factory=dict)  # the receipt as claimed (its ETag's content)
 
 
 class RunStore:
@@ -56,6 +58,21 @@ class RunStore:
                 self._container.create_container()
             self._ensured = True
 
+    def _into_container(self, write: Callable[[], _T]) -> _T:
+        """A write that creates the container when it is missing (a new deployment) instead of before each
+        run: every run of a fresh worker (and of the benchmark) saved one request."""
+        if not self._ensured:
+            try:
+                result = write()
+            except ResourceNotFoundError as exc:
+                if exc.error_code != "ContainerNotFound":
+                    raise
+            else:
+                self._ensured = True
+                return result
+            self._ensure_container()
+        return write()
+
     # -- reports -------------------------------------------------------------------------------------
 
     @staticmethod
@@ -63,9 +80,9 @@ class RunStore:
         return f"reports/{run_id}.json"
 
     def save_report(self, run_id: str, report: dict[str, Any]) -> None:
-        self._ensure_container()
         blob = self._container.get_blob_client(self.report_path(run_id))
-        written = blob.upload_blob(json.dumps(report, indent=2).encode(), overwrite=True, content_settings=_JSON)
+        body = json.dumps(report, indent=2).encode()
+        written = self._into_container(lambda: blob.upload_blob(body, overwrite=True, content_settings=_JSON))
         self._index(run_id, report, written.get("etag"))
 
     def update_report(self, run_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
@@ -199,13 +216,13 @@ class RunStore:
         say so: it is taken over once it is older than RECEIPT_GRACE and `run_is_alive` says no run is
         working on the destination, or after RECEIPT_STALE_AFTER in any case.
         """
-        self._ensure_container()
         path = self.receipt_path(blob_name, etag, scope)
         state = {"blob": blob_name, "etag": etag, "run_id": run_id, "state": "running", "at": _now()}
+        receipt = self._container.get_blob_client(path)
         try:
-            result = self._container.get_blob_client(path).upload_blob( json.dumps(state).encode(), overwrite=False,
-                                                 content_settings=_JSON)
-            return Claim(path, str(result["etag"]), run_id)
+            result = self._into_container(lambda: receipt.upload_blob(json.dumps(state).encode(), overwrite=False,
+                                                                       content_settings=_JSON))
+            return Claim(path, str(result["etag"]), run_id, state)
         except ResourceExistsError:
             pass
         existing, existing_etag = self._read(path)
@@ -219,19 +236,19 @@ class RunStore:
                      existing.get("state"), existing.get("run_id"))
             return None
         try:
-            result = self._container.get_blob_client(path).upload_blob( json.dumps(state).encode(), overwrite=True,
-                                                 etag=existing_etag, match_condition=MatchConditions.IfNotModified,
-                                                 content_settings=_JSON)
+            result = receipt.upload_blob(json.dumps(state).encode(), overwrite=True, etag=existing_etag,
+                                         match_condition=MatchConditions.IfNotModified, content_settings=_JSON)
         except (ResourceModifiedError, HttpResponseError) as exc:
             if getattr(exc, "status_code", 412) == 412:
                 return None  # another instance re-claimed it first
             raise
-        return Claim(path, str(result["etag"]), run_id)
+        return Claim(path, str(result["etag"]), run_id, state)
 
     def complete(self, claim: Claim, state: str, report_summary: dict[str, Any]) -> None:
-        """Record the outcome; `failed` lets the next trigger of the same blob version try again."""
-        existing, _ = self._read(claim.path)
-        body = dict(existing or {}, state=state, finished=_now(), summary=report_summary)
+        """Record the outcome; `failed` lets the next trigger of the same blob version try again. Written over
+        the claim's own version only, so the receipt is the claim's body (not read again) with the outcome."""
+        body = dict(claim.body or self._read(claim.path)[0] or {}, state=state, finished=_now(),
+                    summary=report_summary)
         try:
             self._container.upload_blob(claim.path, json.dumps(body).encode(), overwrite=True, etag=claim.etag,
                                         match_condition=MatchConditions.IfNotModified, content_settings=_JSON)

@@ -67,7 +67,8 @@ V1_FORMAT = "segment-to-sendgrid snapshot v1"  # blake2b keys: rewritten (keys a
 # for a 2**-64 chance), so the contact is sent again when it is next in the segment.
 UNTRUSTED = 0
 UPLOAD_BLOCK = 2 << 20  # bytes a block of the snapshot's upload
-READ_BLOCK = 1 << 20  # bytes a ranged read of the stored snapshot
+SINGLE_PUT = 4 << 20  # a text up to this size is one PUT, not blocks and a block list (~2 ms a request)
+READ_BLOCK = 2 << 20  # bytes a ranged read of the stored snapshot
 
 
 class SnapshotStore:
@@ -281,11 +282,13 @@ class SnapshotStore:
     def _store_snapshot(self, lines: Any, header: dict[str, Any], replacing: str | None = None) -> str | None:
         """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes (the SDK would hold a 64 MB
         snapshot in memory for one PUT, and copy it); returns the new ETag."""
+        size = lines.seek(0, 2)
         lines.seek(0)
         head = json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n"
         blob = self._container.get_blob_client(self._path)
-        chunk = head + lines.read(UPLOAD_BLOCK - len(head))
-        following = lines.read(UPLOAD_BLOCK)
+        whole = len(head) + size <= SINGLE_PUT
+        chunk = head + lines.read(size if whole else UPLOAD_BLOCK - len(head))
+        following = b"" if whole else lines.read(UPLOAD_BLOCK)
         self.ensure_lock()
         # Only over the version this run loaded (the merge read its lines): a blob changed since fails the write.
         pinned: dict[str, Any] = {"etag": replacing, "match_condition": MatchConditions.IfNotModified} if (

@@ -134,13 +134,12 @@ class SyncState:
 
     def record_sources(self, files: Sequence[Any]) -> None:
         """Record the segment files the list now reflects (`state/<destination>/source.json`), for operators;
-        written only when it changes, and only by a run that exported them."""
+        written only by a run that exported them. Written, not compared first: a run that exported has a new
+        file to record almost always, and a read to compare cost as much as the write."""
         path = self._prefix + "source.json"
         current = {"segments": [{"segment": f.segment, "name": f.name, "entity": f.entity, "etag": f.etag,
                                  "last_modified": f.last_modified.isoformat() if f.last_modified else None}
                                 for f in files]}
-        if self._read_json(path) == current:
-            return
         self.ensure_lock()
         self._container.get_blob_client(path).upload_blob(json.dumps(current).encode(), overwrite=True)
 
