@@ -65,7 +65,7 @@ class RunStore:
             try:
                 result = write()
             except ResourceNotFoundError as exc:
-                if exc.error_code != "ContainerNotFound":
+                if getattr(exc, "error_code", None) != "ContainerNotFound":  # set by the storage SDK
                     raise
             else:
                 self._ensured = True
