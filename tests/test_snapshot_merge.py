@@ -10,11 +10,12 @@ from array import array
 import numpy
 import pytest
 
+from shared.state import snapshot_merge
 from shared.state.line_hashes import LineHashes
 from shared.state.snapshot_entries import Snapshot
 from shared.state.snapshot_index import IndexWriter
 from shared.state.snapshot_lines import DigestWriter
-from shared.state.snapshot_merge import SortedLines, merge
+from shared.state.snapshot_merge import SortedLines, _groups, _OldText, merge
 
 
 def _key(rng: random.Random, spread: str) -> int:
@@ -86,13 +87,15 @@ def _model(old: list[tuple[int, int, int, bytes]], drops: list[int], fresh: list
     return text, [(key, fp, line_hash) for key, fp, line_hash, _ in merged]
 
 
+@pytest.mark.parametrize("group", [1, 40, 8192])  # buckets merged one at a time, a few together, all at once
 @pytest.mark.parametrize("spread", ["uniform", "one bucket"])
 @pytest.mark.parametrize(("old_count", "drop_share", "new_count"), [
     (0, 0.0, 0), (0, 0.0, 1), (0, 0.0, 3000), (1, 0.0, 0), (1, 1.0, 0), (1, 1.0, 1), (2000, 0.0, 0),
     (2000, 0.01, 60), (2000, 0.5, 700), (2000, 1.0, 0), (2000, 0.0, 2000), (300, 0.3, 5000),
 ])
 def test_merge_gives_the_models_text_and_index(spread: str, old_count: int, drop_share: float,
-                                               new_count: int) -> None:
+                                               new_count: int, group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_merge, "_GROUP", group)
     rng = random.Random(f"{spread}{old_count}{drop_share}{new_count}")
     old, drops, fresh = _case(rng, old_count, drop_share, new_count, spread, hashed=True)
     for carried, fields in ((None, False), (0, False), (None, True), (0, True)):
@@ -115,3 +118,19 @@ def test_a_snapshot_shorter_than_its_keys_fails_the_merge() -> None:
             merge(new, snapshot, blocks, [], None, DigestWriter(out), index)
         finally:
             index.close()
+
+
+def test_buckets_are_merged_in_runs_of_at_most_the_group_size_or_one_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_merge, "_GROUP", 10)
+    assert _groups([3, 3, 3, 3, 20, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0]) == [(0, 3), (3, 4), (4, 5), (5, 8)]
+    assert _groups([0] * 8, [0] * 8) == [(0, 8)]
+
+
+def test_a_stored_text_short_by_its_last_lines_fails_even_in_one_take() -> None:
+    from azure.core.exceptions import ResourceModifiedError
+
+    stored = b"{}\na@example.com\nb@example.com"  # two lines, no newline after the last
+    assert bytes(_OldText(iter([stored]), False).take(2)[0]) == b"a@example.com\nb@example.com\n"
+    for wanted in (3, 10):
+        with pytest.raises(ResourceModifiedError):  # before: padded with empty lines, stored as emails
+            _OldText(iter([stored]), False).take(wanted)
