@@ -169,6 +169,35 @@ def test_line_hashes_read_by_entry_after_sorting_with_the_updates_found_meanwhil
     hashes.close()
 
 
+@pytest.mark.parametrize("ties", [False, True])  # True: they differ only in the bits the entry's number takes
+@pytest.mark.parametrize("count", [1, 2, 7, 8, 9, 1000])
+def test_hashes_alike_but_for_their_low_bits_are_each_found_as_their_own_entry(count: int, ties: bool) -> None:
+    """The look-up sorts the hashes' high bits with the entry's number in the low bits: hashes that differ only
+    where the number goes sort together, and each is told apart by its own low 32 bits."""
+    import random
+    from array import array
+
+    import numpy
+
+    from shared.state.line_hashes import LineHashes
+
+    rng = random.Random(count)
+    base = (rng.getrandbits(64) >> 32 << 32) - (1 << 63)  # the same high 32 bits for all
+    lows = rng.sample(range(1 << max(1, (count - 1).bit_length())) if ties else range(1, 1 << 32), count)
+    values = [base | low for low in lows]
+    values[0] = 0 if count > 3 else values[0]  # an entry with no line hash among them
+    hashes = LineHashes(array("q", values))
+    found, entries = hashes.find(numpy.array(values[::-1], dtype=numpy.int64))
+    assert found.tolist() == [v != 0 for v in values[::-1]]
+    assert entries.tolist() == [i for i in range(count - 1, -1, -1) if values[i] != 0]
+    strangers = [base | low for low in rng.sample(range(1, 1 << 32), 50)]
+    strangers += [values[-1] ^ (1 << 40), values[-1] ^ 1, values[-1] ^ (1 << 31), 0]  # a high bit, low bits; none
+    strangers = [stranger for stranger in strangers if stranger not in values or stranger == 0]
+    found, entries = hashes.find(numpy.array(strangers, dtype=numpy.int64))
+    assert not found.any() and not len(entries)
+    hashes.close()
+
+
 def test_a_person_in_two_files_keeps_one_line_and_the_index_stays_put(env: Env) -> None:
     import uuid
 
