@@ -163,7 +163,7 @@ def test_a_snapshot_bigger_than_its_blocks_is_stored_read_and_merged_block_by_bl
     monkeypatch.setattr(snapshot_module, "SINGLE_PUT", 512)  # (not one PUT)
     monkeypatch.setattr(snapshot_index, "_BLOCK", 256)  # the index too
     monkeypatch.setattr(snapshot_index, "_SINGLE_PUT", 256)
-    monkeypatch.setattr(snapshot_index, "_READ", 1024)  # and read back in ranges (the first holds its header)
+    monkeypatch.setattr(snapshot_index, "_FIRST_READ", 1024)  # and read back in ranges (the first holds its header)
     monkeypatch.setattr(snapshot_lines, "BLOCK_BYTES", 100)  # and lines parsed and copied two or three at a time
     rows = profiles(60)
     env.export(env.upload(rows), destination(mode="mirror"))
