@@ -31,6 +31,7 @@ class LineHashes:
         """`by_entry` as loaded; None for `count` entries without line hashes (kept as a sparse local file
         of zeros, not 8 MB of memory a million entries, as is a loaded array holding nothing but 0)."""
         self._values = by_entry if by_entry is not None else array("q")
+        self._known = by_entry is not None and any(by_entry)  # (stops at the first hash: no 1M-entry count)
         self._sorted = False  # sorted in place for look-ups (the hashes by entry are in _saved)
         self._saved: IO[bytes] | None = None  # the hashes by entry, written before sorting
         self._released = False  # the hashes by entry are read from _saved (and updates written to it)
@@ -49,7 +50,7 @@ class LineHashes:
 
     def known(self) -> bool:
         """Whether any entry has a line hash (none: an index without them, or rows the parser read)."""
-        return self._values.count(0) < len(self._values)
+        return self._known
 
     def find(self, hashes: Any) -> tuple[Any, Any]:
         """(which of these hashes are an entry's, the entry of each found) for a numpy int64 array of them.
@@ -143,6 +144,7 @@ class LineHashes:
         if not len(entries):
             return
         self.changed = True
+        self._known = self._known or bool(hashes.any())
         if self._sorted:  # into the file by entry, a batch at a time: each write maps it and touches its pages
             self._unwritten.append((entries, hashes))
             self._pending += len(entries)

@@ -70,8 +70,10 @@ class IndexWriter:
         """A merged bucket's entries, as numpy arrays: written as they are, after what was gathered before."""
         self.flush()
         assert len(keys) == len(fps) == len(lines)
+        import numpy  # noqa: PLC0415 - given numpy arrays, so imported already
+
         for part, file in zip((keys, fps, lines), self._files, strict=True):
-            file.write(part.astype("<i8", copy=False).tobytes())
+            file.write(numpy.ascontiguousarray(part, dtype="<i8").data)  # written from the array: no copy
         self._written += len(keys)
 
     def flush(self) -> None:

@@ -6,11 +6,12 @@ time; the merge (shared.state.snapshot_merge) copies the runs of lines between i
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from array import array
 from collections.abc import Iterator
 from typing import IO, Any
+
+from xxhash import xxh3_128
 
 _FLUSH_BYTES = 1 << 20  # bytes gathered before a write of the new snapshot's file
 BLOCK_BYTES = 1 << 20  # bytes of lines parsed or copied at a time
@@ -89,7 +90,9 @@ class DigestWriter:
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
-        self.digest = hashlib.sha256()
+        # The text's identity in its header (a checkpoint's run key is bound to it), checked against nothing:
+        # a 128-bit xxh3 is as good an identity as sha256, at a twentieth of its ~0.05 s a million contacts.
+        self.digest = xxh3_128()
         self.count = 0
         self._pending: list[bytes | memoryview] = []
         self._size = 0

@@ -173,9 +173,9 @@ class LineFeed:
         self._lines, self._at, self._next_special = lines, 0, 0
         self._last_has_newline = has_newline
         quote = self._quote
-        crs = chunk.count(b"\r")
-        self.crlf = crs > 0
-        if quote not in chunk and SEPARATOR not in chunk and crs == chunk.count(b"\r\n") + chunk.endswith(b"\r"):
+        self.crlf = b"\r" in chunk  # (a search, not a count: a one-byte count is ~10x slower than memchr)
+        if quote not in chunk and SEPARATOR not in chunk and (
+                not self.crlf or chunk.count(b"\r") == chunk.count(b"\r\n") + chunk.endswith(b"\r")):
             self._special = []  # the usual chunk: every line plain, found in a few C scans
             return
         self._special = [i for i, line in enumerate(lines) if quote in line or SEPARATOR in line
