@@ -16,7 +16,7 @@ def _fill(spool: Spool, emails: list[str]) -> None:
         spool.add("segment.csv", row, email, json.dumps({"email": email}, separators=(",", ":")).encode())
 
 
-@pytest.mark.parametrize("count", [1_000, 150_000])
+@pytest.mark.parametrize("count", [1_000, 30_000, 150_000])  # a set, one sort, sixteenths sorted
 def test_only_the_last_row_of_each_email_survives(count: int) -> None:
     emails = [f"person.{i}@example.com" for i in range(count)]
     # repeats spread over the file: the 5th..15th are seen again at the end, and one is seen three times
@@ -34,7 +34,7 @@ def test_only_the_last_row_of_each_email_survives(count: int) -> None:
 def test_the_bucketed_path_is_the_one_used_above_the_small_spool_size() -> None:
     from shared.staging import repeated_keys
 
-    assert repeated_keys._SMALL < 150_000
+    assert 1_000 + 11 <= repeated_keys._TINY < 30_000 < repeated_keys._SMALL < 150_000  # each path tested
 
 
 def test_a_key_collision_never_merges_two_people(monkeypatch: pytest.MonkeyPatch) -> None:
