@@ -134,3 +134,16 @@ def test_a_stored_text_short_by_its_last_lines_fails_even_in_one_take() -> None:
     for wanted in (3, 10):
         with pytest.raises(ResourceModifiedError):  # before: padded with empty lines, stored as emails
             _OldText(iter([stored]), False).take(wanted)
+
+
+@pytest.mark.parametrize("numpy_from", [10**9, 1])  # the bucket starts by bisect, and by numpy
+def test_a_snapshot_finds_each_of_its_keys_and_no_other(numpy_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.state import snapshot_entries
+
+    monkeypatch.setattr(snapshot_entries, "_NUMPY_FROM", numpy_from)
+    rng = random.Random(numpy_from)
+    keys = sorted({rng.getrandbits(64) - (1 << 63) for _ in range(3000)} | {-(1 << 63), (1 << 63) - 1})
+    snapshot = Snapshot({}, array("q", keys), array("q", [0] * len(keys)))
+    assert [snapshot.position(key) for key in keys] == list(range(len(keys)))
+    strangers = {rng.getrandbits(64) - (1 << 63) for _ in range(3000)} - set(keys)
+    assert all(snapshot.position(key) == -1 for key in strangers)

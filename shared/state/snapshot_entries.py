@@ -14,6 +14,7 @@ from typing import Any
 from shared.state.line_hashes import LineHashes
 
 _INDEX_BITS_MAX = 16  # bucket index: up to 65,536 buckets, about 16 keys each
+_NUMPY_FROM = 50_000  # keys from which the bucket starts are found by numpy
 
 
 class Snapshot:
@@ -31,8 +32,7 @@ class Snapshot:
         self.seen = bytearray(len(keys))
         bits = max(0, min(_INDEX_BITS_MAX, len(keys).bit_length() - 4))
         self._shift = 64 - bits
-        self._index = array("L", (bisect.bisect_left(keys, (bucket << self._shift) - (1 << 63))
-                                  for bucket in range((1 << bits) + 1))) if bits else None
+        self._index = _bucket_starts(keys, bits, self._shift) if bits else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -73,3 +73,17 @@ class Snapshot:
             gone.add(at)
             at = seen.find(0, at + 1)
         return gone
+
+
+def _bucket_starts(keys: array[int], bits: int, shift: int) -> array[int]:
+    """Where each bucket of keys starts. A big snapshot's 65,536 bisects cost ~25 ms; numpy's one sorted
+    search ~1 ms (a snapshot that big is a refresh's, which imports numpy for its lines anyway)."""
+    lows = [(bucket << shift) - (1 << 63) for bucket in range((1 << bits) + 1)]
+    if len(keys) < _NUMPY_FROM:
+        return array("L", (bisect.bisect_left(keys, low) for low in lows))
+    import numpy  # noqa: PLC0415
+
+    starts = numpy.searchsorted(numpy.frombuffer(keys, dtype=numpy.int64), numpy.array(lows[:-1], dtype=numpy.int64))
+    index = array("L", starts.astype(numpy.uint64 if array("L").itemsize == 8 else numpy.uint32).tobytes())
+    index.append(len(keys))  # the last bucket's end: past every key (its low, 2**63, is no int64)
+    return index
