@@ -86,8 +86,9 @@ class CsvSegmentReader(SegmentReader):
     @property
     def raw_trusted_below(self) -> int:
         """Plain lines shorter than this hold no value the parser would reject (0: none, as a NUL or an
-        undecodable byte has been read, or the csv module's limit is looser than this reader's)."""
-        return 0 if self._stream.guard.suspect or not self._limit_exact else self._limit + 1
+        undecodable byte has been read). Whatever the csv module's process-wide limit (another reader may have
+        raised it: then this one checks lengths itself), no value of such a line is past this reader's."""
+        return 0 if self._stream.guard.suspect else self._limit + 1
 
     @property
     def max_value_chars(self) -> int:
