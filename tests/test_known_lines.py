@@ -70,8 +70,35 @@ def test_lines_handed_out_raw_parse_to_the_rows_the_csv_parser_gives(tmp_path: P
     assert [(row, error) for _, row, _, error in got if error] == [(5, "row has 2 values, header has 3")]
     assert dict((r[1], r[2]) for r in got)[4] == ("c@example.com", "two\r\nlines", "bronze")
     raw = {line for chunk in chunks for line in chunk.lines}
-    assert b"a@example.com,Ann,gold\r" in raw and b"i@example.com,Ida,gold" in raw
+    # A CRLF line keeps its b"\r" where its chunk says so (crlf); a chunk of plain CRLF lines only loses them all
+    assert {(b"a@example.com,Ann,gold\r", True), (b"a@example.com,Ann,gold", False)} & {
+        (line, chunk.crlf) for chunk in chunks for line in chunk.lines}
+    assert not any(b"\r" in line for chunk in chunks if not chunk.crlf for line in chunk.lines)
+    assert b"i@example.com,Ida,gold" in raw
     assert not any(b'"' in line or b"\x1f" in line or b"lines" in line for line in raw)
+
+
+@pytest.mark.parametrize("read_bytes", [9, 40, 1 << 18])
+def test_crlf_lines_without_quotes_parse_as_the_text_stream_does_even_with_a_lone_cr(
+        tmp_path: Path, monkeypatch: Any, read_bytes: int) -> None:
+    """A chunk of plain CRLF lines loses its carriage returns at once; an LF line among them is a line as well,
+    and a lone CR (a record's end to the csv parser) makes its chunk go line by line."""
+    monkeypatch.setattr(raw_lines, "READ_BYTES", read_bytes)
+    data = (b"Email,First,Tier\r\na@example.com,Ann,gold\r\nb@example.com,Bo,silver\n"
+            b"c@example.com,Cy\rd@example.com,Di,gold\r\n\r\ne@example.com,Ed,bronze\r\nf@example.com,Fi,gold\r")
+    (tmp_path / "crlf.csv").write_bytes(data)
+    source = LocalDirSource(str(tmp_path))
+    with open_segment(source, "crlf.csv", ReaderOptions(escapechar="\\")) as plain:
+        expected = _rows(plain, lines=False)
+    with open_segment(source, "crlf.csv", raw_lines=True) as reader:
+        assert reader.raw_lines
+        chunks = [item for item in reader.project_lines(COLUMNS) if isinstance(item, RawChunk)]
+    with open_segment(source, "crlf.csv", raw_lines=True) as reader:
+        assert _rows(reader, lines=True) == expected
+    assert [values[0] for _, _, values, error in expected if error is None] == [
+        "a@example.com", "b@example.com", "d@example.com", "e@example.com", "f@example.com"]
+    assert not any(b"\r" in line for chunk in chunks if not chunk.crlf for line in chunk.lines)
+    assert not any(b"\r" in line.removesuffix(b"\r") for chunk in chunks for line in chunk.lines)
 
 
 def test_a_read_that_fails_after_plain_lines_names_the_row_it_stopped_at(tmp_path: Path) -> None:

@@ -213,3 +213,26 @@ def test_a_person_in_two_files_keeps_one_line_and_the_index_stays_put(env: Env) 
         etags.append(index.get_blob_properties().etag)
     # the first refresh learns one line per person; after it neither file's line takes the entry from the other
     assert len(set(etags[1:])) == 1 and etags[0] != etags[1]
+
+
+def test_a_refresh_knows_its_lines_after_another_reader_raised_the_csv_modules_limit(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The csv module's field limit is process-wide and only ever raised: a worker that once read a file with
+    a bigger max_field_chars must still recognise the lines of a destination with the default (it did not:
+    every later refresh in that worker parsed every row)."""
+    import csv
+
+    from shared.source.readers.csv_header import csv_limit_at_least
+
+    mirror = destination(mode="mirror")
+    assert env.export(_upload(env, _people(30)), mirror).exported == 30
+    before = csv.field_size_limit()
+    try:
+        csv_limit_at_least(before * 4)  # as a reader of another destination with a bigger limit does
+        compared = _compared(monkeypatch)
+        counts = _counting(monkeypatch)
+        again = env.export(_upload(env, _people(30)), mirror)
+        assert (again.unchanged_skipped, again.exported) == (30, 0) and again.balanced
+        assert compared == [] and counts == {"parsed": 0, "mapped": 0}
+    finally:
+        csv.field_size_limit(before)
