@@ -282,11 +282,10 @@ class SnapshotStore:
     def _store_snapshot(self, lines: Any, header: dict[str, Any], replacing: str | None = None) -> str | None:
         """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes (the SDK would hold a 64 MB
         snapshot in memory for one PUT, and copy it); returns the new ETag."""
-        size = lines.seek(0, 2)
-        lines.seek(0)
         head = json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n"
         blob = self._container.get_blob_client(self._path)
-        whole = len(head) + size <= SINGLE_PUT
+        whole = len(head) + (size := lines.seek(0, 2)) <= SINGLE_PUT
+        lines.seek(0)
         chunk = head + lines.read(size if whole else UPLOAD_BLOCK - len(head))
         following = b"" if whole else lines.read(UPLOAD_BLOCK)
         self.ensure_lock()
