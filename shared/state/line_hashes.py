@@ -81,9 +81,10 @@ class LineHashes:
         landed = values[at]
         entries = (landed & self._mask).astype(numpy.int64)
         same_high = (landed >> bits) == high_bits
-        found = same_high & (low32[entries] == wanted.astype(numpy.uint32)) & (hashes != 0)
+        candidate = same_high & (hashes != 0)
+        found = candidate & (low32[entries] == wanted.astype(numpy.uint32))
         # Entries whose hashes share their high bits sort together (by entry): the one wanted may come later.
-        rest = numpy.flatnonzero(same_high & ~found & (hashes != 0))
+        rest = numpy.flatnonzero(candidate & ~found)
         while len(rest):
             at[rest] += 1
             rest = rest[at[rest] <= last]

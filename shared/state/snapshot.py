@@ -280,8 +280,8 @@ class SnapshotStore:
             yield data
 
     def _store_snapshot(self, lines: Any, header: dict[str, Any], replacing: str | None = None) -> str | None:
-        """Upload the header and the lines' file in blocks of UPLOAD_BLOCK bytes (the SDK would hold a 64 MB
-        snapshot in memory for one PUT, and copy it); returns the new ETag."""
+        """Upload the header and the lines' file: one PUT up to SINGLE_PUT, else blocks of UPLOAD_BLOCK bytes
+        (the SDK would hold a 64 MB snapshot in memory for one PUT, and copy it); returns the new ETag."""
         head = json.dumps({"format": SNAPSHOT_FORMAT, **header}).encode() + b"\n"
         blob = self._container.get_blob_client(self._path)
         whole = len(head) + (size := lines.seek(0, 2)) <= SINGLE_PUT

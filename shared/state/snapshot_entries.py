@@ -84,6 +84,4 @@ def _bucket_starts(keys: array[int], bits: int, shift: int) -> array[int]:
     import numpy  # noqa: PLC0415
 
     starts = numpy.searchsorted(numpy.frombuffer(keys, dtype=numpy.int64), numpy.array(lows[:-1], dtype=numpy.int64))
-    index = array("L", starts.astype(numpy.uint64 if array("L").itemsize == 8 else numpy.uint32).tobytes())
-    index.append(len(keys))  # the last bucket's end: past every key (its low, 2**63, is no int64)
-    return index
+    return array("L", [*starts.tolist(), len(keys)])  # the last bucket ends past every key (2**63 is no int64)
