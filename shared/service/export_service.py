@@ -19,7 +19,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from shared.config.destinations import Destination, DestinationsDocument, load_destinations
 from shared.config.secrets import ApiKeyProvider
 from shared.config.settings import AppSettings, setting
-from shared.config.storage import blob_service_from_settings, segments_blob_service_from_settings
+from shared.config.storage import blob_service_from_settings, segments_blob_service_from_settings, transport_options
 from shared.config.time_budgets import ANSWER_STORAGE_OPTIONS, answer_retry
 from shared.errors import ConfigurationError, ExportError
 from shared.pipeline.engine import ExportOptions, ExportResult, describe_sources, export_segments
@@ -289,7 +289,7 @@ class ExportService:
 def _with_budget(client: BlobServiceClient) -> BlobServiceClient:
     """The same account and credential, with the HTTP path's retries and timeouts."""
     return BlobServiceClient(client.url, credential=client.credential, max_single_get_size=4 * 1024 * 1024,
-                             retry_policy=answer_retry(), **ANSWER_STORAGE_OPTIONS)
+                             retry_policy=answer_retry(), **ANSWER_STORAGE_OPTIONS, **transport_options())
 
 
 _lock = threading.Lock()

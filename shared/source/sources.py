@@ -17,6 +17,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifie
 from azure.storage.blob import ContainerClient
 
 from shared.config.settings import setting
+from shared.config.storage import transport_options
 from shared.config.time_budgets import DOWNLOAD_CALL_OPTIONS
 from shared.errors import SegmentFileError
 
@@ -235,15 +236,15 @@ def source_for(path_or_url: str, credential: Any = None) -> tuple[ByteSource, st
 
 def _container_client(account_url: str, container_name: str, sas: str, credential: Any) -> ContainerClient:
     if credential is not None:
-        return ContainerClient(account_url, container_name, credential=credential)
+        return ContainerClient(account_url, container_name, credential=credential, **transport_options())
     if sas:
-        return ContainerClient(account_url, container_name, credential=sas)
+        return ContainerClient(account_url, container_name, credential=sas, **transport_options())
     for name in ("SEGMENTS_STORAGE", "AzureWebJobsStorage"):  # the segments account, then the app's own
         connection = setting(name)
         if connection and "=" in connection:
-            from_settings = ContainerClient.from_connection_string(connection, container_name)
+            from_settings = ContainerClient.from_connection_string(connection, container_name, **transport_options())
             if _normal_url(from_settings.url) == _normal_url(f"{account_url}/{container_name}"):
                 return from_settings
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415  (slow import, CLI-only path)
 
-    return ContainerClient(account_url, container_name, credential=DefaultAzureCredential())
+    return ContainerClient(account_url, container_name, credential=DefaultAzureCredential(), **transport_options())
