@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -265,6 +266,17 @@ def test_index_names_sort_newest_first_and_read_old_and_new_run_ids() -> None:
     assert sort_key("d-20261201T101010Z-abcdef12") == sort_key("d-20261201T101010000Z-00")  # before ms were added
     assert sort_key("hand-made") > sort_key(older)  # an undated ID sorts after every dated run
     assert re.fullmatch(r"index/d/\d{14}-" + re.escape(newer), entry_name("d", newer))
+
+
+@pytest.mark.parametrize("stamp", ["19700101T000000", "20261201T101010", "20280229T235959", "29991231T235959"])
+def test_an_index_key_is_the_run_stamps_epoch_milliseconds_inverted(stamp: str) -> None:
+    millis = int(datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp()) * 1000 + 7
+    assert int(sort_key(f"d-{stamp}007Z-ab")) == 10**14 - 1 - millis
+
+
+def test_a_run_id_with_an_impossible_date_is_refused() -> None:
+    with pytest.raises(ValueError, match="month"):
+        sort_key("d-20261301T101010000Z-ab")
 
 
 def test_an_index_write_that_lost_a_race_follows_the_newer_report(env: Env) -> None:

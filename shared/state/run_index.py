@@ -60,7 +60,9 @@ def sort_key(run_id: str) -> str:
     match = _STAMP.search(run_id)
     if match is None:
         return _UNDATED
-    moment = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    stamp = match.group(1)  # %Y%m%dT%H%M%S by hand: strptime's first call in a worker costs ~8 ms of CPU
+    moment = datetime(int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                      int(stamp[13:15]), tzinfo=UTC)
     millis = int(moment.timestamp()) * 1000 + int(match.group(2) or 0)
     return str(10**_KEY_DIGITS - 1 - millis).zfill(_KEY_DIGITS)
 
