@@ -227,9 +227,9 @@ def test_a_refresh_loads_the_snapshots_index_and_downloads_its_text_only_for_lea
     downloads: list[str | None] = []
     chunks = snapshot_module.SnapshotStore._chunks
 
-    def counted(self: Any, etag: str | None = None) -> Any:
+    def counted(self: Any, etag: str | None = None, known: int | None = None) -> Any:
         downloads.append(etag)
-        return chunks(self, etag)
+        return chunks(self, etag, known)
 
     monkeypatch.setattr(snapshot_module.SnapshotStore, "_chunks", counted)
     same = env.export(_upload(env, _people(40)), mirror)

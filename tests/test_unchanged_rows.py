@@ -274,3 +274,33 @@ def test_an_erasure_never_overwrites_a_snapshot_written_while_it_scrubbed(env: E
     assert scrub.scrub_snapshot(env.runs, NAME, {rows[2][0]}, lambda: None) == 1
     text = env.runs.download_blob(path).readall().decode()
     assert raced and "late@example.com" in text and rows[2][0] not in text  # scrubbed again, not lost
+
+
+def test_a_small_snapshot_is_read_in_one_get_each_its_entry_count_stored_with_its_text(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.storage.blob import ContainerClient
+
+    rows = profiles(60)
+    env.export(env.upload(rows), destination(mode="mirror"))
+    text = env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties()
+    assert text.metadata == {"entries": "60"}
+    # ranges far smaller than these blobs: without the count and the size, each would take many GETs
+    monkeypatch.setattr(snapshot_index, "_FIRST_READ", 64)
+    monkeypatch.setattr(snapshot_index, "_BLOCK", 64)
+    monkeypatch.setattr(snapshot_module, "READ_BLOCK", 64)
+    reads: list[str] = []
+    download = ContainerClient.download_blob
+
+    def counted(self: ContainerClient, blob: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(blob)
+        return download(self, blob, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerClient, "download_blob", counted)
+    changed = [(email, "Changed") if i == 3 else (email, name) for i, (email, name) in enumerate(rows[:55])]
+    report = env.export(env.upload(changed), destination(mode="mirror"))
+    assert (report.exported, report.unchanged_skipped, report.removed_from_list) == (1, 54, 5) and report.balanced
+    assert reads.count(f"state/{NAME}/snapshot.idx") == 1 and reads.count(f"state/{NAME}/snapshot.txt") == 1
+    after = env.runs.get_blob_client(f"state/{NAME}/snapshot.txt").get_blob_properties()
+    assert after.metadata == {"entries": "55"}
+    again = env.export(env.upload(changed), destination(mode="mirror"))  # the index just written: all known
+    assert (again.exported, again.unchanged_skipped) == (0, 55)

@@ -91,11 +91,11 @@ def _scrub_snapshot(container: ContainerClient, destination: str, erased: Set[st
 
 
 def _store_index(container: ContainerClient, path: str, indexed: tuple[dict[str, Any], array[int], array[int],
-                 str, array[int]], gone: list[int], header: dict[str, Any], text_etag: str) -> None:
+                 str, array[int], int], gone: list[int], header: dict[str, Any], text_etag: str) -> None:
     """The loaded index less the erased entries, for the text just written."""
     import numpy  # noqa: PLC0415 - an erasure that found entries only
 
-    _, keys, fps, _, hashes = indexed
+    _, keys, fps, _, hashes, _ = indexed
     count = len(keys)
     kept = [numpy.delete(numpy.frombuffer(part, dtype=numpy.int64), gone) if len(part) == count
             else numpy.zeros(count - len(gone), dtype=numpy.int64) for part in (keys, fps, hashes)]

@@ -13,15 +13,15 @@ now) and of a first export's snapshot CPU (two int-to-text conversions an entry)
 membership only (every contact is sent once more, the leavers are still removed). A v3 text (`<key>
 <fingerprint> <email>` lines) loads as it did, and is rewritten as v4 by its next merge.
 
-The text is read for the emails of contacts that left (mirror) and for the merge, once, into a local copy;
-a new snapshot copies the stored lines of unchanged contacts in runs: a refresh costs what changed, not the
-list's size.
+The text is read for the emails of contacts that left (mirror) and for the merge, once, into a local copy; a
+new snapshot copies the stored lines of unchanged contacts in runs. Its metadata holds its entry count (the
+index's size, read in one GET when small).
 
 A forced full re-sync, or a changed mapping on the same list, still loads it, as membership only: its
-fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts
-that left. A different list (or an unknown list) discards it. Older formats are loaded as membership only
-too (v2 held fingerprints of the contacts' JSON, v1 blake2b keys): every contact is sent once more, and
-no one is taken off the list on their account who is still in a segment.
+fingerprints are not trusted (every contact is sent again) but mirror mode still removes the contacts that
+left. A different list (or an unknown list) discards it. Older formats load as membership only too (v2 held
+fingerprints of the contacts' JSON, v1 blake2b keys): every contact is sent once more, and no one still in
+a segment is taken off the list on their account.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ class SnapshotStore:
         self.ensure_lock = ensure_lock
         self.snapshot: Snapshot | None = None
         self._read_etag: str | None = None
-        # The stored snapshot as load read it, on local disk: the leavers' emails and the merge read it
-        # again, which from storage would cost a download of the whole blob each (a request a MB).
+        # The stored snapshot as load read it, on local disk: the leavers' emails and the merge read it again,
+        # which from storage would cost a download of the whole blob each; its size from the index's load.
         self._local: IO[bytes] | None = None
+        self._text_size: int | None = None
         self._fields = False  # the loaded text is v3: `<key> <fingerprint> <email>` lines
 
     def close(self) -> None:
@@ -105,7 +106,7 @@ class SnapshotStore:
         self.close()
         indexed = load_index(self._container, self._index_path, self._path)
         if indexed is not None:  # the arrays as written with this very text: the text is read only if needed
-            header, keys, fingerprints, self._read_etag, lines = indexed
+            header, keys, fingerprints, self._read_etag, lines, self._text_size = indexed
             return self._snapshot_of(header, lambda: (keys, fingerprints), lines)
         try:
             chunks = self._chunks()
@@ -182,9 +183,8 @@ class SnapshotStore:
     def write_snapshot(self, exported: Iterable[EntryBlock], dropped: set[int]) -> int:
         """Merge the previous snapshot with this run's outcome and store it; returns the entry count.
 
-        Why long: the new lines sorted out of this run's blocks, then the merge (shared.state.snapshot_merge)
-        and the store, which share the output file, its digest and the index; split up, each piece would need
-        all of that state.
+        Why long: the new lines sorted out of this run's blocks, then the merge (shared.state.snapshot_merge) and
+        the store, which share the output file, its digest and the index: split up, each would need all of it.
 
         `exported`: blocks (EntryBlock: keys, fingerprints, line hashes, UTF-8 emails) of the contacts SendGrid
         confirmed this run, in any order: each takes its entry with its new fingerprint. Every other entry stays
@@ -256,19 +256,18 @@ class SnapshotStore:
         if self.snapshot is None:
             return
         if self._local is None:
-            self._local = local_copy(self._chunks(self.snapshot.etag))
+            self._local = local_copy(self._chunks(self.snapshot.etag, self._text_size))
         self._local.seek(0)
         while chunk := self._local.read(READ_BLOCK):
             yield chunk
 
-    def _chunks(self, etag: str | None = None) -> Iterator[bytes]:
-        """The stored snapshot in ranges of READ_BLOCK bytes, each pinned to the first one's ETag (or to
-        `etag`): a blob changed meanwhile fails the read instead of mixing versions. The SDK's own 4 MB
-        chunks leave ~15 MB of freed memory behind at a million contacts; smaller ranges cost ~0.1 s more."""
-        offset, size = 0, None
+    def _chunks(self, etag: str | None = None, known: int | None = None) -> Iterator[bytes]:
+        """The stored snapshot in READ_BLOCK ranges (one when its `known` size fits a PUT), each pinned to the first
+        one's ETag (or `etag`): a blob changed meanwhile fails the read. (SDK chunks left ~15 MB freed memory.)"""
+        offset, size, block = 0, None, known if known and known <= SINGLE_PUT else READ_BLOCK
         while size is None or offset < size:
             pinned: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-            stream = self._container.download_blob(self._path, offset=offset, length=READ_BLOCK, **pinned)
+            stream = self._container.download_blob(self._path, offset=offset, length=block, **pinned)
             if size is None:  # the blob's whole size, from "bytes 0-1048575/<size>"
                 content_range = stream.properties.content_range or ""
                 size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else stream.size
@@ -292,6 +291,7 @@ class SnapshotStore:
         # Only over the version this run loaded (the merge read its lines): a blob changed since fails the write.
         pinned: dict[str, Any] = {"etag": replacing, "match_condition": MatchConditions.IfNotModified} if (
             replacing) else {}
+        pinned["metadata"] = {"entries": str(header["count"])} if "count" in header else None  # see load_index
         if not following:
             return str(blob.upload_blob(chunk, overwrite=True, **pinned).get("etag") or "") or None
         blocks: list[BlobBlock] = []

@@ -33,6 +33,7 @@ INDEX_V1 = "segment-to-sendgrid snapshot index v1"  # keys and fingerprints
 _BLOCK = 2 << 20  # bytes an upload block or a ranged read after the first
 _SINGLE_PUT = 4 << 20  # an index up to this size is one PUT, not blocks and a block list (~2 ms a request)
 _FIRST_READ = 2 << 20  # bytes of the first ranged read (4 MB kept ~10 MB more memory at a million entries)
+_HEAD_ROOM = 64 << 10  # room for the index's JSON line, when its size is reckoned from the text's entry count
 _LITTLE = sys.byteorder == "little"  # stored little-endian, whatever the machine
 _PENDING = 1 << 16  # entries gathered before a write (1.5 MB)
 
@@ -138,12 +139,17 @@ class IndexWriter:
 
 
 def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
-        dict[str, Any], array[int], array[int], str, array[int]] | None:
-    """(the text's header, keys, fingerprints, the text's ETag, line hashes) when a valid index of the stored
-    text exists (a v1 index has no line hashes: an empty array)."""
+        dict[str, Any], array[int], array[int], str, array[int], int] | None:
+    """(the text's header, keys, fingerprints, the text's ETag, line hashes, the text's size) when a valid index
+    of the stored text exists (a v1 index has no line hashes: an empty array).
+
+    A text stored with its entry count (metadata `entries`) says how big its index is: one that fits one PUT
+    is read in one GET; otherwise, and for older texts, the first read is _FIRST_READ bytes."""
     try:
-        text_etag = str(container.get_blob_client(text_path).get_blob_properties().etag)
-        stream = container.download_blob(path, offset=0, length=_FIRST_READ)
+        text = container.get_blob_client(text_path).get_blob_properties()
+        text_etag, entries = str(text.etag), (text.metadata or {}).get("entries", "")
+        reckoned = 24 * int(entries) + _HEAD_ROOM if entries.isdigit() else _SINGLE_PUT + 1
+        stream = container.download_blob(path, offset=0, length=reckoned if reckoned <= _SINGLE_PUT else _FIRST_READ)
     except ResourceNotFoundError:
         return None
     first = stream.readall()
@@ -183,7 +189,7 @@ def load_index(container: ContainerClient, path: str, text_path: str) -> tuple[
     if not _LITTLE:
         for part in parts:
             part.byteswap()
-    return header, keys, fps, text_etag, lines
+    return header, keys, fps, text_etag, lines, int(text.size or 0)
 
 
 def _take(data: memoryview, parts: tuple[array[int], ...], count: int) -> None:
