@@ -236,3 +236,23 @@ def test_a_refresh_knows_its_lines_after_another_reader_raised_the_csv_modules_l
         assert compared == [] and counts == {"parsed": 0, "mapped": 0}
     finally:
         csv.field_size_limit(before)
+
+
+def test_hashes_at_the_ends_of_the_bucket_table_are_found() -> None:
+    """The least and greatest hashes (as unsigned: 0x0...1 and 0xF...F) fall in the table's first and last
+    buckets, whose starts are searched for, not computed: each is found, and so are its neighbours."""
+    import random
+    from array import array
+
+    import numpy
+
+    from shared.state.line_hashes import LineHashes
+
+    rng = random.Random(7)
+    extremes = [1, (1 << 63) - 1, -(1 << 63), -1, -2]  # 0x0..01, 0x7F..F, 0x80..0, 0xFF..F, 0xFF..E as unsigned
+    values = [rng.getrandbits(64) - (1 << 63) for _ in range(5000)] + extremes
+    hashes = LineHashes(array("q", values))
+    found, entries = hashes.find(numpy.array([*extremes, 2, -3], dtype=numpy.int64))
+    assert found.tolist() == [True] * 5 + [2 in values, -3 in values]
+    assert entries.tolist()[:5] == list(range(5000, 5005))
+    hashes.close()
