@@ -12,8 +12,9 @@ from sendgrid_simulator import Simulator
 from shared.cli import main as cli_main
 from shared.privacy.donotexport import DoNotExport, DoNotExportStore
 from shared.privacy.scrub import mentions
-from shared.sendgrid.client import MAX_DELETE_URL_CHARS, SendGridClient
+from shared.sendgrid.client import SendGridClient
 from shared.sendgrid.errors import InvalidRequest
+from shared.sendgrid.id_urls import MAX_DELETE_URL_CHARS
 from tests.sendgrid_fixture import SENDGRID_TEST_KEY
 from tests.test_functions import (
     NEWS_LIST,

@@ -16,6 +16,7 @@ import httpx
 
 from shared.sendgrid.auth import ApiKeyAuth
 from shared.sendgrid.errors import InvalidRequest, NotFound, SendGridError, answer, error_for, template
+from shared.sendgrid.id_urls import ids_target, url_chunks
 from shared.sendgrid.models import ClientStats, ContactCount, CustomField, ImportJob, RetryPolicy
 from shared.sendgrid.transport import BEFORE_ATTEMPT, IDEMPOTENT, RetryTransport, environment_proxy, tls_context
 
@@ -23,7 +24,6 @@ __all__ = ["ClientStats", "ContactCount", "CustomField", "ImportJob", "RetryPoli
 
 SEARCH_EMAILS_MAX = 100
 SEARCH_EMAIL_MAX_LENGTH = 100  # maxLength of an `emails` item of POST /v3/marketing/contacts/search/emails
-MAX_DELETE_URL_CHARS = 7_500  # SendGrid has answered 414 past about 8,000
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
@@ -180,8 +180,8 @@ class SendGridClient:
         """
         jobs: list[str] = []
         path = "/v3/marketing/contacts"
-        for chunk in _url_chunks(path, list(dict.fromkeys(contact_ids)), parameter="ids"):
-            response = self._request("DELETE", path, params={"ids": ",".join(chunk)}, idempotent=True, changes=True)
+        for chunk in url_chunks(path, list(dict.fromkeys(contact_ids)), parameter="ids"):
+            response = self._request("DELETE", path, ids=("ids", chunk), idempotent=True, changes=True)
             jobs.append(str(answer(response).get("job_id", "")))
         return jobs
 
@@ -249,12 +249,12 @@ class SendGridClient:
         jobs: list[str] = []
         list_checked = False
         # Two leavers may share a contact (an alternate email): each ID goes once.
-        for chunk in _url_chunks(path, list(dict.fromkeys(contact_ids))):
+        for chunk in url_chunks(path, list(dict.fromkeys(contact_ids))):
             ids = chunk
             for _ in range(2):  # the second try is without the IDs the first 404 named
                 try:
-                    response = self._request("DELETE", path, params={"contact_ids": ",".join(ids)},
-                                             idempotent=True, changes=True)
+                    response = self._request("DELETE", path, ids=("contact_ids", ids), idempotent=True,
+                                             changes=True)
                 except NotFound as exc:
                     if not list_checked:
                         self.get_list(list_id)  # NotFound again: the list itself is gone, the caller must hear
@@ -277,9 +277,11 @@ class SendGridClient:
 
     def _request(
         self, method: str, path: str, *, content: bytes | None = None, json_body: Any = None,
-        params: dict[str, str] | None = None, idempotent: bool = True, changes: bool = False,
+        params: dict[str, str] | None = None, ids: tuple[str, list[str]] | None = None, idempotent: bool = True,
+        changes: bool = False,
     ) -> httpx.Response:
-        """One call: the transport retries it, the auth flow re-reads the key; a refusal raises."""
+        """One call: the transport retries it, the auth flow re-reads the key; a refusal raises. `ids`: a query
+        parameter naming contact IDs (shared.sendgrid.id_urls)."""
         extensions: dict[str, Any] = {IDEMPOTENT: idempotent}
         timeout = self._timeout
         guard = self._change_guard
@@ -288,8 +290,11 @@ class SendGridClient:
             worst = _worst_case(timeout)
             extensions[BEFORE_ATTEMPT] = lambda: guard(worst)
         headers = {"Content-Type": "application/json"} if content is not None or json_body is not None else None
+        url = path
+        if ids is not None:
+            url, params = ids_target(str(self._http.base_url), path, *ids)
         try:
-            response = self._http.request(method, path, content=content, json=json_body, params=params,
+            response = self._http.request(method, url, content=content, json=json_body, params=params,
                                           headers=headers, timeout=timeout, extensions=extensions)
         except (httpx.HTTPError, UnicodeEncodeError) as exc:  # a malformed key: both quote the header
             raise SendGridError(f"{method} {template(path)}: the request could not be made ({type(exc).__name__})",
@@ -297,18 +302,3 @@ class SendGridClient:
         if response.status_code < 300:
             return response
         raise error_for(response, f"{method} {template(path)}")
-
-
-def _url_chunks(path: str, ids: list[str], parameter: str = "contact_ids") -> Iterator[list[str]]:
-    """IDs in groups whose `?<parameter>=a,b,...` stays under SendGrid's URL limit (',' is sent as %2C)."""
-    base = len(path) + len(parameter) + 2
-    chunk: list[str] = []
-    length = base
-    for contact_id in ids:
-        if chunk and length + len(contact_id) + 3 > MAX_DELETE_URL_CHARS:
-            yield chunk
-            chunk, length = [], base
-        chunk.append(contact_id)
-        length += len(contact_id) + 3
-    if chunk:
-        yield chunk
