@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
@@ -126,3 +127,34 @@ def test_numpy_starts_no_blas_threads_beside_the_export() -> None:
         run = subprocess.run([sys.executable, "-c", count], cwd=ROOT, env=dict(environment, OPENBLAS_NUM_THREADS="2"),
                              capture_output=True, text=True, check=True)
         assert run.stdout.strip() == "2"
+
+
+def test_a_state_blob_that_fits_one_put_is_one_get_and_a_segment_file_streams_in_smaller_ones(
+        clean_environment: pytest.MonkeyPatch, azurite: Azurite) -> None:
+    """A 100,000-contact snapshot's index and text (2.4 and 2.9 MB) are read whole: one GET each on the wire.
+    A segment file from its own account streams 2 MB a GET, as peak RSS needs."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from shared.config.storage import segments_blob_service_from_settings
+    from shared.state.snapshot import SINGLE_PUT
+
+    clean_environment.setenv("SEGMENTS_STORAGE", azurite.connection_string)
+    state = blob_service_from_settings().get_container_client("firstget")
+    state.create_container()
+    body = os.urandom(SINGLE_PUT - 4096)
+    state.upload_blob("state/d/snapshot.txt", body)
+    gets: list[str] = []
+    send = RequestsTransport.send
+
+    def counted(self: RequestsTransport, request: Any, **kwargs: Any) -> Any:
+        if request.method == "GET":
+            gets.append(request.headers.get("x-ms-range", ""))
+        return send(self, request, **kwargs)
+
+    clean_environment.setattr(RequestsTransport, "send", counted)
+    assert state.download_blob("state/d/snapshot.txt", offset=0, length=len(body)).readall() == body
+    assert len(gets) == 1
+    gets.clear()
+    segments = segments_blob_service_from_settings().get_container_client("firstget")
+    assert b"".join(segments.download_blob("state/d/snapshot.txt").chunks()) == body
+    assert len(gets) == 2 and gets[0] == f"bytes=0-{(2 << 20) - 1}"
